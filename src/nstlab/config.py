@@ -1,0 +1,370 @@
+"""params.yaml -> one frozen, validated `Config`.
+
+params.yaml holds the method's knobs at the top level and, under `profiles.<name>`, the blocks
+that differ between the offline demo and the paper run (data source, sizes, backbones,
+schedule). The active profile's block is laid under the top level: a key given at the top
+level (e.g. by `dvc exp run -S lora.r=32`) wins over the profile's value.
+
+Every key is checked here, once: unknown keys, wrong types and impossible values raise a
+one-line `ConfigError` naming the key, the value and what is allowed. Code below this module
+receives typed objects, never raw dicts.
+"""
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nstlab.errors import ConfigError
+
+PROFILES = ("demo", "paper")
+BASELINES = ("stytr2", "adain", "sanet", "mcc", "artflow", "iest", "gatys")
+VIT_B_LAYERS = 12  # google/vit-base-patch16-224-in21k has 12 blocks
+
+# The paper's LoRA target names and the transformers 5 ViT modules they stand for (by role).
+PAPER_TARGETS = {
+    "query": ("q_proj",),
+    "key": ("k_proj",),
+    "value": ("v_proj",),
+    "dense": ("o_proj", "fc1", "fc2"),
+}
+NATIVE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
+
+
+def _range(low=None, high=None, *, low_open=False) -> dict:
+    return {"low": low, "high": high, "low_open": low_open}
+
+
+def _choices(*values) -> dict:
+    return {"choices": values}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    content_source: str = field(metadata=_choices("demo", "coco"))
+    style_source: str = field(metadata=_choices("demo", "wikiart"))
+    mirror: str | None
+    image_size: int = field(metadata=_range(16, 4096))
+    n_train: int = field(metadata=_range(1))
+    n_val: int = field(metadata=_range(1))
+    n_test: int = field(metadata=_range(1))
+    test_max_side: int = field(metadata=_range(16, 8192))
+    download_workers: int = field(metadata=_range(1, 64))
+    download_retries: int = field(metadata=_range(0, 20))
+    download_timeout_s: float = field(metadata=_range(0, low_open=True))
+    max_pixels: int = field(metadata=_range(1))
+    min_side: int = field(metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    vit: str  # "random" or a Hugging Face hub id / local directory for from_pretrained
+    vit_hidden: int = field(metadata=_range(8))  # the random-init ViT's size (ignored when pretrained)
+    vit_heads: int = field(metadata=_range(1))
+    vit_mlp: int = field(metadata=_range(8))
+    vit_layers: int = field(metadata=_range(1, 48))
+    vgg19: str  # "random", "imagenet" or a path: the ViT-LoRA loss network and Gatys' extractor
+    adain_vgg: str  # "random" or a path to pytorch-AdaIN's vgg_normalised.pth
+    vgg_width: float = field(metadata=_range(0, 1, low_open=True))
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    layers: int = field(metadata=_range(1, 48))
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = field(metadata=_range(1, 1024))
+    alpha: float = field(metadata=_range(0, low_open=True))
+    dropout: float = field(metadata=_range(0, 1))
+    target_modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    layers: int = field(metadata=_range(1, 24))
+    heads: int = field(metadata=_range(1))
+    ffn: int = field(metadata=_range(1))
+    dropout: float = field(metadata=_range(0, 1))
+    cnn_width: float = field(metadata=_range(0, 1, low_open=True))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    convention: str = field(metadata=_choices("paper", "stytr2"))
+    content: float = field(metadata=_range(0))
+    style: float = field(metadata=_range(0))
+    identity1: float = field(metadata=_range(0))
+    identity2: float = field(metadata=_range(0))
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    epochs: int = field(metadata=_range(0))
+    milestones: tuple[int, ...] = ()
+    gamma: float = field(default=1.0, metadata=_range(0, 1, low_open=True))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = field(metadata=_range(1))
+    lr: float = field(metadata=_range(0, low_open=True))
+    stage1: StageConfig
+    stage2: StageConfig
+    log_every: int = field(metadata=_range(1))
+    val_every: int = field(metadata=_range(1))
+    max_val_pairs: int = field(metadata=_range(1))
+    sample_every: int = field(metadata=_range(1))
+    precision: str = field(metadata=_choices("auto", "fp32", "bf16"))
+    device: str = field(metadata=_choices("auto", "cpu", "cuda"))
+    workers: int = field(metadata=_range(0, 64))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    max_size: int = field(metadata=_range(16, 8192))
+    max_pairs: int = field(metadata=_range(1))
+    gallery_pairs: int = field(metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One baseline's block, `baselines.<name>`: schedule, loss weights, method options."""
+
+    batch_size: int = field(metadata=_range(1))
+    iterations: int = field(metadata=_range(1))
+    lr: float = field(metadata=_range(0, low_open=True))
+    lr_schedule: str = field(metadata=_choices("constant", "inverse", "stytr2"))
+    lr_decay: float = field(default=0.0, metadata=_range(0))
+    warmup_iterations: int = field(default=0, metadata=_range(0))
+    grad_clip: float | None = None
+    loss: Mapping[str, float] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str
+    experiment: str
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str = field(metadata=_choices(*PROFILES))
+    seed: int
+    data: DataConfig
+    backbone: BackboneConfig
+    encoder: EncoderConfig
+    lora: LoraConfig
+    decoder: DecoderConfig
+    loss: LossConfig
+    train: TrainConfig
+    eval: EvalConfig
+    baselines: Mapping[str, MethodConfig]
+    mlflow: MlflowConfig
+
+    def flat(self) -> dict[str, Any]:
+        """The resolved config as dotted keys (`lora.r`, `baselines.sanet.lr`): MLflow params."""
+        return flatten(dataclasses.asdict(self))
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed construction with one-line errors
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against the type hint `hint`; return it converted (lists -> tuples)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [option for option in options if option is not type(None)]
+        return _convert(value, inner[0], key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} = {value!r}: expected a list")
+        item_hint = typing.get_args(hint)[0]
+        return tuple(_convert(item, item_hint, f"{key}[{index}]") for index, item in enumerate(value))
+    if origin in (Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} = {value!r}: expected a mapping of name: value")
+        value_hint = typing.get_args(hint)[1]
+        return {str(name): _convert(item, value_hint, f"{key}.{name}") for name, item in value.items()}
+    if hint is Any:
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} = {value!r}: expected a number")
+        return float(value)
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key} = {value!r}: expected a whole number")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{key} = {value!r}: expected {_type_name(hint)}")
+    return value
+
+
+def _check_bounds(value: Any, metadata: Mapping, key: str) -> None:
+    if "choices" in metadata and value not in metadata["choices"]:
+        raise ConfigError(f"{key} = {value!r}: choose one of {', '.join(map(str, metadata['choices']))}")
+    low, high = metadata.get("low"), metadata.get("high")
+    if value is None or (low is None and high is None):
+        return
+    too_low = low is not None and (value <= low if metadata.get("low_open") else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        left = "(" if metadata.get("low_open") else "["
+        allowed = f"{left}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        raise ConfigError(f"{key} = {value!r}: must be in {allowed}")
+
+
+def _build(cls, raw: Any, key: str):
+    """Build dataclass `cls` from the mapping `raw` found at dotted `key`."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key or 'params'} = {raw!r}: expected a mapping of keys")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{key}." if key else ""
+    for name in raw:
+        if name not in fields:
+            raise ConfigError(f"unknown key {prefix}{name}: allowed keys are {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, spec in fields.items():
+        if name not in raw:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing key {prefix}{name}: add it to params.yaml")
+            continue
+        values[name] = _convert(raw[name], hints[name], prefix + name)
+        _check_bounds(values[name], spec.metadata, prefix + name)
+    return cls(**values)
+
+
+def _check_relations(cfg: Config) -> None:
+    """Rules that involve more than one key."""
+    pretrained = cfg.backbone.vit != "random"
+    max_layers = VIT_B_LAYERS if pretrained else cfg.backbone.vit_layers
+    if cfg.encoder.layers > max_layers:
+        vit = f"ViT-B/16 has {max_layers} blocks" if pretrained else f"backbone.vit_layers = {max_layers} in the {cfg.profile} profile"
+        raise ConfigError(f"encoder.layers = {cfg.encoder.layers}: must be in [1, {max_layers}] ({vit})")
+    if not cfg.lora.target_modules:
+        raise ConfigError("lora.target_modules = []: name at least one of query, key, value, dense")
+    for name in cfg.lora.target_modules:
+        if name not in PAPER_TARGETS and name not in NATIVE_TARGETS:
+            allowed = ", ".join((*PAPER_TARGETS, *NATIVE_TARGETS))
+            raise ConfigError(f"lora.target_modules: unknown module {name!r}: choose from {allowed}")
+    if cfg.backbone.vit == "random" and cfg.backbone.vit_hidden % cfg.backbone.vit_heads:
+        raise ConfigError(f"backbone.vit_hidden = {cfg.backbone.vit_hidden}: must divide by backbone.vit_heads = {cfg.backbone.vit_heads}")
+    for stage in ("stage1", "stage2"):
+        milestones = getattr(cfg.train, stage).milestones
+        if list(milestones) != sorted(set(milestones)):
+            raise ConfigError(f"train.{stage}.milestones = {list(milestones)}: must be strictly increasing")
+
+
+def _merge(base: Mapping, top: Mapping) -> dict:
+    """Deep-merge `top` over `base` (mappings merge key by key, anything else replaces)."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`lora.r=32` -> (['lora', 'r'], 32); the value is read as YAML, as `dvc exp run -S` does."""
+    key, sep, value = text.partition("=")
+    key = key.strip().lstrip("+")
+    if not sep or not key:
+        raise ConfigError(f"-S {text!r}: expected key=value, e.g. -S lora.r=32")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ConfigError(f"-S {text!r}: the value is not valid YAML") from None
+    return key.split("."), parsed
+
+
+def resolve(raw: Mapping, overrides: Iterable[str] = ()) -> Config:
+    """Raw params (as read from params.yaml) + `key=value` overrides -> validated Config."""
+    raw = _merge({}, raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"-S {text!r}: {part} is not a block of keys")
+        node[path[-1]] = value
+    profiles = raw.pop("profiles", None)
+    if not isinstance(profiles, Mapping) or set(profiles) != set(PROFILES):
+        raise ConfigError(f"profiles: params.yaml needs one block per profile: {', '.join(PROFILES)}")
+    profile = raw.get("profile")
+    if profile not in PROFILES:
+        raise ConfigError(f"profile = {profile!r}: choose one of {', '.join(PROFILES)}")
+    resolved = {}
+    # The active profile first, then the others, so a typo in the paper block shows in the demo.
+    for name in sorted(PROFILES, key=lambda candidate: candidate != profile):
+        if not isinstance(profiles[name], Mapping):
+            raise ConfigError(f"profiles.{name}: expected a mapping of keys")
+        merged = _merge(profiles[name], {**raw, "profile": name})
+        for method in merged.get("baselines") or {}:
+            if method not in BASELINES:
+                raise ConfigError(f"unknown key baselines.{method}: allowed baselines are {', '.join(BASELINES)}")
+        candidate = _build(Config, merged, "")
+        _check_relations(candidate)
+        resolved[name] = candidate
+    return resolved[profile]
+
+
+def load_config(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Config:
+    """Read and validate params.yaml; errors name the file and the key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror}); run from the repository root or pass --params") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top")
+    try:
+        return resolve(raw, overrides)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def lora_modules(target_modules: Iterable[str]) -> list[str]:
+    """Paper names (query, key, value, dense) -> transformers 5 ViT module names, by role."""
+    modules: list[str] = []
+    for name in target_modules:
+        for module in PAPER_TARGETS.get(name, (name,)):
+            if module not in modules:
+                modules.append(module)
+    return modules

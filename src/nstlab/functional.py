@@ -1,0 +1,85 @@
+"""Pure tensor math shared by models, losses and metrics: no state, no I/O.
+
+Shapes: feature maps are (B, C, H, W); images are (B, 3, H, W).
+"""
+
+import torch
+import torch.nn.functional as F
+
+ADAIN_EPS = 1e-5  # pytorch-AdaIN's calc_mean_std eps, also used by StyTr², SANet, MCC, IEST
+
+
+def channel_mean(features: torch.Tensor) -> torch.Tensor:
+    """Per-sample, per-channel mean over positions: (B, C, H, W) -> (B, C, 1, 1)."""
+    return features.mean(dim=(2, 3), keepdim=True)
+
+
+def channel_std(features: torch.Tensor, eps: float = ADAIN_EPS) -> torch.Tensor:
+    """sqrt(unbiased variance + eps) over positions: (B, C, H, W) -> (B, C, 1, 1).
+
+    eps = 0 gives the plain unbiased std the ViT-LoRA paper code uses (torch.std).
+    """
+    flat = features.flatten(2)
+    return (flat.var(dim=2, unbiased=True) + eps).sqrt()[..., None, None]
+
+
+def mean_std(features: torch.Tensor, eps: float = ADAIN_EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    return channel_mean(features), channel_std(features, eps)
+
+
+def mvn(features: torch.Tensor, eps: float = ADAIN_EPS) -> torch.Tensor:
+    """Mean-variance normalisation per sample and channel: (x - mu) / sqrt(var + eps)."""
+    mean, std = mean_std(features, eps)
+    return (features - mean) / std
+
+
+def adain(content_features: torch.Tensor, style_features: torch.Tensor) -> torch.Tensor:
+    """AdaIN (Huang & Belongie 2017, eq. 8): sigma(y) * (x - mu(x)) / sigma(x) + mu(y)."""
+    style_mean, style_std = mean_std(style_features)
+    return mvn(content_features) * style_std + style_mean
+
+
+def mean_std_loss(output_features: torch.Tensor, style_features: torch.Tensor, eps: float) -> torch.Tensor:
+    """MSE of channel means + MSE of channel stds (the AdaIN-family style loss for one layer)."""
+    out_mean, out_std = mean_std(output_features, eps)
+    style_mean, style_std = mean_std(style_features, eps)
+    return F.mse_loss(out_mean, style_mean) + F.mse_loss(out_std, style_std)
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """Unnormalised Gram matrix F Fᵀ per sample: (B, C, H, W) -> (B, C, C)."""
+    flat = features.flatten(2)
+    return flat @ flat.transpose(1, 2)
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation, summed (MCCNet's TV term): 0 for a constant image."""
+    horizontal = (images[..., :, 1:] - images[..., :, :-1]).abs().sum()
+    vertical = (images[..., 1:, :] - images[..., :-1, :]).abs().sum()
+    return horizontal + vertical
+
+
+def laplacian(images: torch.Tensor) -> torch.Tensor:
+    """4-neighbour Laplacian per channel with replicate padding: (B, C, H, W) -> same shape."""
+    channels = images.shape[1]
+    kernel = images.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+    kernel = kernel.expand(channels, 1, 3, 3)
+    return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel, groups=channels)
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad H and W up to a multiple; returns the padded batch and the original (H, W).
+
+    Falls back to replicate padding when the image is too small to reflect.
+    """
+    height, width = images.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return images, (height, width)
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(images, (0, pad_w, 0, pad_h), mode=mode), (height, width)
+
+
+def crop_to(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Undo pad_to_multiple: keep the top-left (H, W)."""
+    return images[..., : size[0], : size[1]]
