@@ -83,3 +83,40 @@ def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, 
 def crop_to(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Undo pad_to_multiple: keep the top-left (H, W)."""
     return images[..., : size[0], : size[1]]
+
+
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R BT.601 luma of RGB in [0, 1]: (B, 3, H, W) -> (B, 1, H, W)."""
+    weights = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+def ssim(first: torch.Tensor, second: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004; Gaussian window 11, σ 1.5, K1 0.01, K2 0.03, range 1) per sample.
+
+    Inputs (B, C, H, W) in [0, 1]; returns (B,). Valid-region windows only, as scikit-image.
+    """
+    c1, c2 = 0.01**2, 0.03**2
+    window = min(window, first.shape[-1], first.shape[-2])
+    coords = torch.arange(window, dtype=first.dtype, device=first.device) - (window - 1) / 2
+    gauss = torch.exp(-(coords**2) / (2 * sigma**2))
+    gauss = gauss / gauss.sum()
+    kernel = (gauss[:, None] * gauss[None, :]).expand(first.shape[1], 1, window, window)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, kernel, groups=first.shape[1])
+
+    mean_a, mean_b = blur(first), blur(second)
+    var_a = blur(first * first) - mean_a**2
+    var_b = blur(second * second) - mean_b**2
+    covariance = blur(first * second) - mean_a * mean_b
+    numerator = (2 * mean_a * mean_b + c1) * (2 * covariance + c2)
+    denominator = (mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2)
+    return (numerator / denominator).flatten(1).mean(dim=1)
+
+
+def gram_distance(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """MSE between size-normalised Gram matrices G/(H·W): comparable across image sizes."""
+    first_gram = gram(first) / (first.shape[-2] * first.shape[-1])
+    second_gram = gram(second) / (second.shape[-2] * second.shape[-1])
+    return F.mse_loss(first_gram, second_gram)

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nstlab.errors import ConfigError
-from nstlab.functional import mean_std
+from nstlab.functional import ADAIN_EPS, mean_std, mean_std_loss, mvn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -141,3 +141,54 @@ def paper_style_loss(output: dict[str, torch.Tensor], style: dict[str, torch.Ten
         style_mean, style_std = mean_std(style[name], eps=0.0)
         total = total + F.mse_loss(out_mean, style_mean) + F.mse_loss(out_std, style_std)
     return total
+
+
+def feature_mse(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Σ over layers of MSE between two feature dicts (StyTr²'s identity-2 term)."""
+    return sum(F.mse_loss(first[name], second[name]) for name in first)
+
+
+class PaperLossNetwork(TorchVGG19):
+    """The ViT-LoRA paper's loss: VGG-19 taps PAPER_LAYERS, plain MSE content, mean/std style."""
+
+    def __init__(self, weights: str = "random", width: float = 1.0, seed: int = 0):
+        super().__init__(PAPER_LAYERS, weights, width, seed)
+
+    content_loss = staticmethod(paper_content_loss)
+    style_loss = staticmethod(paper_style_loss)
+    identity_loss = staticmethod(feature_mse)
+
+
+STYTR2_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+class StyTr2LossNetwork(nn.Module):
+    """The StyTr² code's loss convention on the AdaIN normalised VGG-19 ([0, 1] RGB input):
+    content = Σ MSE(mvn φ(o), mvn φ(c)) at relu4_1 + relu5_1; style = Σ relu1_1..relu5_1 of
+    MSE(μ) + MSE(σ) with σ = sqrt(var + 1e-5); identity = Σ plain feature MSE at all 5 layers."""
+
+    def __init__(self, weights: str = "random", width: float = 1.0, seed: int = 0):
+        super().__init__()
+        from nstlab.models.blocks import NormalisedVGG
+
+        self.vgg = NormalisedVGG(weights, width, seed)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.vgg(images)
+
+    @staticmethod
+    def content_loss(output: dict[str, torch.Tensor], content: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(F.mse_loss(mvn(output[name]), mvn(content[name])) for name in ("relu4_1", "relu5_1"))
+
+    @staticmethod
+    def style_loss(output: dict[str, torch.Tensor], style: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(mean_std_loss(output[name], style[name], ADAIN_EPS) for name in STYTR2_LAYERS)
+
+    identity_loss = staticmethod(feature_mse)
+
+
+def loss_network(convention: str, cfg) -> nn.Module:
+    """The loss network of a convention ("paper" or "stytr2") with the config's backbone weights."""
+    if convention == "paper":
+        return PaperLossNetwork(cfg.backbone.vgg19, cfg.backbone.vgg_width, cfg.seed)
+    return StyTr2LossNetwork(cfg.backbone.adain_vgg, cfg.backbone.vgg_width, cfg.seed)

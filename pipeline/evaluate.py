@@ -1,0 +1,7 @@
+"""DVC stage `evaluate`: a thin entry into `nstlab evaluate` (see dvc.yaml for its deps, params and outs)."""
+
+import sys
+
+from nstlab.cli import main
+
+main(["evaluate", *sys.argv[1:]])

@@ -1,0 +1,183 @@
+"""Evaluation: stylise the held-out test pairs with a trained model and score the outputs.
+
+Same code, same pairs, same loss networks for every model, so Table 1 compares like with like.
+Metrics per model (reports/metrics/<model>.json):
+- content/style loss by the ViT-LoRA paper's formulas (torchvision VGG-19, PAPER_LAYERS)
+- content/style loss by the StyTr² code convention (normalised VGG, mvn content)
+- SSIM(output, content) on luminance; Gram-matrix style distance (size-normalised)
+- mean latency per image, peak memory, number of pairs
+"""
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from nstlab.config import Config
+from nstlab.errors import NstlabError
+from nstlab.functional import gram_distance, luminance, ssim
+
+
+def trained_weights_path(method: str, models_dir: Path) -> Path:
+    from nstlab.train import output_key
+
+    return models_dir / output_key(method, 2) / "model.pt"
+
+
+def load_model(cfg: Config, method: str, models_dir: Path = Path("models"), checkpoint: Path | None = None,
+               device: torch.device | None = None) -> nn.Module:
+    """Build `method` and load its trained weights (ViT-LoRA: the stage-2 model with LoRA)."""
+    from nstlab.checkpoint import load_checkpoint, load_trained_state
+    from nstlab.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        if method == "gatys":
+            from nstlab.models.gatys import build as build_gatys
+
+            return build_gatys(cfg)
+        model = build_model(method, cfg)
+        if method == "vit_lora":
+            model.enable_lora()
+    path = checkpoint or trained_weights_path(method, models_dir)
+    load_trained_state(model, load_checkpoint(path)["model"], path)
+    return model.to(device or torch.device("cpu")).eval()
+
+
+def describe_model(cfg: Config, method: str, stage: int) -> dict:
+    """`nstlab info`: parameter counts per part, built from the config (no weights loaded)."""
+    from nstlab.models import build_model
+
+    if method == "gatys":
+        from nstlab.models.gatys import build as build_gatys
+
+        model = build_gatys(cfg)
+    else:
+        model = build_model(method, cfg)
+        if method == "vit_lora" and stage == 2:
+            model.enable_lora()
+    return {"model": method, "profile": cfg.profile, **model.parameter_counts()}
+
+
+class Scorer(nn.Module):
+    """Both loss conventions' networks, built once and run once per image."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        from nstlab.losses import loss_network
+
+        self.paper = loss_network("paper", cfg)
+        self.stytr2 = loss_network("stytr2", cfg)
+
+    @torch.no_grad()
+    def forward(self, output: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> dict[str, float]:
+        scores = {}
+        for name, net in (("paper", self.paper), ("stytr2", self.stytr2)):
+            out_f, content_f, style_f = net(output), net(content), net(style)
+            scores[f"{name}_content_loss"] = float(net.content_loss(out_f, content_f))
+            scores[f"{name}_style_loss"] = float(net.style_loss(out_f, style_f))
+            if name == "paper":
+                scores["gram_distance"] = float(sum(gram_distance(out_f[k], style_f[k]) for k in out_f))
+        scores["ssim_content"] = float(ssim(luminance(output), luminance(content)).mean())
+        return scores
+
+
+def _read_pairs(pairs_dir: Path, split: str) -> list[tuple[Path, Path]]:
+    import csv
+
+    path = pairs_dir / f"{split}.csv"
+    if not path.is_file():
+        raise NstlabError(f"{path}: missing; run the pair stage first (nstlab pair / dvc repro pair)")
+    with open(path) as handle:
+        return [(Path(row["content"]), Path(row["style"])) for row in csv.DictReader(handle)]
+
+
+def _load_tensor(path: Path, max_size: int) -> torch.Tensor:
+    from nstlab.data.images import load_rgb, resize_max_side, to_tensor
+
+    return to_tensor(resize_max_side(load_rgb(path), max_size)).unsqueeze(0)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pairs"), models_dir: Path = Path("models"),
+                   reports_dir: Path = Path("reports"), progress: bool = True) -> dict:
+    """Stylise the first eval.max_pairs test pairs; write outputs and reports/metrics/<method>.json."""
+    from rich.progress import track
+
+    from nstlab.data.images import save_image
+    from nstlab.train import pick_device
+
+    device = pick_device(cfg)
+    model = load_model(cfg, method, models_dir, device=device)
+    scorer = Scorer(cfg).to(device)
+    pairs = _read_pairs(pairs_dir, "test")[: cfg.eval.max_pairs]
+    outputs_dir = reports_dir / "outputs" / method
+    outputs_dir.mkdir(parents=True, exist_ok=True)
+    rows, latencies = [], []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for index, (content_path, style_path) in enumerate(track(pairs, description=f"evaluate {method}", disable=not progress)):
+        content = _load_tensor(content_path, cfg.eval.max_size).to(device)
+        style = _load_tensor(style_path, cfg.eval.max_size).to(device)
+        started = time.perf_counter()
+        with torch.no_grad():
+            output = model(content, style)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        latencies.append((time.perf_counter() - started) * 1000)
+        output = output.float().clamp(0, 1)
+        save_image(output[0].cpu(), outputs_dir / f"{index:04d}.png")
+        rows.append({"pair": index, "content": str(content_path), "style": str(style_path),
+                     **scorer(output, content, style)})
+    if not rows:
+        raise NstlabError(f"{pairs_dir / 'test.csv'}: no test pairs to evaluate")
+    metric_names = [key for key in rows[0] if key not in ("pair", "content", "style")]
+    summary = {
+        "model": method,
+        "profile": cfg.profile,
+        "pairs": len(rows),
+        **{name: sum(row[name] for row in rows) / len(rows) for name in metric_names},
+        # The first image pays for lazy initialisation; report the steady state when we can.
+        "latency_ms": sum(latencies[1:]) / (len(latencies) - 1) if len(latencies) > 1 else latencies[0],
+        "peak_memory_mb": _peak_memory_mb(device),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
+    metrics_dir = reports_dir / "metrics"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    (metrics_dir / f"{method}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (outputs_dir / "pairs.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return summary
+
+
+def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list[Path], output_path: Path, *,
+                 checkpoint: Path | None = None, max_size: int | None = None, alpha: float = 1.0,
+                 style_weights: list[float] | None = None) -> Path:
+    """`nstlab stylize`: one image, any size; AdaIN extras (alpha, several styles) when asked."""
+    from nstlab.data.images import save_image
+    from nstlab.train import pick_device
+
+    if not 0.0 <= alpha <= 1.0:
+        raise NstlabError(f"--alpha {alpha}: must be in [0, 1]")
+    if (alpha != 1.0 or len(style_paths) > 1) and method != "adain":
+        raise NstlabError("--alpha and several style images are AdaIN features: add --model adain")
+    limit = max_size or cfg.eval.max_size
+    content = _load_tensor(content_path, limit)
+    styles = [_load_tensor(path, limit) for path in style_paths]
+    device = pick_device(cfg)
+    model = load_model(cfg, method, checkpoint=checkpoint, device=device)
+    with torch.no_grad():
+        if method == "adain":
+            output = model(content.to(device), [s.to(device) for s in styles] if len(styles) > 1 else styles[0].to(device),
+                           alpha=alpha, style_weights=style_weights)
+        else:
+            output = model(content.to(device), styles[0].to(device))
+    save_image(output[0].float().clamp(0, 1).cpu(), output_path)
+    return output_path

@@ -1,0 +1,179 @@
+"""ViT-LoRA: the paper's model ("Neural Style Transfer Based on Fine Tuning Vision Transformer").
+
+A StyTr²-style transformer whose content and style encoders are two copies of a pretrained
+ViT-B/16 (first `encoder.layers` blocks + final LayerNorm, CLS dropped), a 3-layer decoder of
+cross-attention to the style tokens, and a 9-conv CNN decoder back to pixels. Stage 1 trains
+the decoders with the encoders frozen; stage 2 adds LoRA to both encoders and trains LoRA and
+decoders together. Every number: ../shared/METHODS.md §1 (NST-Project `code/`).
+
+    content ─ViT_c─► tokens_c ─┐                       (B, N, d) + content positions
+                               ├─ StyleDecoder ─► (B, N, d) ─► (B, d, H/16, W/16) ─ CNN ─► image
+    style   ─ViT_s─► tokens_s ─┘
+"""
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nstlab.config import Config, lora_modules
+from nstlab.errors import ConfigError
+from nstlab.functional import crop_to, pad_to_multiple
+from nstlab.losses import imagenet_denormalize, imagenet_normalize, loss_network
+from nstlab.models.blocks import StyleDecoder, count_parameters
+
+PATCH = 16
+LOSS_TERMS = ("content", "style", "identity1", "identity2")
+
+
+def load_vit(cfg: Config):
+    """One ViT encoder: `from_pretrained` (hub id or local dir) or a seeded random init (demo).
+
+    Only the first `encoder.layers` blocks are built and loaded; pooler removed.
+    """
+    from transformers import ViTConfig, ViTModel
+
+    layers = cfg.encoder.layers
+    if cfg.backbone.vit == "random":
+        vit_config = ViTConfig(
+            hidden_size=cfg.backbone.vit_hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=cfg.backbone.vit_heads,
+            intermediate_size=cfg.backbone.vit_mlp,
+            image_size=cfg.data.image_size,
+            patch_size=PATCH,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return ViTModel(vit_config, add_pooling_layer=False)
+    try:
+        return ViTModel.from_pretrained(cfg.backbone.vit, num_hidden_layers=layers, add_pooling_layer=False)
+    except OSError as error:
+        raise ConfigError(
+            f"backbone.vit = {cfg.backbone.vit!r}: cannot load it ({str(error).splitlines()[0]}); "
+            "give a local directory saved with save_pretrained, or run where the Hugging Face hub is reachable"
+        ) from None
+
+
+class CNNDecoder(nn.Sequential):
+    """Tokens as a (B, d, H/16, W/16) map -> image: 3×3 reflection-padded convs, ReLU except the
+    last, four nearest ×2 upsamplings (d→512, ↑, 512, 256, ↑, 256, 128, ↑, 128, 64, ↑, 64, 3)."""
+
+    def __init__(self, in_channels: int, width: float = 1.0):
+        def ch(n: int) -> int:
+            return max(4, round(n * width))
+
+        plan = [(in_channels, ch(512)), "up", (ch(512), ch(512)), (ch(512), ch(256)), "up",
+                (ch(256), ch(256)), (ch(256), ch(128)), "up", (ch(128), ch(128)), (ch(128), ch(64)), "up",
+                (ch(64), ch(64)), (ch(64), 3)]
+        modules: list[nn.Module] = []
+        for step in plan:
+            if step == "up":
+                modules.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            else:
+                modules += [nn.ReflectionPad2d(1), nn.Conv2d(*step, kernel_size=3), nn.ReLU()]
+        super().__init__(*modules[:-1])  # no ReLU after the last conv
+
+
+class ViTLoRA(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.loss_weights = dict(content=cfg.loss.content, style=cfg.loss.style,
+                                 identity1=cfg.loss.identity1, identity2=cfg.loss.identity2)
+        self.content_encoder = load_vit(cfg)
+        self.style_encoder = load_vit(cfg)
+        self.content_encoder.requires_grad_(False)
+        self.style_encoder.requires_grad_(False)
+        hidden = self.content_encoder.config.hidden_size
+        if hidden % cfg.decoder.heads:
+            raise ConfigError(f"decoder.heads = {cfg.decoder.heads}: must divide the ViT hidden size {hidden}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.transformer_decoder = StyleDecoder(hidden, cfg.decoder.layers, cfg.decoder.heads,
+                                                    cfg.decoder.ffn, cfg.decoder.dropout)
+            self.cnn_decoder = CNNDecoder(hidden, cfg.decoder.cnn_width)
+        self.loss_network = loss_network(cfg.loss.convention, cfg)
+        self.lora_enabled = False
+
+    # -- stage 2 -----------------------------------------------------------------------------
+    def enable_lora(self) -> None:
+        """Wrap both encoders with peft LoRA (stage 2): only LoRA A/B (and the decoders) train."""
+        from peft import LoraConfig, get_peft_model
+
+        lora = self.cfg.lora
+        for name in ("content_encoder", "style_encoder"):
+            lora_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+                                     target_modules=lora_modules(lora.target_modules))
+            setattr(self, name, get_peft_model(getattr(self, name), lora_config))
+        self.lora_enabled = True
+
+    def save_adapters(self, directory: Path) -> list[Path]:
+        """`save_pretrained` both LoRA adapters: directory/content_encoder, directory/style_encoder."""
+        paths = []
+        for name in ("content_encoder", "style_encoder"):
+            getattr(self, name).save_pretrained(directory / name)
+            paths.append(directory / name)
+        return paths
+
+    # -- forward -----------------------------------------------------------------------------
+    def encode(self, encoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W), H and W multiples of 16 -> tokens (B, N, d) and their positions (1, N, d)."""
+        pixels = imagenet_normalize(images)  # ImageNet mean/std, as the paper (not the ViT processor's 0.5)
+        tokens = encoder(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state[:, 1:]
+        base = encoder.get_base_model() if hasattr(encoder, "get_base_model") else encoder
+        with_cls = torch.empty(1, tokens.shape[1] + 1, tokens.shape[2], device=tokens.device)
+        positions = base.embeddings.interpolate_pos_encoding(with_cls, *images.shape[-2:])[:, 1:]
+        return tokens, positions
+
+    def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """content, style (B, 3, H, W) in [0, 1] (sizes may differ) -> (B, 3, H, W) like content."""
+        content, content_size = pad_to_multiple(content, PATCH)
+        style, _ = pad_to_multiple(style, PATCH)
+        content_tokens, content_positions = self.encode(self.content_encoder, content)
+        style_tokens, _ = self.encode(self.style_encoder, style)
+        mixed = self.transformer_decoder(content_tokens, style_tokens, content_positions)
+        grid_h, grid_w = content.shape[-2] // PATCH, content.shape[-1] // PATCH
+        feature_map = mixed.transpose(1, 2).reshape(mixed.shape[0], -1, grid_h, grid_w)
+        output = imagenet_denormalize(self.cnn_decoder(feature_map))  # decoder works in ImageNet space
+        return crop_to(output, content_size)
+
+    # -- training ----------------------------------------------------------------------------
+    def losses(self, content: torch.Tensor, style: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unweighted terms; identity passes run only when their weight is non-zero."""
+        output = self(content, style)
+        net = self.loss_network
+        output_features, content_features, style_features = net(output), net(content), net(style)
+        terms = {
+            "content": net.content_loss(output_features, content_features),
+            "style": net.style_loss(output_features, style_features),
+        }
+        if self.loss_weights["identity1"] or self.loss_weights["identity2"]:
+            content_identity, style_identity = self(content, content), self(style, style)
+            terms["identity1"] = F.mse_loss(content_identity, content) + F.mse_loss(style_identity, style)
+            terms["identity2"] = (net.identity_loss(net(content_identity), content_features)
+                                  + net.identity_loss(net(style_identity), style_features))
+        return terms
+
+    def parameter_counts(self) -> dict[str, int]:
+        parts = {
+            "content_encoder": self.content_encoder,
+            "style_encoder": self.style_encoder,
+            "transformer_decoder": self.transformer_decoder,
+            "cnn_decoder": self.cnn_decoder,
+            "loss_network": self.loss_network,
+        }
+        counts = {}
+        for name, module in parts.items():
+            for kind, number in count_parameters(module).items():
+                counts[f"{name}.{kind}"] = number
+        lora = sum(p.numel() for n, p in self.named_parameters() if "lora_" in n)
+        counts["lora"] = lora
+        counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
+
+
+def build(cfg: Config) -> ViTLoRA:
+    return ViTLoRA(cfg)

@@ -1,0 +1,225 @@
+"""The report stage: Table 1 (all models on the test pairs), Table 2 (the ViT-LoRA ablation grid
+from MLflow), figures, and reports/index.html, a gallery that opens from disk.
+
+Every table and page states the profile; demo numbers are never shown as the paper's: the
+paper's own values sit in their own, labelled columns for reference.
+"""
+
+import csv
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from nstlab.config import Config
+
+MODEL_ORDER = ("vit_lora", "artflow", "iest", "mcc", "sanet", "stytr2", "adain", "gatys")
+
+# METHODS.md §1, the paper's Table 1 (content / style loss on its 352 test pairs).
+PAPER_TABLE1 = {"vit_lora": (9.097, 1.514), "artflow": (9.200, 2.745), "iest": (9.206, 2.805),
+                "mcc": (9.204, 2.945), "sanet": (9.687, 2.535)}
+
+# The paper's Table 2: (r, targets, encoder layers, decoder layers) -> (content, style).
+PAPER_TABLE2 = {
+    (16, "qv", 6, 3): (9.134, 1.533), (32, "qv", 6, 3): (9.113, 1.544), (16, "qkv", 6, 3): (9.128, 1.480),
+    (16, "qv", 6, 4): (9.192, 1.473), (16, "qv", 8, 3): (9.171, 1.559), (16, "qv", 4, 3): (9.119, 1.548),
+    (16, "qkvd", 6, 3): (9.100, 1.514), (64, "qv", 6, 3): (9.183, 1.555),
+}
+
+TABLE1_COLUMNS = ["model", "profile", "pairs", "paper_content_loss", "paper_style_loss", "stytr2_content_loss",
+                  "stytr2_style_loss", "ssim_content", "gram_distance", "latency_ms", "peak_memory_mb",
+                  "paper_reported_content", "paper_reported_style"]
+
+
+def profile_note(profile: str) -> str:
+    if profile == "demo":
+        return ("Profile: demo. DEMO RESULTS: embedded toy data, random-init backbones of reduced size, a few "
+                "hundred steps on a CPU. They check the pipeline; they are not the paper's numbers and not "
+                "comparable to the reference columns.")
+    return "Profile: paper (COCO + WikiArt, pretrained ViT-B/16 and VGG-19, the paper's schedule)."
+
+
+def canonical_targets(targets: list[str]) -> str:
+    """Any spelling of the LoRA targets -> the paper's short form, e.g. 'qkvd'."""
+    order = {"query": "q", "q_proj": "q", "key": "k", "k_proj": "k", "value": "v", "v_proj": "v",
+             "dense": "d", "o_proj": "d", "fc1": "d", "fc2": "d"}
+    letters = {order.get(name, name) for name in targets}
+    return "".join(letter for letter in "qkvd" if letter in letters)
+
+
+def table1(reports_dir: Path) -> pd.DataFrame:
+    rows = []
+    for path in sorted((reports_dir / "metrics").glob("*.json")):
+        metrics = json.loads(path.read_text())
+        reference = PAPER_TABLE1.get(metrics["model"], (None, None))
+        rows.append({**metrics, "paper_reported_content": reference[0], "paper_reported_style": reference[1]})
+    frame = pd.DataFrame(rows, columns=TABLE1_COLUMNS)
+    rank = {name: index for index, name in enumerate(MODEL_ORDER)}
+    return frame.sort_values("model", key=lambda column: column.map(lambda m: rank.get(m, 99))).reset_index(drop=True)
+
+
+def table2(cfg: Config) -> pd.DataFrame:
+    """One row per ViT-LoRA stage-2 configuration found in MLflow (the newest finished run each)."""
+    from nstlab.tracking import search_runs
+
+    runs = search_runs(cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2' and attributes.status = 'FINISHED'")
+    columns = ["r", "targets", "encoder_layers", "decoder_layers", "content_loss", "style_loss", "loss_source",
+               "trainable_parameters", "train_seconds", "run_name", "run_id", "dvc_experiment",
+               "paper_reported_content", "paper_reported_style"]
+    rows = []
+    for _, run in runs.iterrows():
+        targets = canonical_targets(json.loads(run["params.lora.target_modules"].replace("'", '"')))
+        key = (int(run["params.lora.r"]), targets, int(run["params.encoder.layers"]), int(run["params.decoder.layers"]))
+        tested = pd.notna(run.get("metrics.test.paper_content_loss"))
+        content = run["metrics.test.paper_content_loss"] if tested else run.get("metrics.val.content")
+        style = run["metrics.test.paper_style_loss"] if tested else run.get("metrics.val.style")
+        reference = PAPER_TABLE2.get(key, (None, None))
+        rows.append({"r": key[0], "targets": key[1], "encoder_layers": key[2], "decoder_layers": key[3],
+                     "content_loss": content, "style_loss": style, "loss_source": "test" if tested else "val",
+                     "trainable_parameters": int(run["params.parameters.trainable"]),
+                     "train_seconds": run.get("metrics.train_seconds"), "run_name": run.get("tags.mlflow.runName"),
+                     "run_id": run["run_id"], "dvc_experiment": run.get("tags.dvc_experiment"),
+                     "paper_reported_content": reference[0], "paper_reported_style": reference[1],
+                     "_start": run["start_time"]})
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(rows).sort_values("_start").drop_duplicates(["r", "targets", "encoder_layers", "decoder_layers"], keep="last")
+    return frame.sort_values(["targets", "r", "encoder_layers", "decoder_layers"])[columns].reset_index(drop=True)
+
+
+def write_table(frame: pd.DataFrame, stem: Path, title: str, profile: str) -> None:
+    """stem.csv and stem.md (title + profile note + markdown table)."""
+    frame.to_csv(stem.with_suffix(".csv"), index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g")
+    body = frame.to_markdown(index=False, floatfmt=".4g") if len(frame) else "_no rows yet_"
+    stem.with_suffix(".md").write_text(f"# {title}\n\n{profile_note(profile)}\n\n{body}\n")
+
+
+# -- figures ------------------------------------------------------------------------------------
+
+
+def loss_curves(logs_dir: Path, path: Path) -> Path | None:
+    """Train (thin) and validation (markers) total loss per trained model, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = sorted(p.parent for p in logs_dir.glob("*/train_log.csv"))
+    if not logs:
+        return None
+    columns = 3
+    rows = -(-len(logs) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for axis, folder in zip(axes.flat, logs):
+        train = pd.read_csv(folder / "train_log.csv")
+        axis.plot(train["step"], train["total"], lw=1, label="train total")
+        if (folder / "val_log.csv").is_file():
+            val = pd.read_csv(folder / "val_log.csv")
+            axis.plot(val["step"], val["score"], "o-", ms=3, label="val λc·Lc+λs·Ls")
+        axis.set_title(folder.name)
+        axis.set_xlabel("step")
+        axis.set_yscale("log")
+        axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(logs):]:
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def metric_bars(frame: pd.DataFrame, path: Path, profile: str) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if frame.empty:
+        return None
+    metrics = ["paper_content_loss", "paper_style_loss", "ssim_content", "latency_ms"]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
+    for axis, metric in zip(axes, metrics):
+        axis.bar(frame["model"], frame[metric], color="tab:blue")
+        axis.set_title(metric)
+        axis.tick_params(axis="x", rotation=45)
+    figure.suptitle(f"Test-pair metrics ({profile} profile)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def image_grid(frame: pd.DataFrame, reports_dir: Path, pairs_dir: Path, rows_wanted: int, path: Path) -> Path | None:
+    """Rows = test pairs; columns = content, style, each evaluated model's output."""
+    from PIL import Image
+
+    from nstlab.grids import save_grid
+
+    models = [m for m in frame["model"] if (reports_dir / "outputs" / m / "pairs.json").is_file()]
+    if not models:
+        return None
+    pairs = json.loads((reports_dir / "outputs" / models[0] / "pairs.json").read_text())[:rows_wanted]
+    rows = []
+    for pair in pairs:
+        row = [Image.open(pair["content"]).convert("RGB"), Image.open(pair["style"]).convert("RGB")]
+        for model in models:
+            output = reports_dir / "outputs" / model / f"{pair['pair']:04d}.png"
+            row.append(Image.open(output).convert("RGB") if output.is_file() else Image.new("RGB", (8, 8), "white"))
+        rows.append(row)
+    return save_grid(rows, path, header=["content", "style", *models])
+
+
+# -- HTML ---------------------------------------------------------------------------------------
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "<p><em>no rows yet</em></p>"
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="table")
+
+
+def write_html(cfg: Config, reports_dir: Path, t1: pd.DataFrame, t2: pd.DataFrame, figures: list[Path]) -> Path:
+    images = "\n".join(f'<figure><img src="{html.escape(str(p.relative_to(reports_dir)))}" alt="{html.escape(p.stem)}">'
+                       f"<figcaption>{html.escape(p.stem)}</figcaption></figure>" for p in figures)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>nstlab report ({cfg.profile} profile)</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1400px; }}
+.note {{ background: #fff3cd; border: 1px solid #e0c36a; padding: .6em 1em; }}
+table.table {{ border-collapse: collapse; font-size: 13px; margin: 1em 0; }}
+table.table td, table.table th {{ border: 1px solid #ccc; padding: 3px 7px; text-align: right; }}
+figure {{ margin: 1em 0; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
+</style></head><body>
+<h1>nstlab: neural style transfer study</h1>
+<p class="note" id="profile-note">{html.escape(profile_note(cfg.profile))}</p>
+<h2>Table 1: models on the held-out test pairs</h2>
+<p>Loss columns computed by nstlab; <code>paper_reported_*</code> are the paper's published numbers, for reference only.</p>
+<div id="table1">{_html_table(t1)}</div>
+<h2>Table 2: ViT-LoRA ablation (from MLflow)</h2>
+<div id="table2">{_html_table(t2)}</div>
+<h2>Figures and gallery</h2>
+{images}
+</body></html>
+"""
+    path = reports_dir / "index.html"
+    path.write_text(page)
+    return path
+
+
+def build_report(cfg: Config, reports_dir: Path = Path("reports"), pairs_dir: Path = Path("data/pairs")) -> dict:
+    """Write tables, figures and index.html; returns the paths written."""
+    figures_dir = reports_dir / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    t1 = table1(reports_dir)
+    t2 = table2(cfg)
+    write_table(t1, reports_dir / "table1", "Table 1: style transfer models on the test pairs", cfg.profile)
+    write_table(t2, reports_dir / "table2", "Table 2: ViT-LoRA ablation (LoRA rank, targets, layers)", cfg.profile)
+    figures = [
+        image_grid(t1, reports_dir, pairs_dir, cfg.eval.gallery_pairs, figures_dir / "gallery_grid.png"),
+        loss_curves(reports_dir / "train", figures_dir / "loss_curves.png"),
+        metric_bars(t1, figures_dir / "metrics.png", cfg.profile),
+    ]
+    figures = [path for path in figures if path is not None]
+    page = write_html(cfg, reports_dir, t1, t2, figures)
+    return {"table1": len(t1), "table2": len(t2), "figures": [str(p) for p in figures], "html": str(page)}

@@ -1,0 +1,438 @@
+"""One trainer for every feed-forward model: ViT-LoRA's two stages and the baselines.
+
+The model brings its forward pass and its unweighted loss terms (see nstlab.models); the
+trainer owns everything else: device and precision, the learning-rate schedule, weighting,
+logging (CSV always, MLflow when available), validation with sample grids, checkpoints, and
+resume. A run killed at any step and resumed ends with the same weights as an uninterrupted
+run: data order per epoch is a function of (seed, epoch), RNG state is checkpointed, and the
+learning rate is a pure function of (step, epoch).
+"""
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from nstlab.checkpoint import (
+    digest,
+    load_checkpoint,
+    load_trained_state,
+    save_atomic,
+    source_digest,
+    trained_state,
+)
+from nstlab.config import Config
+from nstlab.errors import NstlabError
+from nstlab.models import build_model
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What to train and how long: resolved from the config for one (method, stage)."""
+
+    method: str
+    stage: int  # 1 or 2 for vit_lora, 0 for a single-stage baseline
+    key: str  # output folder name under models/: vit_lora_stage1, vit_lora_stage2, sanet, ...
+    run_name: str
+    batch_size: int
+    total_steps: int
+    steps_per_epoch: int
+    lr: float
+    grad_clip: float | None
+    lr_factor: Callable[[int, int], float]  # (step, epoch) -> multiplier of lr
+
+
+def output_key(method: str, stage: int) -> str:
+    return f"{method}_stage{stage}" if method == "vit_lora" else method
+
+
+def short_targets(targets) -> str:
+    """[query, key, value, dense] -> 'qkvd' (run names stay short and readable)."""
+    letters = {"query": "q", "key": "k", "value": "v", "dense": "d"}
+    return "".join(letters.get(name, name) for name in targets)
+
+
+def run_name(cfg: Config, method: str, stage: int) -> str:
+    if method != "vit_lora":
+        return method
+    architecture = f"e{cfg.encoder.layers}-d{cfg.decoder.layers}"
+    if stage == 1:
+        return f"vit_lora-stage1-{architecture}"
+    return f"vit_lora-r{cfg.lora.r}-{short_targets(cfg.lora.target_modules)}-{architecture}"
+
+
+def train_spec(cfg: Config, method: str, stage: int, n_train_pairs: int) -> TrainSpec:
+    if method == "vit_lora":
+        if stage not in (1, 2):
+            raise NstlabError("vit_lora trains in two stages: pass --stage 1 or --stage 2")
+        batch_size = cfg.train.batch_size
+        steps_per_epoch = max(1, n_train_pairs // batch_size)
+        stage_cfg = cfg.train.stage1 if stage == 1 else cfg.train.stage2
+        milestones, gamma = stage_cfg.milestones, stage_cfg.gamma
+
+        def lr_factor(step: int, epoch: int) -> float:  # MultiStepLR stepped once per epoch
+            return gamma ** sum(1 for milestone in milestones if epoch >= milestone)
+
+        return TrainSpec(method, stage, output_key(method, stage), run_name(cfg, method, stage), batch_size,
+                         stage_cfg.epochs * steps_per_epoch, steps_per_epoch, cfg.train.lr, None, lr_factor)
+    if method not in cfg.baselines:
+        raise NstlabError(f"no params block baselines.{method}: add one to params.yaml")
+    block = cfg.baselines[method]
+    steps_per_epoch = max(1, n_train_pairs // block.batch_size)
+    return TrainSpec(method, 0, method, method, block.batch_size, block.iterations, steps_per_epoch, block.lr,
+                     block.grad_clip, _baseline_lr_factor(block))
+
+
+def _baseline_lr_factor(block) -> Callable[[int, int], float]:
+    decay, warmup = block.lr_decay, block.warmup_iterations
+    if block.lr_schedule == "inverse":  # pytorch-AdaIN: lr / (1 + decay * iteration)
+        return lambda step, epoch: 1.0 / (1.0 + decay * step)
+    if block.lr_schedule == "stytr2":  # StyTr² train.py: linear warm-up, then inverse decay
+        def factor(step: int, epoch: int) -> float:
+            if step < warmup:
+                return (1.0 + 3e-4 * step) / (1.0 + 3e-4 * warmup)
+            return 1.0 / (1.0 + decay * (step - warmup))
+        return factor
+    return lambda step, epoch: 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def pick_device(cfg: Config) -> torch.device:
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise NstlabError("train.device = cuda, but no CUDA device is visible; use auto or cpu")
+    if cfg.train.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA (auto or bf16), fp32 on CPU (CPU bf16 is slower and not the paper's)."""
+    if device.type == "cuda" and cfg.train.precision in ("auto", "bf16"):
+        return torch.bfloat16
+    return None
+
+
+def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: a permutation that depends on (seed, epoch) only; last partial dropped."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n_items, generator=generator).tolist()
+    return [order[i:i + batch_size] for i in range(0, n_items - batch_size + 1, batch_size)]
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CsvLog:
+    """Append-only CSV (one row per log step); the header is fixed by the first row."""
+
+    def __init__(self, path: Path, resume: bool):
+        self.path = path
+        self.columns: list[str] | None = None
+        if resume and path.is_file():
+            with open(path) as handle:
+                self.columns = next(csv.reader(handle), None)
+        elif path.exists():
+            path.unlink()
+
+    def write(self, row: dict) -> None:
+        new = self.columns is None
+        if new:
+            self.columns = list(row)
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, self.columns, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop rows logged after the checkpoint (they will be logged again)."""
+        if not self.path.is_file():
+            return
+        with open(self.path) as handle:
+            rows = list(csv.DictReader(handle))
+        kept = [row for row in rows if int(row["step"]) <= step]
+        self.path.unlink()
+        self.columns = None
+        for row in kept:
+            self.write(row)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    def __init__(self, cfg: Config, method: str, stage: int, pairs_dir: Path, models_dir: Path,
+                 logs_dir: Path, checkpoints_dir: Path, progress: bool = True, tracking: bool = True):
+        from nstlab.data.dataset import PairDataset
+
+        self.cfg, self.method, self.stage, self.progress = cfg, method, stage, progress
+        self.train_set = PairDataset(pairs_dir / "train.csv")
+        self.val_set = PairDataset(pairs_dir / "val.csv")
+        self.spec = train_spec(cfg, method, stage, len(self.train_set))
+        if len(self.train_set) < self.spec.batch_size:
+            raise NstlabError(f"{pairs_dir / 'train.csv'}: {len(self.train_set)} pairs, fewer than one batch "
+                              f"of {self.spec.batch_size}; lower the batch size or add pairs")
+        self.out_dir = models_dir / self.spec.key  # weights, adapters, sample grids (a DVC out)
+        self.log_dir = logs_dir / self.spec.key  # metrics.json and the loss curves (DVC metrics/plots)
+        self.checkpoint_path = checkpoints_dir / self.spec.key / "last.pt"
+        self.device = pick_device(cfg)
+        self.dtype = autocast_dtype(cfg, self.device)
+        self.tracking = tracking
+        self.model = self._build_model(models_dir).to(self.device)
+        self.weights = {name: w for name, w in self.model.loss_weights.items() if w}
+        trainable = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("discriminator.")]
+        self.optimizer = torch.optim.Adam(trainable, lr=self.spec.lr, betas=(0.9, 0.999))
+        discriminator = getattr(self.model, "discriminator", None)
+        self.d_optimizer = None
+        if discriminator is not None:
+            betas = tuple(cfg.baselines[method].options.get("d_betas", (0.5, 0.999)))
+            self.d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=self.spec.lr, betas=betas)
+        self.config_digest = digest({"method": method, "stage": stage, "config": cfg.flat()})
+
+    def _build_model(self, models_dir: Path) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)
+            model = build_model(self.method, self.cfg)
+        if self.method == "vit_lora" and self.stage == 2:
+            stage1 = models_dir / output_key("vit_lora", 1) / "model.pt"
+            load_trained_state(model, load_checkpoint(stage1)["model"], stage1)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.cfg.seed)
+                model.enable_lora()
+        return model
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _save(self, path: Path, step: int, best: float, finished: bool = False) -> None:
+        payload = {
+            "model": trained_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "step": step,
+            "best_val": best,
+            "rng": _rng_state(),
+            "config_digest": self.config_digest,
+            "source_digest": source_digest(),
+            "method": self.method,
+            "stage": self.stage,
+            "finished": finished,
+        }
+        if self.d_optimizer is not None:
+            payload["d_optimizer"] = self.d_optimizer.state_dict()
+        save_atomic(payload, path)
+
+    def _try_resume(self, mode: str) -> tuple[int, float]:
+        """Returns (first step to run, best validation loss so far)."""
+        if mode == "never" or not self.checkpoint_path.is_file():
+            if mode == "require":
+                raise NstlabError(f"{self.checkpoint_path}: nothing to resume; run without --resume")
+            return 0, math.inf
+        state = load_checkpoint(self.checkpoint_path)
+        same = state.get("config_digest") == self.config_digest and state.get("source_digest") == source_digest()
+        if not same:
+            if mode == "require":
+                raise NstlabError(f"{self.checkpoint_path}: made with another config or code; "
+                                  "delete it or run without --resume")
+            return 0, math.inf
+        load_trained_state(self.model, state["model"], self.checkpoint_path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.d_optimizer is not None:
+            self.d_optimizer.load_state_dict(state["d_optimizer"])
+        _set_rng_state(state["rng"])
+        return int(state["step"]), float(state["best_val"])
+
+    # -- one step ------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.dtype is None:
+            return torch.autocast("cpu", enabled=False)
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _step(self, content: torch.Tensor, style: torch.Tensor, step: int) -> dict[str, float]:
+        self.model.train()
+        with self._autocast():
+            terms = self.model.losses(content, style)
+        if self.d_optimizer is not None:  # IEST order: G forward, D step, G adversarial with new D
+            with self._autocast():
+                d_loss = self.model.discriminator_loss()
+            self.d_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.d_optimizer.step()
+            with self._autocast():
+                terms.update(self.model.adversarial_losses())
+            terms["discriminator"] = d_loss.detach()
+        total = sum(self.weights[name] * value for name, value in terms.items() if name in self.weights)
+        if not torch.isfinite(total):
+            raise NstlabError(f"training diverged at step {step}: loss is {total.item()}; the last good "
+                              f"checkpoint is {self.checkpoint_path}; lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.spec.grad_clip:
+            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.spec.grad_clip)
+        self.optimizer.step()
+        return {"total": total.item(), **{name: float(value) for name, value in terms.items()}}
+
+    def _batch(self, dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [dataset[i] for i in indices]
+        content = torch.stack([c for c, _ in pairs]).to(self.device, non_blocking=True)
+        style = torch.stack([s for _, s in pairs]).to(self.device, non_blocking=True)
+        return content, style
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean unweighted content/style terms on up to train.max_val_pairs val pairs, and the
+        selection score λc·Lc + λs·Ls (the paper keeps the best checkpoint by it)."""
+        self.model.eval()
+        n = min(len(self.val_set), self.cfg.train.max_val_pairs)
+        sums: dict[str, float] = {}
+        batches = [list(range(i, min(i + self.spec.batch_size, n))) for i in range(0, n, self.spec.batch_size)]
+        for indices in batches:
+            content, style = self._batch(self.val_set, indices)
+            with self._autocast():
+                terms = self.model.losses(content, style)
+            for name in ("content", "style"):
+                if name in terms:
+                    sums[name] = sums.get(name, 0.0) + float(terms[name]) * len(indices)
+        result = {name: total / n for name, total in sums.items()}
+        result["score"] = sum(self.weights.get(name, 0.0) * value for name, value in result.items())
+        return result
+
+    @torch.no_grad()
+    def sample_grid(self, path: Path) -> Path:
+        """Rows of content | style | output for the first val pairs, saved as one PNG."""
+        from nstlab.grids import save_grid
+
+        self.model.eval()
+        content, style = self._batch(self.val_set, list(range(min(4, len(self.val_set)))))
+        with self._autocast():
+            output = self.model(content, style).float().clamp(0, 1)
+        rows = [[c, s, o] for c, s, o in zip(content.cpu(), style.cpu(), output.cpu())]
+        save_grid(rows, path, header=["content", "style", "output"])
+        return path
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, resume: str = "auto") -> dict:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from nstlab.tracking import Tracker
+
+        cfg, spec = self.cfg, self.spec
+        start_step, best = self._try_resume(resume)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "samples").mkdir(exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        train_log = CsvLog(self.log_dir / "train_log.csv", resume=start_step > 0)
+        val_log = CsvLog(self.log_dir / "val_log.csv", resume=start_step > 0)
+        train_log.truncate_after(start_step)
+        val_log.truncate_after(start_step)
+        counts = self.model.parameter_counts()
+        tags = {"model": self.method, "stage": str(spec.stage), "profile": cfg.profile, "output": spec.key}
+        log_every = cfg.train.log_every if self.method == "vit_lora" else max(1, cfg.train.log_every)
+        val_every = cfg.train.val_every
+        started = time.perf_counter()
+        pairs_seen = 0
+        with Tracker(cfg.mlflow, spec.run_name, tags, enabled=self.tracking) as tracker:
+            tracker.log_params({**cfg.flat(), "parameters.trainable": counts["trainable"],
+                                "parameters.total": counts["total"], "train.total_steps": spec.total_steps})
+            progress = Progress(TextColumn(f"[bold]{spec.run_name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), disable=not self.progress)
+            with progress:
+                task = progress.add_task("train", total=spec.total_steps, completed=start_step, loss="")
+                step = start_step
+                try:
+                    while step < spec.total_steps:
+                        epoch = step // spec.steps_per_epoch
+                        batches = epoch_batches(len(self.train_set), spec.batch_size, cfg.seed, epoch)
+                        for indices in batches[step - epoch * spec.steps_per_epoch:]:
+                            if step >= spec.total_steps:
+                                break
+                            lr = spec.lr * spec.lr_factor(step, epoch)
+                            for group in self.optimizer.param_groups:
+                                group["lr"] = lr
+                            content, style = self._batch(self.train_set, indices)
+                            losses = self._step(content, style, step)
+                            step += 1
+                            pairs_seen += len(indices)
+                            progress.update(task, advance=1, loss=f"loss {losses['total']:.4g}")
+                            if step % log_every == 0 or step == spec.total_steps:
+                                elapsed = time.perf_counter() - started
+                                row = {"step": step, "epoch": epoch, "lr": lr, **losses,
+                                       "pairs_per_s": pairs_seen / max(elapsed, 1e-9)}
+                                train_log.write(row)
+                                tracker.log_metrics({f"train.{k}": v for k, v in row.items() if k != "step"}, step)
+                            if step % val_every == 0 or step == spec.total_steps:
+                                best = self._validate_and_checkpoint(step, best, val_log, tracker)
+                except KeyboardInterrupt:
+                    self._save(self.checkpoint_path, step, best)
+                    raise NstlabError(f"interrupted at step {step}; checkpoint saved to {self.checkpoint_path}: "
+                                      "rerun the same command with --resume to continue") from None
+            train_seconds = time.perf_counter() - started
+            summary = self._finish(step, best, train_seconds, pairs_seen, counts, tracker)
+        return summary
+
+    def _validate_and_checkpoint(self, step: int, best: float, val_log: CsvLog, tracker) -> float:
+        val = self.validate()
+        val_log.write({"step": step, **val})
+        tracker.log_metrics({f"val.{k}": v for k, v in val.items()}, step)
+        if val["score"] < best:
+            best = val["score"]
+            save_atomic({"model": trained_state(self.model), "step": step, "val": val}, self.out_dir / "model.pt")
+        if step % self.cfg.train.sample_every == 0 or step == self.spec.total_steps:
+            grid = self.sample_grid(self.out_dir / "samples" / f"step_{step:06d}.png")
+            tracker.log_artifact(grid, "samples")
+        self._save(self.checkpoint_path, step, best, finished=step == self.spec.total_steps)
+        return best
+
+    def _finish(self, step: int, best: float, train_seconds: float, pairs_seen: int, counts: dict, tracker) -> dict:
+        best_state = load_checkpoint(self.out_dir / "model.pt")
+        summary = {
+            "model": self.method,
+            "stage": self.spec.stage,
+            "run_name": self.spec.run_name,
+            "profile": self.cfg.profile,
+            "steps": step,
+            "best_step": best_state["step"],
+            "val_content": best_state["val"].get("content"),
+            "val_style": best_state["val"].get("style"),
+            "val_score": best,
+            "train_seconds": train_seconds,
+            "pairs_per_s": pairs_seen / max(train_seconds, 1e-9),
+            "parameters_trainable": counts["trainable"],
+            "parameters_total": counts["total"],
+            "mlflow_run_id": tracker.run_id,
+            "tracking_uri": tracker.tracking_uri if tracker.run_id else None,
+        }
+        (self.log_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        tracker.log_metrics({"best.val_score": best, "train_seconds": train_seconds}, step)
+        if getattr(self.model, "lora_enabled", False):
+            load_trained_state(self.model, best_state["model"], self.out_dir / "model.pt")
+            adapters = self.model.save_adapters(self.out_dir / "adapter")
+            for path in adapters:
+                tracker.log_artifact(path, f"adapter/{path.name}")
+        tracker.log_artifact(self.log_dir / "metrics.json")
+        return summary
+
+
+def train(cfg: Config, method: str, stage: int = 0, *, pairs_dir: Path = Path("data/pairs"),
+          models_dir: Path = Path("models"), logs_dir: Path = Path("reports/train"),
+          checkpoints_dir: Path = Path("checkpoints"), resume: str = "auto", progress: bool = True,
+          tracking: bool = True) -> dict:
+    """Train one method (one stage of ViT-LoRA): models/<key>/model.pt (best by validation),
+    reports/train/<key>/{metrics.json, train_log.csv, val_log.csv}; resumable from checkpoints/<key>."""
+    trainer = Trainer(cfg, method, stage, pairs_dir, models_dir, logs_dir, checkpoints_dir, progress, tracking)
+    return trainer.run(resume)
