@@ -1,0 +1,5 @@
+"""`python -m nstlab` = the `nstlab` command."""
+
+from nstlab.cli import main
+
+main()

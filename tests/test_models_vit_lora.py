@@ -1,0 +1,156 @@
+"""ViT-LoRA: parameter counts of the paper (METHODS.md §4), shapes at any size, what trains when."""
+
+import pytest
+import torch
+from transformers import ViTConfig, ViTModel
+
+from nstlab.models.vit_lora import CNNDecoder, ViTLoRA, load_vit
+
+PAPER = ["profile=paper", "backbone.vit=random", "backbone.vgg19=random", "backbone.adain_vgg=random"]
+
+
+def _lora_count(model) -> int:
+    return sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+
+
+@pytest.fixture(scope="module")
+def paper_model():
+    from nstlab.config import load_config
+
+    from conftest import REPO
+
+    return ViTLoRA(load_config(REPO / "params.yaml", PAPER))
+
+
+def test_paper_sizes_stage1(paper_model):
+    counts = paper_model.parameter_counts()
+    assert counts["cnn_decoder.trainable"] == 8_224_323
+    assert counts["transformer_decoder.trainable"] == 23_635_200
+    assert counts["trainable"] == 31_859_523  # stage 1: both decoders only
+    assert counts["content_encoder.frozen"] == counts["style_encoder.frozen"] == 43_271_424
+    assert counts["loss_network.frozen"] == 12_944_960  # VGG-19 features[:29]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lora"),
+    [
+        (["lora.target_modules=[query, value]"], 589_824),
+        (["lora.target_modules=[query, key, value]"], 884_736),
+        (["lora.target_modules=[query, key, value, dense]"], 2_654_208),
+        (["lora.target_modules=[query, value]", "lora.r=32"], 1_179_648),
+        (["lora.target_modules=[query, value]", "lora.r=64"], 2_359_296),
+        (["lora.target_modules=[query, value]", "encoder.layers=8"], 786_432),
+        (["lora.target_modules=[query, value]", "encoder.layers=4"], 393_216),
+        (["lora.target_modules=[q_proj, v_proj]"], 589_824),
+    ],
+)
+def test_lora_counts_match_the_paper(tiny_config, overrides, lora):
+    """Both encoders of ViT-B/16, built alone (the decoders do not change LoRA counts)."""
+    from peft import LoraConfig, get_peft_model
+
+    from nstlab.config import load_config, lora_modules
+
+    from conftest import REPO
+
+    cfg = load_config(REPO / "params.yaml", PAPER + overrides)
+    total = 0
+    for _ in range(2):
+        encoder = get_peft_model(load_vit(cfg), LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                           target_modules=lora_modules(cfg.lora.target_modules)))
+        total += _lora_count(encoder)
+    assert total == lora
+
+
+def test_stage2_best_config_total(paper_model):
+    paper_model.enable_lora()
+    counts = paper_model.parameter_counts()
+    assert counts["lora"] == 2_654_208
+    assert counts["trainable"] == 34_513_731
+
+
+def test_four_layer_decoder_counts(tiny_config):
+    from nstlab.models.blocks import StyleDecoder
+
+    decoder = StyleDecoder(768, 4, 8, 2048, 0.1)
+    assert sum(p.numel() for p in decoder.parameters()) + 8_224_323 == 39_737_411
+    assert sum(p.numel() for p in CNNDecoder(768).parameters()) == 8_224_323
+
+
+@pytest.fixture
+def pretrained_tiny(tmp_path, tiny_config):
+    """A tiny ViT saved with save_pretrained, so the real from_pretrained path is exercised."""
+    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                             image_size=32, patch_size=16), add_pooling_layer=False)
+    vit.save_pretrained(tmp_path / "tiny-vit")
+    return tiny_config(f"backbone.vit={tmp_path / 'tiny-vit'}", "encoder.layers=2")
+
+
+def test_from_pretrained_keeps_only_the_first_blocks(pretrained_tiny):
+    model = ViTLoRA(pretrained_tiny)
+    assert len(model.content_encoder.layers) == 2
+    assert not hasattr(model.content_encoder, "pooler") or model.content_encoder.pooler is None
+
+
+@pytest.mark.parametrize("size", [(224, 224), (96, 160), (17, 33)])
+def test_output_shape_equals_input_shape(pretrained_tiny, size):
+    model = ViTLoRA(pretrained_tiny).eval()
+    content = torch.rand(1, 3, *size)
+    style = torch.rand(1, 3, 40, 24)
+    with torch.no_grad():
+        assert model(content, style).shape == content.shape
+
+
+def test_missing_pretrained_weights_is_a_clear_error(tiny_config, tmp_path):
+    from nstlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="backbone.vit = .*cannot load it"):
+        ViTLoRA(tiny_config(f"backbone.vit={tmp_path / 'absent'}"))
+
+
+def test_stage1_trains_decoders_only_and_leaves_encoders_bit_identical(tiny_config):
+    torch.manual_seed(0)
+    model = ViTLoRA(tiny_config())
+    encoders = {k: v.clone() for k, v in model.content_encoder.state_dict().items()}
+    decoder_before = model.cnn_decoder[1].weight.clone()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=1e-3)
+    terms = model.losses(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
+    (terms["content"] + 7 * terms["style"]).backward()
+    optimizer.step()
+    assert all(torch.equal(v, model.content_encoder.state_dict()[k]) for k, v in encoders.items())
+    assert not torch.equal(decoder_before, model.cnn_decoder[1].weight)
+
+
+def test_stage2_trains_only_lora_and_decoders(tiny_config):
+    model = ViTLoRA(tiny_config("lora.target_modules=[query, value]"))
+    model.enable_lora()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    encoder_trainable = {n for n in trainable if n.startswith(("content_encoder", "style_encoder"))}
+    assert encoder_trainable and all("lora_A" in n or "lora_B" in n for n in encoder_trainable)
+    assert all(("q_proj" in n or "v_proj" in n) for n in encoder_trainable)
+    assert {n.split(".")[0] for n in trainable} == {"content_encoder", "style_encoder", "transformer_decoder", "cnn_decoder"}
+
+
+def test_identity_terms_only_when_weighted(tiny_config):
+    content, style = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    assert set(ViTLoRA(tiny_config()).losses(content, style)) == {"content", "style"}
+    terms = ViTLoRA(tiny_config("loss.identity1=1", "loss.identity2=1")).losses(content, style)
+    assert set(terms) == {"content", "style", "identity1", "identity2"}
+
+
+def test_adapters_round_trip_with_save_pretrained(tiny_config, tmp_path):
+    from peft import PeftModel
+
+    model = ViTLoRA(tiny_config())
+    model.enable_lora()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    model.save_adapters(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(load_vit(tiny_config()), tmp_path / "adapter" / "content_encoder")
+    pixels = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.content_encoder.eval()(pixel_values=pixels).last_hidden_state
+        actual = reloaded.eval()(pixel_values=pixels).last_hidden_state
+    assert torch.allclose(expected, actual, atol=1e-5)
