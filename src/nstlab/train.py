@@ -175,6 +175,41 @@ class CsvLog:
             self.write(row)
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def train_step(model: nn.Module, optimizer, d_optimizer, weights: dict[str, float], content: torch.Tensor,
+               style: torch.Tensor, dtype: torch.dtype | None, grad_clip: float | None) -> dict[str, float]:
+    """One optimiser step on one batch; returns the weighted total and each unweighted term.
+
+    A non-finite total skips the update (the caller stops the run), so weights stay good.
+    """
+    model.train()
+    with autocast(content.device, dtype):
+        terms = model.losses(content, style)
+    if d_optimizer is not None:  # IEST order: G forward, D step, G adversarial with the updated D
+        with autocast(content.device, dtype):
+            d_loss = model.discriminator_loss()
+        d_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_optimizer.step()
+        with autocast(content.device, dtype):
+            terms.update(model.adversarial_losses())
+        terms["discriminator"] = d_loss.detach()
+    total = sum(weights[name] * value for name, value in terms.items() if name in weights)
+    if not torch.isfinite(total):
+        return {"total": float(total)}
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)
+    optimizer.step()
+    return {"total": total.item(), **{name: float(value) for name, value in terms.items()}}
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -259,33 +294,15 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------
     def _autocast(self):
-        if self.dtype is None:
-            return torch.autocast("cpu", enabled=False)
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast(self.device, self.dtype)
 
     def _step(self, content: torch.Tensor, style: torch.Tensor, step: int) -> dict[str, float]:
-        self.model.train()
-        with self._autocast():
-            terms = self.model.losses(content, style)
-        if self.d_optimizer is not None:  # IEST order: G forward, D step, G adversarial with new D
-            with self._autocast():
-                d_loss = self.model.discriminator_loss()
-            self.d_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.d_optimizer.step()
-            with self._autocast():
-                terms.update(self.model.adversarial_losses())
-            terms["discriminator"] = d_loss.detach()
-        total = sum(self.weights[name] * value for name, value in terms.items() if name in self.weights)
-        if not torch.isfinite(total):
-            raise NstlabError(f"training diverged at step {step}: loss is {total.item()}; the last good "
+        losses = train_step(self.model, self.optimizer, self.d_optimizer, self.weights, content, style,
+                             self.dtype, self.spec.grad_clip)
+        if not math.isfinite(losses["total"]):
+            raise NstlabError(f"training diverged at step {step}: loss is {losses['total']}; the last good "
                               f"checkpoint is {self.checkpoint_path}; lower the learning rate")
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if self.spec.grad_clip:
-            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.spec.grad_clip)
-        self.optimizer.step()
-        return {"total": total.item(), **{name: float(value) for name, value in terms.items()}}
+        return losses
 
     def _batch(self, dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [dataset[i] for i in indices]
@@ -341,7 +358,8 @@ class Trainer:
         train_log.truncate_after(start_step)
         val_log.truncate_after(start_step)
         counts = self.model.parameter_counts()
-        tags = {"model": self.method, "stage": str(spec.stage), "profile": cfg.profile, "output": spec.key}
+        tags = {"model": self.method, "stage": str(spec.stage), "profile": cfg.profile, "output": spec.key,
+                "config_digest": self.config_digest}
         log_every = cfg.train.log_every if self.method == "vit_lora" else max(1, cfg.train.log_every)
         val_every = cfg.train.val_every
         started = time.perf_counter()

@@ -1,0 +1,139 @@
+"""`nstlab ablate GRID.yaml`: an ablation grid as data -> queued DVC experiments -> the report.
+
+A grid file lists configurations as overrides of params.yaml keys:
+
+    experiments:
+      exp1: {lora.r: 16, lora.target_modules: [query, value]}
+      exp2: {lora.r: 32, lora.target_modules: [query, value]}
+
+or, for several one-dimensional sweeps, `grids: {sweep_name: [{key: value}, ...]}` (each entry
+named `<sweep>-<index>`). Every configuration becomes `dvc exp run --queue -S key=value ...`;
+the queue runs with N workers; configurations whose result already exists (same resolved
+config digest, a FINISHED MLflow run) are skipped unless --force. DVC's run cache makes every
+experiment reuse the stages its overrides do not touch.
+"""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from nstlab.config import Config, load_config
+from nstlab.errors import ConfigError, NstlabError
+
+
+def read_grid(path: Path) -> dict[str, dict]:
+    """Grid file -> {experiment name: {dotted key: value}}; errors name the file and the entry."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: not valid YAML") from None
+    if not isinstance(raw, dict) or not ({"experiments", "grids"} & set(raw)):
+        raise ConfigError(f"{path}: expected a top-level 'experiments:' or 'grids:' mapping")
+    experiments: dict[str, dict] = {}
+    for name, overrides in (raw.get("experiments") or {}).items():
+        experiments[str(name)] = overrides
+    for sweep, entries in (raw.get("grids") or {}).items():
+        if not isinstance(entries, list):
+            raise ConfigError(f"{path}: grids.{sweep} must be a list of overrides")
+        for index, overrides in enumerate(entries):
+            experiments[f"{sweep}-{index}"] = overrides
+    for name, overrides in experiments.items():
+        if not isinstance(overrides, dict) or not overrides:
+            raise ConfigError(f"{path}: experiment {name} must be a non-empty mapping of key: value")
+    return experiments
+
+
+def override_args(overrides: dict) -> list[str]:
+    """{lora.r: 32, lora.target_modules: [query, value]} -> ['lora.r=32', 'lora.target_modules=[query, value]']."""
+    return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for key, value in overrides.items()]
+
+
+def methods_touched(overrides: dict) -> tuple[str, int]:
+    """Which training run identifies an experiment: a baseline's block, else ViT-LoRA stage 2."""
+    for key in overrides:
+        parts = key.split(".")
+        if parts[0] == "baselines" or (parts[0] == "profiles" and len(parts) > 2 and parts[2] == "baselines"):
+            method = parts[1] if parts[0] == "baselines" else parts[3]
+            return method, 0
+    return "vit_lora", 2
+
+
+def config_digest_for(cfg: Config, method: str, stage: int) -> str:
+    from nstlab.checkpoint import digest
+
+    return digest({"method": method, "stage": stage, "config": cfg.flat()})
+
+
+def finished_digests(cfg: Config) -> set[str]:
+    from nstlab.tracking import search_runs
+
+    runs = search_runs(cfg.mlflow, "attributes.status = 'FINISHED'")
+    if runs.empty or "tags.config_digest" not in runs:
+        return set()
+    return set(runs["tags.config_digest"].dropna())
+
+
+def _dvc(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise NstlabError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}")
+    return result
+
+
+def _wait_for_queue(poll_s: float = 5.0) -> dict[str, str]:
+    """Poll `dvc queue status` until nothing is queued or running; returns name -> final status."""
+    while True:
+        lines = _dvc("queue", "status").stdout.splitlines()[1:]
+        statuses = {}
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 3:
+                statuses[fields[1]] = fields[-1] if fields[-1] in ("Queued", "Running", "Success", "Failed") else fields[2]
+        if not any(state in ("Queued", "Running") for state in statuses.values()):
+            return statuses
+        time.sleep(poll_s)
+
+
+def run_grid(grid: Path, *, jobs: int = 1, force: bool = False, params_path: Path = Path("params.yaml")) -> dict:
+    """Queue, run and report one grid; prints a done / queued / failed table."""
+    console = Console()
+    experiments = read_grid(grid)
+    done = set() if force else finished_digests(load_config(params_path))
+    plan = {}
+    for name, overrides in experiments.items():
+        args = override_args(overrides)
+        cfg = load_config(params_path, args)  # a bad key fails here, before anything is queued
+        digest = config_digest_for(cfg, *methods_touched(overrides))
+        plan[name] = ("done" if digest in done else "queued", args)
+    prefix = grid.stem
+    for name, (state, args) in plan.items():
+        if state == "queued":
+            _dvc("exp", "run", "--queue", "--name", f"{prefix}-{name}", *[part for arg in args for part in ("-S", arg)])
+    if any(state == "queued" for state, _ in plan.values()):
+        _dvc("queue", "start", "--jobs", str(jobs))
+        statuses = _wait_for_queue()
+        for name, (state, args) in plan.items():
+            if state == "queued":
+                final = statuses.get(f"{prefix}-{name}", "Failed")
+                plan[name] = ("done" if final == "Success" else "failed", args)
+    subprocess.run(["nstlab", "report", "--params", str(params_path)], check=False)
+    table = Table(title=f"{grid}: {len(plan)} configurations")
+    for column in ("experiment", "state", "overrides"):
+        table.add_column(column)
+    for name, (state, args) in plan.items():
+        table.add_row(name, state, " ".join(args))
+    console.print(table)
+    result = {name: state for name, (state, _) in plan.items()}
+    Path("reports").mkdir(exist_ok=True)
+    (Path("reports") / f"ablate_{prefix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if any(state == "failed" for state in result.values()):
+        raise NstlabError(f"{grid}: some experiments failed; see `dvc queue logs <name>`")
+    return result
