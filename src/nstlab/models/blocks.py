@@ -2,11 +2,23 @@
 
 - StyTr²'s transformer decoder (used by StyTr² at d=512 and by ViT-LoRA at d=768).
 - parameter counting for `nstlab info`.
+- the AdaIN family's parts: the normalised VGG-19 encoder, the AdaIN decoder, their content and
+  style losses, and `FeatureTransferNet`, the encoder → transform → decoder skeleton that
+  AdaIN, SANet, MCC and IEST share (StyTr² reuses the encoder, decoder and losses).
 """
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from nstlab.errors import ConfigError
+from nstlab.functional import ADAIN_EPS, crop_to, mean_std_loss, mvn, pad_to_multiple
+from nstlab.losses import feature_mse
 
 
 def count_parameters(module: nn.Module) -> dict[str, int]:
@@ -58,3 +70,252 @@ class StyleDecoder(nn.Module):
         for layer in self.layers:
             content = layer(content, style, content_pos)
         return self.norm(content)
+
+
+# =============================================================================================
+# The AdaIN family (AdaIN, SANet, MCC, IEST): normalised VGG-19 → a feature transform → decoder.
+# Every number: ../shared/METHODS.md §2 and §4.
+# =============================================================================================
+
+VGG_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+# One slice of the normalised VGG per tapped layer: the 3×3 convs (output channels at width 1)
+# and max-pools that lead from the previous tap to this one (pytorch-AdaIN net.py, enc_1…enc_5).
+_VGG_SLICES = {
+    "relu1_1": (64,),
+    "relu2_1": (64, "pool", 128),
+    "relu3_1": (128, "pool", 256),
+    "relu4_1": (256, 256, 256, "pool", 512),
+    "relu5_1": (512, 512, 512, "pool", 512),
+}
+
+VGG_STRIDE = 8  # relu4_1 is 1/8 of the input: padding to a multiple of 8 makes the decoder's ×8 land back
+# relu5_1's reflection padding needs its input (ceil(side / 16)) to be at least 2 px, so side > 16.
+VGG_MIN_SIDE = 24
+ADAIN_VGG_SOURCE = "https://github.com/naoto0804/pytorch-AdaIN/releases/tag/v0.0.0"
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """A layer's channel count at `width` (1.0 = the published network), never below 4."""
+    return max(4, round(channels * width))
+
+
+def pad_for_vgg(images: torch.Tensor, multiple: int = VGG_STRIDE) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad (B, 3, H, W) so the VGG and the ×8 decoder fit any size: H, W up to a multiple of 8
+    (reflect) and at least 24 px (replicate, tiny images only). Returns the batch and (H, W).
+    Style images that are never decoded need only the minimum size: multiple=1."""
+    padded, size = pad_to_multiple(images, multiple)
+    short_h, short_w = max(0, VGG_MIN_SIDE - padded.shape[-2]), max(0, VGG_MIN_SIDE - padded.shape[-1])
+    if short_h or short_w:
+        padded = F.pad(padded, (0, short_w, 0, short_h), mode="replicate")
+    return padded, size
+
+
+def _reflect_conv(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [nn.ReflectionPad2d(1), nn.Conv2d(in_channels, out_channels, 3), nn.ReLU()]
+
+
+class NormalisedVGG(nn.Module):
+    """pytorch-AdaIN's "normalised VGG-19" up to relu5_1, frozen: a 1×1 conv 3→3 (it maps [0, 1]
+    RGB to the Caffe input), then 3×3 reflection-padded convs with ReLU and ceil-mode max-pools.
+
+    weights: "random" (Kaiming-normal from a generator seeded with `seed`: two builds are equal)
+    or a path to pytorch-AdaIN's vgg_normalised.pth (a state dict of an nn.Sequential, mapped by
+    position; needs width 1.0). width scales the channels 64/128/256/512/512.
+    forward((B, 3, H, W) in [0, 1]) -> {relu1_1: (B, 64w, H, W), …, relu5_1: (B, 512w, ⌈H/16⌉, ⌈W/16⌉)}.
+    """
+
+    def __init__(self, weights: str = "random", width: float = 1.0, seed: int = 0):
+        super().__init__()
+        self.channels: dict[str, int] = {}
+        slices, in_channels = [], 3
+        for layer, plan in _VGG_SLICES.items():
+            modules: list[nn.Module] = [nn.Conv2d(3, 3, 1)] if layer == "relu1_1" else []
+            for step in plan:
+                if step == "pool":
+                    modules.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+                else:
+                    out_channels = scaled_channels(step, width)
+                    modules += _reflect_conv(in_channels, out_channels)
+                    in_channels = out_channels
+            slices.append(nn.Sequential(*modules))
+            self.channels[layer] = in_channels
+        self.slices = nn.ModuleList(slices)
+        convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+        if weights == "random":
+            generator = torch.Generator().manual_seed(seed)
+            for conv in convs:
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu", generator=generator)
+                nn.init.zeros_(conv.bias)
+        else:
+            self._load(weights, width, convs)
+        self.requires_grad_(False)
+        self.eval()
+
+    @staticmethod
+    def _load(path: str, width: float, convs: list[nn.Conv2d]) -> None:
+        if width != 1.0:
+            raise ConfigError(f"backbone.vgg_width = {width}: pretrained normalised VGG weights need width 1.0")
+        if not Path(path).is_file():
+            raise ConfigError(f"backbone.adain_vgg = {path!r}: no such file; download vgg_normalised.pth from "
+                              f"{ADAIN_VGG_SOURCE} and give its path, or use 'random'")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        # The file is nn.Sequential's state dict ("0.weight", "0.bias", "2.weight", …): the convs
+        # in module order are ours in order (the file goes on to relu5_4; we stop at relu5_1).
+        indices = sorted({int(key.split(".")[0]) for key in state if key.endswith(".weight")})
+        if len(indices) < len(convs):
+            raise ConfigError(f"backbone.adain_vgg = {path!r}: {len(indices)} convolutions, "
+                              f"expected at least {len(convs)} (pytorch-AdaIN's vgg_normalised.pth)")
+        for conv, index in zip(convs, indices):
+            weight, bias = state[f"{index}.weight"], state[f"{index}.bias"]
+            if weight.shape != conv.weight.shape:
+                raise ConfigError(f"backbone.adain_vgg = {path!r}: layer {index} has shape {tuple(weight.shape)}, "
+                                  f"expected {tuple(conv.weight.shape)}; is it pytorch-AdaIN's vgg_normalised.pth?")
+            conv.weight.data.copy_(weight)
+            conv.bias.data.copy_(bias)
+
+    def train(self, mode: bool = True):
+        """Stays in eval mode: a loss network never trains."""
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor, last_layer: str = "relu5_1") -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) in [0, 1] -> features of VGG_LAYERS up to `last_layer`, encoded once."""
+        features, hidden = {}, images
+        for layer, block in zip(VGG_LAYERS, self.slices):
+            hidden = features[layer] = block(hidden)
+            if layer == last_layer:
+                break
+        return features
+
+
+class AdaINDecoder(nn.Sequential):
+    """relu4_1 features (B, 512w, h, w) -> image (B, 3, 8h, 8w): 3×3 reflection-padded convs with
+    ReLU except the last, nearest ×2 upsampling (pytorch-AdaIN net.decoder; 3,505,219 at width 1)."""
+
+    PLAN = (512, 256, "up", 256, 256, 256, 128, "up", 128, 64, "up", 64)
+
+    def __init__(self, width: float = 1.0):
+        modules: list[nn.Module] = []
+        in_channels = scaled_channels(self.PLAN[0], width)
+        for step in self.PLAN[1:]:
+            if step == "up":
+                modules.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            else:
+                modules += _reflect_conv(in_channels, scaled_channels(step, width))
+                in_channels = scaled_channels(step, width)
+        modules += [nn.ReflectionPad2d(1), nn.Conv2d(in_channels, 3, 3)]  # no ReLU on the image
+        super().__init__(*modules)
+
+
+# -- losses read the feature dicts: the VGG runs once per image batch --------------------------
+def normalised_content_loss(output_features: dict[str, torch.Tensor], content_features: dict[str, torch.Tensor],
+                            layers: tuple[str, ...] = ("relu4_1", "relu5_1")) -> torch.Tensor:
+    """Σ over layers of MSE(mvn φ(output), mvn φ(content)): the content loss of SANet, MCC, IEST
+    and StyTr² (SANet train.py calc_content_loss(norm=True) at relu4_1 + relu5_1)."""
+    return sum(F.mse_loss(mvn(output_features[layer]), mvn(content_features[layer])) for layer in layers)
+
+
+def mean_std_style_loss(output_features: dict[str, torch.Tensor], style_features: dict[str, torch.Tensor],
+                        layers: tuple[str, ...] = VGG_LAYERS) -> torch.Tensor:
+    """Σ over layers of MSE(μ) + MSE(σ), σ = sqrt(unbiased var + 1e-5) (pytorch-AdaIN calc_style_loss)."""
+    return sum(mean_std_loss(output_features[layer], style_features[layer], ADAIN_EPS) for layer in layers)
+
+
+def method_settings(method: str, kind: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The method's defaults overridden by `baselines.<method>.<kind>` (kind "loss" or "options");
+    an unknown name raises a ConfigError naming the key and the allowed names."""
+    for name, value in given.items():
+        if name not in defaults:
+            allowed = ", ".join(defaults) or "none"
+            raise ConfigError(f"baselines.{method}.{kind}.{name}: unknown name; allowed: {allowed}")
+        if kind == "loss" and not (isinstance(value, (int, float)) and value >= 0):
+            raise ConfigError(f"baselines.{method}.loss.{name} = {value!r}: a loss weight must be a number ≥ 0")
+    return {**defaults, **given}
+
+
+@dataclass
+class TransferStep:
+    """One training forward, in padded space: images (B, 3, H, W), their VGG features, the output."""
+
+    content: torch.Tensor
+    style: torch.Tensor
+    output: torch.Tensor
+    content_features: dict[str, torch.Tensor]
+    style_features: dict[str, torch.Tensor]
+    output_features: dict[str, torch.Tensor]
+
+
+class FeatureTransferNet(nn.Module):
+    """The skeleton AdaIN, SANet, MCC and IEST share: the frozen NormalisedVGG encodes both images,
+    `transform(content_features, style_features)` makes relu4_1-sized features, AdaINDecoder
+    decodes them. Subclasses set `name` (their `baselines.<name>` block), `transform`,
+    `loss_defaults` (term -> default weight), `option_defaults` and `last_layer` (the deepest
+    feature the transform reads), and may extend `losses`.
+    """
+
+    name: str
+    loss_defaults: dict[str, float] = {}
+    option_defaults: dict[str, Any] = {}
+    last_layer = "relu5_1"
+    transform: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor]
+
+    def __init__(self, cfg):
+        super().__init__()
+        spec = cfg.baselines[self.name]
+        self.loss_weights = method_settings(self.name, "loss", spec.loss, self.loss_defaults)
+        self.options = method_settings(self.name, "options", spec.options, self.option_defaults)
+        self.encoder = NormalisedVGG(cfg.backbone.adain_vgg, cfg.backbone.vgg_width, cfg.seed)
+        self.decoder = AdaINDecoder(cfg.backbone.vgg_width)
+
+    def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """content (B, 3, H, W), style (B, 3, H', W') in [0, 1] -> (B, 3, H, W), not clamped."""
+        content, size = pad_for_vgg(content)
+        style, _ = pad_for_vgg(style, multiple=1)
+        content_features = self.encoder(content, self.last_layer)
+        style_features = self.encoder(style, self.last_layer)
+        return crop_to(self.decoder(self.transform(content_features, style_features)), size)
+
+    def transfer_step(self, content: torch.Tensor, style: torch.Tensor) -> TransferStep:
+        """Stylise and encode everything a loss needs, once. Losses are computed on the padded
+        images (a no-op at the training sizes, all multiples of 8)."""
+        content, style = pad_for_vgg(content)[0], pad_for_vgg(style)[0]
+        content_features, style_features = self.encoder(content), self.encoder(style)
+        output = self.decoder(self.transform(content_features, style_features))
+        return TransferStep(content, style, output, content_features, style_features, self.encoder(output))
+
+    def content_style_identity_terms(self, step: TransferStep) -> dict[str, torch.Tensor]:
+        """Unweighted content, style, identity1, identity2 (SANet / StyTr² code); a term whose
+        weight is 0 is left out, and the identity passes run only when one of them is on."""
+        weights, terms = self.loss_weights, {}
+        if weights.get("content"):
+            terms["content"] = normalised_content_loss(step.output_features, step.content_features)
+        if weights.get("style"):
+            terms["style"] = mean_std_style_loss(step.output_features, step.style_features)
+        if weights.get("identity1") or weights.get("identity2"):
+            # Icc = D(T(Fc, Fc)), Iss = D(T(Fs, Fs)): stylising an image with itself gives it back.
+            content_identity = self.decoder(self.transform(step.content_features, step.content_features))
+            style_identity = self.decoder(self.transform(step.style_features, step.style_features))
+            if weights.get("identity1"):
+                terms["identity1"] = F.mse_loss(content_identity, step.content) + F.mse_loss(style_identity, step.style)
+            if weights.get("identity2"):
+                terms["identity2"] = (feature_mse(self.encoder(content_identity), step.content_features)
+                                      + feature_mse(self.encoder(style_identity), step.style_features))
+        return terms
+
+    def losses(self, content: torch.Tensor, style: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unweighted loss terms of one step (the trainer applies `loss_weights`)."""
+        return self.content_style_identity_terms(self.transfer_step(content, style))
+
+    def parts(self) -> dict[str, nn.Module]:
+        """Named parts for parameter_counts; subclasses may split a part further."""
+        return dict(self.named_children())
+
+    def parameter_counts(self) -> dict[str, int]:
+        """{part.trainable, part.frozen, …, trainable, total}, as ViT-LoRA reports them."""
+        counts = {}
+        for name, module in self.parts().items():
+            for kind, number in count_parameters(module).items():
+                counts[f"{name}.{kind}"] = number
+        counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
