@@ -162,6 +162,19 @@ class PaperLossNetwork(TorchVGG19):
 STYTR2_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 
+def normalised_content_loss(output_features: dict[str, torch.Tensor], content_features: dict[str, torch.Tensor],
+                            layers: tuple[str, ...] = ("relu4_1", "relu5_1")) -> torch.Tensor:
+    """Σ over layers of MSE(mvn φ(output), mvn φ(content)): the content loss of StyTr², SANet, MCC
+    and IEST (SANet train.py calc_content_loss(norm=True) at relu4_1 + relu5_1)."""
+    return sum(F.mse_loss(mvn(output_features[layer]), mvn(content_features[layer])) for layer in layers)
+
+
+def mean_std_style_loss(output_features: dict[str, torch.Tensor], style_features: dict[str, torch.Tensor],
+                        layers: tuple[str, ...] = STYTR2_LAYERS) -> torch.Tensor:
+    """Σ over layers of MSE(μ) + MSE(σ), σ = sqrt(unbiased var + 1e-5) (pytorch-AdaIN calc_style_loss)."""
+    return sum(mean_std_loss(output_features[layer], style_features[layer], ADAIN_EPS) for layer in layers)
+
+
 class StyTr2LossNetwork(nn.Module):
     """The StyTr² code's loss convention on the AdaIN normalised VGG-19 ([0, 1] RGB input):
     content = Σ MSE(mvn φ(o), mvn φ(c)) at relu4_1 + relu5_1; style = Σ relu1_1..relu5_1 of
@@ -176,14 +189,8 @@ class StyTr2LossNetwork(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.vgg(images)
 
-    @staticmethod
-    def content_loss(output: dict[str, torch.Tensor], content: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(F.mse_loss(mvn(output[name]), mvn(content[name])) for name in ("relu4_1", "relu5_1"))
-
-    @staticmethod
-    def style_loss(output: dict[str, torch.Tensor], style: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(mean_std_loss(output[name], style[name], ADAIN_EPS) for name in STYTR2_LAYERS)
-
+    content_loss = staticmethod(normalised_content_loss)
+    style_loss = staticmethod(mean_std_style_loss)
     identity_loss = staticmethod(feature_mse)
 
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from nstlab.errors import NstlabError
 from nstlab.functional import adain, crop_to
-from nstlab.models.blocks import VGG_LAYERS, FeatureTransferNet, mean_std_style_loss, pad_for_vgg
+from nstlab.losses import mean_std_style_loss
+from nstlab.models.blocks import VGG_LAYERS, FeatureTransferNet, pad_for_vgg
 
 STYLE_LAYERS = VGG_LAYERS[:4]  # relu1_1 … relu4_1 (pytorch-AdaIN net.py encode_with_intermediate)
 

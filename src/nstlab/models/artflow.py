@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from nstlab.errors import ConfigError
 from nstlab.functional import adain, crop_to, pad_to_multiple
-from nstlab.models.blocks import NormalisedVGG, count_parameters, mean_std_style_loss, method_settings
+from nstlab.losses import mean_std_style_loss
+from nstlab.models.blocks import NormalisedVGG, method_settings, part_counts
 
 # train.py defaults: --n_block 2, --n_flow 8, AffineCoupling(filter_size=512), --operator adain.
 DEFAULT_OPTIONS = {"blocks": 2, "flows": 8, "hidden": 512, "transfer": "adain"}
@@ -297,12 +298,7 @@ class ArtFlow(nn.Module):
         return terms
 
     def parameter_counts(self) -> dict[str, int]:
-        """{part.trainable, part.frozen} for glow and loss_network, then totals."""
-        counts = {f"{part}.{kind}": number for part, module in self.named_children()
-                  for kind, number in count_parameters(module).items()}
-        counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        counts["total"] = sum(p.numel() for p in self.parameters())
-        return counts
+        return part_counts(self)
 
 
 def build(cfg) -> ArtFlow:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from nstlab.errors import ConfigError
 from nstlab.functional import ADAIN_EPS, crop_to, mean_std_loss, mvn, pad_to_multiple
-from nstlab.losses import feature_mse
+from nstlab.losses import STYTR2_LAYERS, feature_mse, mean_std_style_loss, normalised_content_loss
 
 
 def count_parameters(module: nn.Module) -> dict[str, int]:
@@ -26,6 +26,17 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
     return {"trainable": trainable, "frozen": frozen}
+
+
+def part_counts(model: nn.Module, parts: Mapping[str, nn.Module] | None = None) -> dict[str, int]:
+    """{part.trainable, part.frozen} per named part (default: the model's children), then the
+    model's trainable and total counts: every method's `parameter_counts()`."""
+    parts = dict(model.named_children()) if parts is None else parts
+    counts = {f"{name}.{kind}": number for name, module in parts.items()
+              for kind, number in count_parameters(module).items()}
+    counts["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts
 
 
 class StyleDecoderLayer(nn.Module):
@@ -77,7 +88,7 @@ class StyleDecoder(nn.Module):
 # Every number: ../shared/METHODS.md §2 and §4.
 # =============================================================================================
 
-VGG_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+VGG_LAYERS = STYTR2_LAYERS  # relu1_1 … relu5_1
 
 # One slice of the normalised VGG per tapped layer: the 3×3 convs (output channels at width 1)
 # and max-pools that lead from the previous tap to this one (pytorch-AdaIN net.py, enc_1…enc_5).
@@ -207,20 +218,6 @@ class AdaINDecoder(nn.Sequential):
         super().__init__(*modules)
 
 
-# -- losses read the feature dicts: the VGG runs once per image batch --------------------------
-def normalised_content_loss(output_features: dict[str, torch.Tensor], content_features: dict[str, torch.Tensor],
-                            layers: tuple[str, ...] = ("relu4_1", "relu5_1")) -> torch.Tensor:
-    """Σ over layers of MSE(mvn φ(output), mvn φ(content)): the content loss of SANet, MCC, IEST
-    and StyTr² (SANet train.py calc_content_loss(norm=True) at relu4_1 + relu5_1)."""
-    return sum(F.mse_loss(mvn(output_features[layer]), mvn(content_features[layer])) for layer in layers)
-
-
-def mean_std_style_loss(output_features: dict[str, torch.Tensor], style_features: dict[str, torch.Tensor],
-                        layers: tuple[str, ...] = VGG_LAYERS) -> torch.Tensor:
-    """Σ over layers of MSE(μ) + MSE(σ), σ = sqrt(unbiased var + 1e-5) (pytorch-AdaIN calc_style_loss)."""
-    return sum(mean_std_loss(output_features[layer], style_features[layer], ADAIN_EPS) for layer in layers)
-
-
 def method_settings(method: str, kind: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The method's defaults overridden by `baselines.<method>.<kind>` (kind "loss" or "options");
     an unknown name raises a ConfigError naming the key and the allowed names."""
@@ -311,11 +308,4 @@ class FeatureTransferNet(nn.Module):
         return dict(self.named_children())
 
     def parameter_counts(self) -> dict[str, int]:
-        """{part.trainable, part.frozen, …, trainable, total}, as ViT-LoRA reports them."""
-        counts = {}
-        for name, module in self.parts().items():
-            for kind, number in count_parameters(module).items():
-                counts[f"{name}.{kind}"] = number
-        counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        counts["total"] = sum(p.numel() for p in self.parameters())
-        return counts
+        return part_counts(self, self.parts())

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from nstlab.errors import ConfigError
 from nstlab.functional import crop_to, pad_to_multiple
 from nstlab.losses import loss_network
-from nstlab.models.blocks import AdaINDecoder, StyleDecoder, count_parameters, method_settings, pad_for_vgg
+from nstlab.models.blocks import AdaINDecoder, StyleDecoder, method_settings, pad_for_vgg, part_counts
 
 PATCH = 8  # PatchEmbed(patch_size=8); the AdaIN decoder's three ×2 upsamplings undo it exactly
 CAPE_GRID = 18  # transformer.py: nn.AdaptiveAvgPool2d(18)
@@ -171,12 +171,7 @@ class StyTr2(nn.Module):
         return terms
 
     def parameter_counts(self) -> dict[str, int]:
-        """{part.trainable, part.frozen} per child module (patch_embedding, cape, …), then totals."""
-        counts = {f"{part}.{kind}": number for part, module in self.named_children()
-                  for kind, number in count_parameters(module).items()}
-        counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        counts["total"] = sum(p.numel() for p in self.parameters())
-        return counts
+        return part_counts(self)
 
 
 def build(cfg) -> StyTr2:

@@ -21,7 +21,7 @@ from nstlab.config import Config, lora_modules
 from nstlab.errors import ConfigError
 from nstlab.functional import crop_to, pad_to_multiple
 from nstlab.losses import imagenet_denormalize, imagenet_normalize, loss_network
-from nstlab.models.blocks import StyleDecoder, count_parameters
+from nstlab.models.blocks import StyleDecoder, part_counts
 
 PATCH = 16
 LOSS_TERMS = ("content", "style", "identity1", "identity2")
@@ -157,22 +157,9 @@ class ViTLoRA(nn.Module):
         return terms
 
     def parameter_counts(self) -> dict[str, int]:
-        parts = {
-            "content_encoder": self.content_encoder,
-            "style_encoder": self.style_encoder,
-            "transformer_decoder": self.transformer_decoder,
-            "cnn_decoder": self.cnn_decoder,
-            "loss_network": self.loss_network,
-        }
-        counts = {}
-        for name, module in parts.items():
-            for kind, number in count_parameters(module).items():
-                counts[f"{name}.{kind}"] = number
-        lora = sum(p.numel() for n, p in self.named_parameters() if "lora_" in n)
-        counts["lora"] = lora
-        counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        counts["total"] = sum(p.numel() for p in self.parameters())
-        return counts
+        """Per part (encoders, decoders, loss network), LoRA alone, then totals."""
+        lora = sum(p.numel() for name, p in self.named_parameters() if "lora_" in name)
+        return {**part_counts(self), "lora": lora}
 
 
 def build(cfg: Config) -> ViTLoRA:
