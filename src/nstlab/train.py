@@ -120,13 +120,6 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batches of one epoch: a permutation that depends on (seed, epoch) only; last partial dropped."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(n_items, generator=generator).tolist()
-    return [order[i:i + batch_size] for i in range(0, n_items - batch_size + 1, batch_size)]
-
-
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -216,12 +209,14 @@ def train_step(model: nn.Module, optimizer, d_optimizer, weights: dict[str, floa
 class Trainer:
     def __init__(self, cfg: Config, method: str, stage: int, pairs_dir: Path, models_dir: Path,
                  logs_dir: Path, checkpoints_dir: Path, progress: bool = True, tracking: bool = True):
-        from nstlab.data.dataset import PairDataset
+        from nstlab.data.dataset import PairDataset, make_loader
 
         self.cfg, self.method, self.stage, self.progress = cfg, method, stage, progress
         self.train_set = PairDataset(pairs_dir / "train.csv")
         self.val_set = PairDataset(pairs_dir / "val.csv")
         self.spec = train_spec(cfg, method, stage, len(self.train_set))
+        self.train_loader = make_loader(pairs_dir / "train.csv", batch_size=self.spec.batch_size, shuffle=True,
+                                        seed=cfg.seed, workers=cfg.train.workers)
         if len(self.train_set) < self.spec.batch_size:
             raise NstlabError(f"{pairs_dir / 'train.csv'}: {len(self.train_set)} pairs, fewer than one batch "
                               f"of {self.spec.batch_size}; lower the batch size or add pairs")
@@ -375,17 +370,19 @@ class Trainer:
                 try:
                     while step < spec.total_steps:
                         epoch = step // spec.steps_per_epoch
-                        batches = epoch_batches(len(self.train_set), spec.batch_size, cfg.seed, epoch)
-                        for indices in batches[step - epoch * spec.steps_per_epoch:]:
+                        consumed = step - epoch * spec.steps_per_epoch  # batches of this epoch already run
+                        self.train_loader.sampler.set_epoch(epoch, consumed * spec.batch_size)
+                        for content, style in self.train_loader:
                             if step >= spec.total_steps:
                                 break
                             lr = spec.lr * spec.lr_factor(step, epoch)
                             for group in self.optimizer.param_groups:
                                 group["lr"] = lr
-                            content, style = self._batch(self.train_set, indices)
+                            content = content.to(self.device, non_blocking=True)
+                            style = style.to(self.device, non_blocking=True)
                             losses = self._step(content, style, step)
                             step += 1
-                            pairs_seen += len(indices)
+                            pairs_seen += len(content)
                             progress.update(task, advance=1, loss=f"loss {losses['total']:.4g}")
                             if step % log_every == 0 or step == spec.total_steps:
                                 elapsed = time.perf_counter() - started

@@ -1,0 +1,300 @@
+"""HTTP downloads that survive flaky networks, Ctrl-C and two runs at once.
+
+Uses the standard library's urllib (no extra dependency; one connection per file, which is
+fine for tens of thousands of images over `workers` threads). Per file: bytes go to
+`<name>.part`, which a retry or a later run resumes with an HTTP Range request (a server that
+answers 200 instead of 206 restarts it); the sha256 is checked when known, and only a complete,
+verified file is renamed to its final name. `manifest.json` in the target dir records
+filename → {sha256, size, url}, so a re-run verifies files on disk and skips them without
+touching the network (a file with no known checksum and no manifest entry cannot be trusted,
+so it is fetched again). A lock file in the target dir serialises processes that download into
+the same dir: the second waits, then finds the files present and skips them.
+"""
+
+import hashlib
+import json
+import os
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from http.client import HTTPException
+from pathlib import Path, PurePosixPath
+from urllib.error import HTTPError, URLError
+from urllib.request import Request, urlopen
+
+from filelock import FileLock
+from rich.filesize import decimal
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from nstlab.errors import DownloadError
+
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".download.lock"
+_CHUNK_BYTES = 1 << 20
+_MAX_BACKOFF_S = 60.0
+# Client errors that a later attempt can cure (timeout, rate limit); every other 4xx is final.
+_RETRYABLE_CLIENT_STATUS = {408, 425, 429}
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file to fetch; `filename` is a relative path under the target dir ("Style/a.jpg" is fine)."""
+
+    url: str
+    filename: str
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class DownloadSummary:
+    """What `download_all` did. Failures do not raise: the caller decides (the CLI prints `describe()`)."""
+
+    downloaded: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+    failed: Mapping[str, str] = field(default_factory=dict)  # filename → one-line reason
+    bytes_received: int = 0  # over the network, retried partial transfers included
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def describe(self) -> str:
+        head = (f"{len(self.downloaded)} downloaded ({decimal(self.bytes_received)}), "
+                f"{len(self.skipped)} already present, {len(self.failed)} failed")
+        return "\n".join([head, *(f"  {reason}" for reason in self.failed.values())])
+
+
+class _Retryable(Exception):
+    """A failure another attempt may cure: 5xx, timeout, dropped connection, bad checksum."""
+
+
+class _Permanent(Exception):
+    """A failure retrying cannot cure, such as 404."""
+
+
+class _Cancelled(Exception):
+    """The run was interrupted; the `.part` file is left to resume."""
+
+
+class _Meter:
+    """Progress bar plus the byte count, shared by the worker threads."""
+
+    def __init__(self, progress: Progress, n_files: int):
+        self.progress = progress
+        self.task = progress.add_task("download", total=n_files, received="")
+        self.bytes_received = 0
+        self._lock = threading.Lock()
+
+    def add_bytes(self, n_bytes: int) -> None:
+        with self._lock:
+            self.bytes_received += n_bytes
+            total = self.bytes_received
+        self.progress.update(self.task, received=decimal(total))
+
+    def file_done(self) -> None:
+        self.progress.advance(self.task)
+
+
+@dataclass(frozen=True)
+class _Policy:
+    retries: int
+    backoff_s: float
+    timeout_s: float
+
+
+def download_all(files: Iterable[RemoteFile], target_dir: Path | str, *, workers: int = 8, retries: int = 4,
+                 backoff_s: float = 1.0, timeout_s: float = 30.0, progress: bool = True) -> DownloadSummary:
+    """Fetch every file into `target_dir` (see the module docstring for the guarantees).
+
+    A failed file is retried `retries` times, waiting backoff_s, 2·backoff_s, 4·backoff_s, …
+    (capped at 60 s) before each retry; 404 and other final client errors fail at once. `timeout_s` bounds every
+    socket wait, so a stalled server counts as a failed attempt. On Ctrl-C the workers stop at
+    their next chunk, `.part` files stay resumable and the manifest keeps the finished files.
+    """
+    files = list(files)
+    target_dir = Path(target_dir)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for remote in files:
+        _final_path(target_dir, remote.filename)
+    policy = _Policy(retries, backoff_s, timeout_s)
+    downloaded, skipped, failed = [], [], {}
+    cancel = threading.Event()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[received]}"),
+               TimeRemainingColumn())
+    with FileLock(str(target_dir / LOCK_NAME)), Progress(*columns, disable=not progress) as bar:
+        manifest = _read_manifest(target_dir)
+        meter = _Meter(bar, len(files))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download")
+        try:
+            futures = {pool.submit(_fetch_or_skip, remote, target_dir, manifest.get(remote.filename), policy,
+                                   cancel, meter): remote for remote in files}
+            for future in as_completed(futures):
+                remote = futures[future]
+                meter.file_done()
+                try:
+                    record, fetched = future.result()
+                except DownloadError as error:
+                    failed[remote.filename] = str(error)
+                    continue
+                manifest[remote.filename] = record
+                (downloaded if fetched else skipped).append(remote.filename)
+        except BaseException:
+            cancel.set()  # Ctrl-C: workers stop at their next chunk
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            _write_manifest(target_dir, manifest)
+    return DownloadSummary(tuple(sorted(downloaded)), tuple(sorted(skipped)), dict(sorted(failed.items())),
+                           meter.bytes_received)
+
+
+def _fetch_or_skip(remote: RemoteFile, target_dir: Path, recorded: dict | None, policy: _Policy,
+                   cancel: threading.Event, meter: _Meter) -> tuple[dict, bool]:
+    """(manifest record, whether the network was used)."""
+    final = _final_path(target_dir, remote.filename)
+    expected_sha256 = (remote.sha256 or (recorded or {}).get("sha256") or "").lower()
+    if final.is_file() and expected_sha256:
+        if recorded is None or recorded.get("size") == final.stat().st_size:
+            digest, size = _sha256(final)
+            if digest == expected_sha256:
+                return {"sha256": digest, "size": size, "url": remote.url}, False
+    return _fetch_with_retries(remote, final, policy, cancel, meter), True
+
+
+def _fetch_with_retries(remote: RemoteFile, final: Path, policy: _Policy, cancel: threading.Event,
+                        meter: _Meter) -> dict:
+    part = final.with_name(final.name + ".part")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    reason = ""
+    for attempt in range(policy.retries + 1):
+        if attempt and cancel.wait(min(policy.backoff_s * 2 ** (attempt - 1), _MAX_BACKOFF_S)):
+            raise _Cancelled
+        try:
+            _transfer(remote.url, part, policy.timeout_s, cancel, meter)
+            digest, size = _sha256(part)
+            if remote.sha256 and digest != remote.sha256.lower():
+                part.unlink()
+                raise _Retryable(f"sha256 mismatch (expected {remote.sha256[:12]}…, got {digest[:12]}…)")
+            os.replace(part, final)
+            return {"sha256": digest, "size": size, "url": remote.url}
+        except _Permanent as error:
+            raise DownloadError(f"{final}: {error} from {remote.url}; check the URL or the mirror") from None
+        except _Retryable as error:
+            reason = str(error)
+    raise DownloadError(f"{final}: {reason} from {remote.url} after {policy.retries + 1} attempts; "
+                        "check the network or the mirror and run again (partial files resume)")
+
+
+def _transfer(url: str, part: Path, timeout_s: float, cancel: threading.Event, meter: _Meter) -> None:
+    """Append the rest of `url` to `part` (or restart it when the server ignores the Range)."""
+    if cancel.is_set():
+        raise _Cancelled
+    offset = part.stat().st_size if part.exists() else 0
+    request = Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        with urlopen(request, timeout=timeout_s) as response:
+            resuming = offset > 0 and response.status == 206
+            if resuming and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+                part.unlink()
+                raise _Retryable(f"server sent the wrong range ({response.headers.get('Content-Range')})")
+            expected_bytes = int(response.headers.get("Content-Length", -1))
+            received_bytes = 0
+            with open(part, "ab" if resuming else "wb") as handle:
+                while chunk := response.read1(_CHUNK_BYTES):  # what has arrived, so Ctrl-C keeps it
+                    if cancel.is_set():
+                        raise _Cancelled
+                    handle.write(chunk)
+                    received_bytes += len(chunk)
+                    meter.add_bytes(len(chunk))
+            # http.client returns a short body without raising when the server hangs up early.
+            if 0 <= received_bytes < expected_bytes:
+                raise _Retryable(f"connection dropped after {received_bytes} of {expected_bytes} bytes")
+    except HTTPError as error:
+        if error.code == 416:  # the .part is not a prefix of what the server has now
+            part.unlink(missing_ok=True)
+            raise _Retryable("server refused to resume (HTTP 416)") from None
+        if error.code >= 500 or error.code in _RETRYABLE_CLIENT_STATUS:
+            raise _Retryable(f"HTTP {error.code} {error.reason}") from None
+        raise _Permanent(f"HTTP {error.code} {error.reason}") from None
+    except (URLError, HTTPException, OSError) as error:  # refused, reset, timed out, short chunked read
+        detail = str(getattr(error, "reason", error)) or type(error).__name__
+        raise _Retryable(f"network error ({detail})") from None
+
+
+def _sha256(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(_CHUNK_BYTES):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def _safe_join(root: Path, name: str) -> Path | None:
+    """root/name, or None when `name` is absolute or climbs out with `..`."""
+    relative = PurePosixPath(name.replace("\\", "/"))
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        return None
+    return root.joinpath(*relative.parts)
+
+
+def _final_path(target_dir: Path, filename: str) -> Path:
+    path = _safe_join(target_dir, filename)
+    if path is None or path.name in (MANIFEST_NAME, LOCK_NAME) or path.name.endswith(".part"):
+        raise DownloadError(f"{filename!r}: not a safe file name under {target_dir}; "
+                            "use a relative path without '..' that does not end in .part")
+    return path
+
+
+def _read_manifest(target_dir: Path) -> dict[str, dict]:
+    """The manifest, or {} when missing or unreadable (files are then verified or refetched)."""
+    try:
+        manifest = json.loads((target_dir / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _write_manifest(target_dir: Path, manifest: dict[str, dict]) -> None:
+    path = target_dir / MANIFEST_NAME
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
+    os.replace(temp, path)
+
+
+def extract_archive(archive: Path | str, target_dir: Path | str) -> None:
+    """Unpack a zip or tar archive into `target_dir`.
+
+    Every member is checked before anything is written: an absolute path, a `..` component or
+    a link pointing outside `target_dir` raises DownloadError ("zip slip": a downloaded archive
+    must not write over files elsewhere). Tar members go through Python's `tarfile.data_filter`
+    (links, devices, permissions); zip cannot hold links that `zipfile` would create.
+    """
+    archive, target_dir = Path(archive), Path(target_dir)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as bundle:
+            for name in bundle.namelist():
+                if _safe_join(target_dir, name) is None:
+                    raise _unsafe_member(archive, name, "absolute path or '..'")
+            bundle.extractall(target_dir)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as bundle:
+            members = bundle.getmembers()
+            for member in members:
+                try:
+                    tarfile.data_filter(member, str(target_dir))
+                except tarfile.FilterError as error:
+                    raise _unsafe_member(archive, member.name, str(error)) from None
+            bundle.extractall(target_dir, members=members, filter="data")
+    else:
+        raise DownloadError(f"{archive}: not a zip or tar archive; delete it and download it again")
+
+
+def _unsafe_member(archive: Path, name: str, reason: str) -> DownloadError:
+    return DownloadError(f"{archive}: member {name!r} would land outside the target dir ({reason}); "
+                         "refusing to extract an unsafe archive")

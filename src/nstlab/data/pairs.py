@@ -1,0 +1,155 @@
+"""Seeded, disjoint train/val/test (content, style) pairs, with pre-resized image caches.
+
+1. Contents and styles are each shuffled (seeded) into train/val/test images. Split sizes grow
+   with √(pairs asked): a split of c contents and s styles holds c·s distinct pairs, so this
+   gives every split the same head-room over its request. Test images appear in no other
+   split, so test pairs are unseen.
+2. Every image is decoded once by the safe loader and cached as PNG: train/val squashed to
+   image_size² (the paper's set-up: aspect not kept), test with its aspect ratio and the longer
+   side capped at test_max_side. Training never decodes a full-size JPEG. An unusable image is
+   dropped from its split (the other images stay where they are) and listed in skipped.csv.
+3. Each split draws its pairs without repeats from its own seeded RNG, so changing n_test
+   leaves the train draw of a fixed image split alone.
+
+Paths in the CSVs are the cached files' paths as `cache_dir` was given: the pipeline passes
+the repo-relative `data/cache`, so the CSVs are machine-independent and resolve from the repo
+root (PairDataset takes a `root` for other working dirs).
+"""
+
+import csv
+import hashlib
+import json
+import math
+import os
+import random
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import track
+
+from nstlab.data.images import load_rgb, resize_exact, resize_max_side, save_image
+from nstlab.errors import ConfigError, ImageError
+
+SPLITS = ("train", "val", "test")
+ROLES = ("content", "style")
+
+
+@dataclass(frozen=True)
+class PairSummary:
+    pairs: Mapping[str, int]  # split → pairs written
+    images: Mapping[str, Mapping[str, int]]  # split → {"content": n, "style": n} usable images
+    skipped: tuple[tuple[str, str], ...]  # (path, reason) of unusable images
+    seed: int
+
+
+@dataclass(frozen=True)
+class _CacheJob:
+    role: str
+    split: str
+    source: Path
+
+
+def build_pairs(content_files: Iterable[Path], style_files: Iterable[Path], *, n_train: int, n_val: int, n_test: int,
+                seed: int, image_size: int, cache_dir: Path | str, out_dir: Path | str, test_max_side: int = 512,
+                max_pixels: int = 64_000_000, min_side: int = 16, workers: int | None = None,
+                progress: bool = True) -> PairSummary:
+    """Write out_dir/{train,val,test}.csv (header `content,style`), skipped.csv and pairs.json.
+
+    Same inputs and seed → byte-identical files. Asking for more pairs than a split can hold
+    raises ConfigError naming the key and the maximum.
+    """
+    requested = {"train": n_train, "val": n_val, "test": n_test}
+    plans = {role: _plan_splits([Path(path) for path in files], requested, seed, role)
+             for role, files in zip(ROLES, (content_files, style_files))}
+    _check_capacity(plans, requested)
+
+    cache_dir, out_dir = Path(cache_dir), Path(out_dir)
+    jobs = [_CacheJob(role, split, path) for role in ROLES for split in SPLITS for path in plans[role][split]]
+
+    def cache(job: _CacheJob) -> tuple[Path | None, str]:
+        try:
+            image = load_rgb(job.source, max_pixels=max_pixels, min_side=min_side)
+        except ImageError as error:
+            return None, str(error).removeprefix(f"{job.source}: ")
+        if job.split == "test":
+            return save_image(resize_max_side(image, test_max_side), _cache_path(cache_dir / "test", job)), ""
+        return save_image(resize_exact(image, image_size), _cache_path(cache_dir / "train_val", job)), ""
+
+    usable = {role: {split: [] for split in SPLITS} for role in ROLES}
+    skipped = []
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:  # Pillow decodes without the GIL
+        outcomes = track(pool.map(cache, jobs), total=len(jobs), description="resize", disable=not progress)
+        for job, (cached, reason) in zip(jobs, outcomes):
+            if cached is None:
+                skipped.append((job.source.as_posix(), reason))
+            else:
+                usable[job.role][job.split].append(cached)
+    _check_capacity(usable, requested)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        pairs = _draw_pairs(usable["content"][split], usable["style"][split], requested[split],
+                            random.Random(f"pairs-{split}:{seed}"))
+        _write_csv(out_dir / f"{split}.csv", ("content", "style"), [(c.as_posix(), s.as_posix()) for c, s in pairs])
+    _write_csv(out_dir / "skipped.csv", ("path", "reason"), skipped)
+    summary = PairSummary(pairs=requested,
+                          images={split: {role: len(usable[role][split]) for role in ROLES} for split in SPLITS},
+                          skipped=tuple(skipped), seed=seed)
+    report = {"seed": seed, "image_size": image_size, "test_max_side": test_max_side, "pairs": summary.pairs,
+              "images": summary.images, "skipped": len(skipped)}
+    (out_dir / "pairs.json").write_text(json.dumps(report, indent=2) + "\n")
+    return summary
+
+
+def split_sizes(n_images: int, requested: Mapping[str, int]) -> dict[str, int]:
+    """Images per split, ∝ √(pairs requested), at least one each, summing to n_images."""
+    weights = {split: math.sqrt(requested[split]) for split in SPLITS}
+    ideal = {split: n_images * weight / sum(weights.values()) for split, weight in weights.items()}
+    sizes = dict.fromkeys(SPLITS, 1)
+    for _ in range(n_images - len(SPLITS)):
+        neediest = max(SPLITS, key=lambda split: ideal[split] - sizes[split])
+        sizes[neediest] += 1
+    return sizes
+
+
+def _plan_splits(files: list[Path], requested: Mapping[str, int], seed: int, role: str) -> dict[str, list[Path]]:
+    files = sorted(set(files))
+    if len(files) < len(SPLITS):
+        raise ConfigError(f"{len(files)} {role} images given: need at least {len(SPLITS)} (one per split); "
+                          f"add {role} images or raise the number downloaded")
+    random.Random(f"split-{role}:{seed}").shuffle(files)
+    plan, start = {}, 0
+    for split, size in split_sizes(len(files), requested).items():
+        plan[split] = sorted(files[start:start + size])
+        start += size
+    return plan
+
+
+def _check_capacity(images: Mapping[str, Mapping[str, list]], requested: Mapping[str, int]) -> None:
+    for split in SPLITS:
+        n_content, n_style = len(images["content"][split]), len(images["style"][split])
+        if requested[split] > n_content * n_style:
+            raise ConfigError(f"data.n_{split}={requested[split]}: only {n_content * n_style} distinct {split} pairs "
+                              f"exist ({n_content} content × {n_style} style usable images); lower data.n_{split} "
+                              f"to at most {n_content * n_style} or add images")
+
+
+def _draw_pairs(contents: list[Path], styles: list[Path], n_pairs: int, rng: random.Random) -> list[tuple[Path, Path]]:
+    """n_pairs distinct (content, style) pairs, uniform over all len(contents)·len(styles)."""
+    picks = rng.sample(range(len(contents) * len(styles)), n_pairs)
+    return [(contents[pick // len(styles)], styles[pick % len(styles)]) for pick in picks]
+
+
+def _cache_path(folder: Path, job: _CacheJob) -> Path:
+    # The digest keeps same-named files apart (two WikiArt styles, content vs style folders).
+    digest = hashlib.sha1(job.source.as_posix().encode()).hexdigest()[:8]
+    return folder / job.role / f"{job.source.stem}-{digest}.png"
+
+
+def _write_csv(path: Path, header: tuple[str, str], rows: list[tuple[str, str]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)

@@ -1,0 +1,238 @@
+"""The downloader against a loopback fake mirror with faults; archive extraction refuses path traversal."""
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import signal
+import tarfile
+import time
+import zipfile
+
+import pytest
+
+from conftest_data import fake_mirror, image_bytes  # noqa: F401 (fixture)
+from nstlab.data.download import MANIFEST_NAME, DownloadSummary, RemoteFile, download_all, extract_archive
+from nstlab.errors import DownloadError
+
+FAST = dict(retries=2, backoff_s=0.01, timeout_s=2.0, progress=False)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def serve(mirror, n_files: int, size: int = 50_000) -> dict[str, bytes]:
+    files = {f"img{i}.bin": os.urandom(size) for i in range(n_files)}
+    for name, data in files.items():
+        mirror.add(name, data)
+    return files
+
+
+def remote(mirror, name: str, data: bytes | None = None) -> RemoteFile:
+    return RemoteFile(mirror.url(name), name, sha256(data) if data is not None else None)
+
+
+def names_in(directory) -> set[str]:
+    return {path.name for path in directory.rglob("*") if path.is_file()}
+
+
+def test_full_download_writes_files_and_manifest(fake_mirror, tmp_path):
+    files = serve(fake_mirror, 3)
+    remotes = [remote(fake_mirror, "img0.bin", files["img0.bin"]), remote(fake_mirror, "img1.bin"),
+               RemoteFile(fake_mirror.url("img2.bin"), "sub/dir/img2.bin")]
+    summary = download_all(remotes, tmp_path, workers=3, **FAST)
+    assert summary.ok and summary.downloaded == ("img0.bin", "img1.bin", "sub/dir/img2.bin")
+    assert (tmp_path / "sub/dir/img2.bin").read_bytes() == files["img2.bin"]
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert manifest["img1.bin"] == {"sha256": sha256(files["img1.bin"]), "size": 50_000,
+                                    "url": fake_mirror.url("img1.bin")}
+    assert not any(name.endswith(".part") for name in names_in(tmp_path))
+
+
+def test_dropped_connection_resumes_with_a_range_request(fake_mirror, tmp_path):
+    data = serve(fake_mirror, 1, size=200_000)["img0.bin"]
+    fake_mirror.fail("img0.bin", "drop")
+    summary = download_all([remote(fake_mirror, "img0.bin", data)], tmp_path, **FAST)
+    assert summary.ok
+    assert fake_mirror.requests_for("img0.bin") == [None, "bytes=100000-"]
+    assert fake_mirror.bytes_sent < 2 * len(data)
+    assert (tmp_path / "img0.bin").read_bytes() == data
+
+
+def test_server_ignoring_the_range_restarts_the_file(fake_mirror, tmp_path):
+    data = serve(fake_mirror, 1)["img0.bin"]
+    fake_mirror.fail("img0.bin", "drop", "ignore_range")
+    assert download_all([remote(fake_mirror, "img0.bin", data)], tmp_path, **FAST).ok
+    assert fake_mirror.requests_for("img0.bin") == [None, "bytes=25000-"]
+    assert (tmp_path / "img0.bin").read_bytes() == data
+
+
+def test_wrong_checksum_is_refetched(fake_mirror, tmp_path):
+    data = serve(fake_mirror, 1)["img0.bin"]
+    fake_mirror.fail("img0.bin", "corrupt")
+    assert download_all([remote(fake_mirror, "img0.bin", data)], tmp_path, **FAST).ok
+    assert len(fake_mirror.requests_for("img0.bin")) == 2
+    assert (tmp_path / "img0.bin").read_bytes() == data
+
+
+def test_persistently_wrong_checksum_is_reported_and_never_kept(fake_mirror, tmp_path):
+    data = serve(fake_mirror, 1)["img0.bin"]
+    fake_mirror.fail("img0.bin", "corrupt", "corrupt", "corrupt")
+    summary = download_all([remote(fake_mirror, "img0.bin", data)], tmp_path, **FAST)
+    assert "sha256 mismatch" in summary.failed["img0.bin"] and "after 3 attempts" in summary.failed["img0.bin"]
+    assert names_in(tmp_path) == {MANIFEST_NAME, ".download.lock"}
+
+
+def test_404_fails_at_once_without_retries(fake_mirror, tmp_path):
+    summary = download_all([RemoteFile(fake_mirror.url("absent.jpg"), "absent.jpg")], tmp_path, **FAST)
+    assert "HTTP 404" in summary.failed["absent.jpg"] and "absent.jpg" in summary.failed["absent.jpg"]
+    assert len(fake_mirror.requests_for("absent.jpg")) == 1
+    assert not (tmp_path / "absent.jpg").exists()
+    assert "1 failed" in summary.describe() and "HTTP 404" in summary.describe()
+
+
+def test_server_errors_are_retried_with_backoff(fake_mirror, tmp_path):
+    data = serve(fake_mirror, 1)["img0.bin"]
+    fake_mirror.fail("img0.bin", "500", "500")
+    started = time.perf_counter()
+    summary = download_all([remote(fake_mirror, "img0.bin")], tmp_path, retries=3, backoff_s=0.1, timeout_s=2.0,
+                           progress=False)
+    assert summary.ok and (tmp_path / "img0.bin").read_bytes() == data
+    assert len(fake_mirror.requests_for("img0.bin")) == 3
+    assert time.perf_counter() - started >= 0.1 + 0.2  # waited backoff_s·2^0 + backoff_s·2^1
+
+
+def test_stalled_server_times_out(fake_mirror, tmp_path):
+    serve(fake_mirror, 1)
+    fake_mirror.fail("img0.bin", "stall")
+    started = time.perf_counter()
+    summary = download_all([remote(fake_mirror, "img0.bin")], tmp_path, retries=0, timeout_s=0.5, progress=False)
+    assert time.perf_counter() - started < 3
+    assert "timed out" in summary.failed["img0.bin"]
+    assert not (tmp_path / "img0.bin").exists()
+
+
+def test_rerun_skips_verified_files_without_any_request(fake_mirror, tmp_path):
+    files = serve(fake_mirror, 3)
+    remotes = [remote(fake_mirror, "img0.bin", files["img0.bin"]), remote(fake_mirror, "img1.bin"),
+               remote(fake_mirror, "img2.bin")]
+    download_all(remotes, tmp_path, **FAST)
+    fake_mirror.requests.clear()
+    summary = download_all(remotes, tmp_path, **FAST)
+    assert summary.skipped == ("img0.bin", "img1.bin", "img2.bin") and not summary.downloaded
+    assert fake_mirror.requests == []
+
+
+def test_file_changed_on_disk_is_refetched(fake_mirror, tmp_path):
+    data = serve(fake_mirror, 1)["img0.bin"]
+    download_all([remote(fake_mirror, "img0.bin")], tmp_path, **FAST)
+    (tmp_path / "img0.bin").write_bytes(b"x" * len(data))  # same size, other bytes
+    summary = download_all([remote(fake_mirror, "img0.bin")], tmp_path, **FAST)
+    assert summary.downloaded == ("img0.bin",)
+    assert (tmp_path / "img0.bin").read_bytes() == data
+
+
+def test_unsafe_file_names_are_refused(tmp_path):
+    with pytest.raises(DownloadError, match="not a safe file name"):
+        download_all([RemoteFile("http://127.0.0.1:9/x", "../escape.jpg")], tmp_path, progress=False)
+
+
+def test_interrupt_leaves_a_resumable_part_and_no_final_file(fake_mirror, tmp_path):
+    data = serve(fake_mirror, 1, size=100_000)["img0.bin"]
+    fake_mirror.fail("img0.bin", "hang")
+    child = multiprocessing.get_context("spawn").Process(
+        target=download_all, args=([remote(fake_mirror, "img0.bin", data)], tmp_path),
+        kwargs=dict(retries=0, timeout_s=1.0, progress=False))
+    child.start()
+    deadline = time.monotonic() + 20
+    while fake_mirror.bytes_sent == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # let the child write the half it received
+    os.kill(child.pid, signal.SIGINT)
+    child.join(10)
+    assert child.exitcode not in (0, None)
+    assert not (tmp_path / "img0.bin").exists()
+    assert (tmp_path / "img0.bin.part").stat().st_size == 50_000
+
+    assert download_all([remote(fake_mirror, "img0.bin", data)], tmp_path, **FAST).ok
+    assert fake_mirror.requests_for("img0.bin")[-1] == "bytes=50000-"
+    assert (tmp_path / "img0.bin").read_bytes() == data
+
+
+def test_two_processes_share_a_target_dir_safely(fake_mirror, tmp_path):
+    files = serve(fake_mirror, 6, size=100_000)
+    fake_mirror.delay_s = 0.3  # the first process is still busy when the second starts
+    remotes = [remote(fake_mirror, name) for name in files]
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=download_all, args=(remotes, tmp_path),
+                                kwargs=dict(workers=2, retries=0, timeout_s=5.0, progress=False)) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(30)
+        assert child.exitcode == 0
+    assert all((tmp_path / name).read_bytes() == data for name, data in files.items())
+    assert sorted(path for path, _ in fake_mirror.requests) == sorted(files)  # the second process skipped all
+    assert json.loads((tmp_path / MANIFEST_NAME).read_text()).keys() == files.keys()
+
+
+def test_summary_with_failures_does_not_raise():
+    summary = DownloadSummary(downloaded=("a",), failed={"b": "b: HTTP 404"})
+    assert not summary.ok and summary.describe().splitlines() == [
+        "1 downloaded (0 bytes), 0 already present, 1 failed", "  b: HTTP 404"]
+
+
+# -- archives --------------------------------------------------------------------------------
+
+
+def zip_with(tmp_path, member: str):
+    path = tmp_path / "archive.zip"
+    with zipfile.ZipFile(path, "w") as bundle:
+        bundle.writestr("ok/readme.txt", "fine")
+        bundle.writestr(member, "payload")
+    return path
+
+
+def tar_with(tmp_path, member: tarfile.TarInfo, data: bytes = b""):
+    path = tmp_path / "archive.tar.gz"
+    with tarfile.open(path, "w:gz") as bundle:
+        member.size = len(data)
+        bundle.addfile(member, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("member", ["../evil.txt", "ok/../../evil.txt", "/abs/evil.txt"])
+def test_zip_members_escaping_the_target_are_refused(tmp_path, member):
+    target = tmp_path / "out"
+    with pytest.raises(DownloadError, match="outside the target dir"):
+        extract_archive(zip_with(tmp_path, member), target)
+    assert not (tmp_path / "evil.txt").exists() and not (target / "ok").exists()
+
+
+def test_tar_member_with_dotdot_is_refused(tmp_path):
+    with pytest.raises(DownloadError, match="'../evil.txt'"):
+        extract_archive(tar_with(tmp_path, tarfile.TarInfo("../evil.txt"), b"x"), tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_tar_symlink_pointing_out_is_refused(tmp_path):
+    link = tarfile.TarInfo("innocent")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    with pytest.raises(DownloadError, match="outside the target dir"):
+        extract_archive(tar_with(tmp_path, link), tmp_path / "out")
+
+
+def test_safe_archives_are_extracted(tmp_path):
+    extract_archive(zip_with(tmp_path, "ok/image.jpg"), tmp_path / "from_zip")
+    assert (tmp_path / "from_zip/ok/image.jpg").read_text() == "payload"
+    extract_archive(tar_with(tmp_path, tarfile.TarInfo("inside/image.jpg"), b"jpg"), tmp_path / "from_tar")
+    assert (tmp_path / "from_tar/inside/image.jpg").read_bytes() == b"jpg"
+
+
+def test_non_archive_is_refused(tmp_path):
+    path = tmp_path / "archive.zip"
+    path.write_bytes(image_bytes())
+    with pytest.raises(DownloadError, match="not a zip or tar"):
+        extract_archive(path, tmp_path / "out")
