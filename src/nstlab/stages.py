@@ -22,7 +22,7 @@ def images_to_fetch(cfg: Config) -> int:
 def download_stage(cfg: Config, raw_dir: Path, progress: bool = True) -> None:
     from nstlab.data.sources import fetch_source
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     data = cfg.data
     failures = []
     for role, source in zip(ROLES, (data.content_source, data.style_source)):
@@ -46,6 +46,6 @@ def pair_stage(cfg: Config, raw_dir: Path, out_dir: Path, cache_dir: Path = Path
                           n_val=data.n_val, n_test=data.n_test, seed=cfg.seed, image_size=data.image_size,
                           cache_dir=cache_dir, out_dir=out_dir, test_max_side=data.test_max_side,
                           max_pixels=data.max_pixels, min_side=data.min_side, progress=progress)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     console.print(f"pairs: {summary.pairs}; images: {summary.images}; skipped {len(summary.skipped)} unusable images"
                   + (f" (listed in {out_dir / 'skipped.csv'})" if summary.skipped else ""))

@@ -200,7 +200,7 @@ def train_step(model: nn.Module, optimizer, d_optimizer, weights: dict[str, floa
     if grad_clip:
         nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)
     optimizer.step()
-    return {"total": total.item(), **{name: float(value) for name, value in terms.items()}}
+    return {"total": total.item(), **{name: float(value.detach()) for name, value in terms.items()}}
 
 
 # ---------------------------------------------------------------------------------------------

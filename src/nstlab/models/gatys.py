@@ -1,0 +1,432 @@
+"""Gatys: "Image Style Transfer Using Convolutional Neural Networks" (Gatys, Ecker & Bethge, CVPR
+2016). No network is trained: the pixels of one image are optimised. Numbers: ../shared/METHODS.md §2.
+
+    image ─extractor─► features ─┬─ content: MSE to the content image's features (relu4_2)
+      ▲                          ├─ style: Gram matrices vs the (blended) styles' (relu1_1…relu5_1)
+      │                          └─ perceptual: MSE at several layers (optional)
+      └── optimiser step on total = α·content + β·style + tv·TV + lap·Laplacian + p·perceptual
+
+Two presets (`preset`), every field overridable:
+- "default", the seed course report: per style layer mean((G_o − G_s)²)/(C·h·w) with the
+  unnormalised G = F·Fᵀ, layer weights 1.0, 0.75, 0.2, 0.2, 0.2, α 1, β 1e6, start from the
+  content image, Adam lr 0.003, 2,000 steps, styles resized to the content's size. The report
+  taps torchvision's `features` by index 0, 5, 10, 19, 21, 28 ("conv1_1 … conv5_1, conv4_2"),
+  but with its in-place ReLUs those tensors hold relu1_1 … relu5_1 and relu4_2 by the time the
+  loss reads them, so we tap the ReLU outputs by name (out-of-place ReLUs, nstlab.losses).
+- "reference", pystiche's reading of Gatys 2016: relu4_2 content, style layer weights 1/C²,
+  G = F·Fᵀ/(h·w) and mean((G_o − G_s)²) per layer, β 1e3, L-BFGS lr 1, 500 steps, the short edge
+  capped at 512 (styles keep their aspect, short edge matched).
+
+Optional terms (weight 0 by default): TV = anisotropic total variation per pixel; Laplacian
+(Li et al. 2017) = MSE between the Laplacians of the 4×4 average-pooled image and content;
+perceptual (Johnson et al. 2016) = Σ feature MSE to the content at relu1_2, relu2_2, relu3_3,
+relu4_3. Several styles blend by mixing their Gram matrices, Σₖ wₖ·G(styleₖ), so weights (1, 0)
+give the single style exactly.
+
+The extractor (VGG-19, ResNet-50 or a ViT, nstlab.models.extractors) is built once and frozen;
+each `stylize` call encodes its content and style targets once, then only the image is re-encoded.
+"""
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nstlab.errors import ConfigError, NstlabError
+from nstlab.functional import gram, laplacian, total_variation
+from nstlab.losses import feature_mse
+from nstlab.models.blocks import count_parameters
+from nstlab.models.extractors import (EXTRACTORS, build_extractor, default_layers, is_layer_name,
+                                      vit_block_count)
+
+PRESETS = ("default", "reference")
+INITS = ("content", "style", "noise")
+OPTIMIZERS = ("lbfgs", "adam", "adamw")
+STYLE_LOSSES = ("seed", "pystiche")
+INVERSE_CHANNELS_SQUARED = "1/C^2"  # pystiche's Gatys 2016 layer weights
+SEED_LAYER_WEIGHTS = (1.0, 0.75, 0.2, 0.2, 0.2)  # the seed report, relu1_1 … relu5_1
+LOSS_TERMS = ("content", "style", "tv", "laplacian", "perceptual")
+LAPLACIAN_POOL = 4  # Li et al. 2017 ("Laplacian-Steered NST") compare Laplacians of 4×4 average-pooled images
+MIN_SIDE = 16  # VGG-19's relu5_1 is 1/16 of the input
+
+
+@dataclass(frozen=True)
+class GatysSettings:
+    """One Gatys run. The defaults are the "default" preset; `settings_from_options` fills in the
+    chosen preset and validates. Layer names depend on the extractor (see extractors.py);
+    None = the extractor's defaults. style_layer_weights: one number per style layer, "1/C^2",
+    or None = the preset's (seed weights for VGG-19's default layers, else 1.0 each)."""
+
+    preset: str = "default"
+    extractor: str = "vgg19"
+    weights: str | None = None  # "random" | "imagenet" | path | hub id; None: the profile's backbone
+    content_layers: tuple[str, ...] | None = None
+    style_layers: tuple[str, ...] | None = None
+    style_layer_weights: tuple[float, ...] | str | None = None
+    perceptual_layers: tuple[str, ...] | None = None
+    style_loss: str = "seed"
+    content_weight: float = 1.0
+    style_weight: float = 1e6
+    tv_weight: float = 0.0
+    laplacian_weight: float = 0.0
+    perceptual_weight: float = 0.0
+    init: str = "content"
+    optimizer: str = "adam"
+    lr: float = 0.003
+    steps: int = 2000
+    max_size: int | None = None  # cap on the short edge (px); the output is resized back
+    log_every: int = 10
+
+
+_PRESET_VALUES = {
+    "default": {},
+    "reference": {"style_layer_weights": INVERSE_CHANNELS_SQUARED, "style_loss": "pystiche", "style_weight": 1e3,
+                  "optimizer": "lbfgs", "lr": 1.0, "steps": 500, "max_size": 512},
+}
+_CHOICES = {"preset": PRESETS, "extractor": EXTRACTORS, "init": INITS, "optimizer": OPTIMIZERS,
+            "style_loss": STYLE_LOSSES}
+
+
+def _one_of(choices: Sequence[str]) -> str:
+    return f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
+def settings_from_options(options: Mapping[str, Any], key_prefix: str = "baselines.gatys") -> GatysSettings:
+    """Options mapping (preset + overrides) -> validated GatysSettings; a bad name or value raises
+    ConfigError naming `<key_prefix>.<name>`."""
+    fields = {field.name: field for field in dataclasses.fields(GatysSettings)}
+    for name in options:
+        if name not in fields:
+            raise ConfigError(f"unknown key {key_prefix}.{name}: allowed keys are {', '.join(fields)}")
+    preset = options.get("preset", "default")
+    if preset not in PRESETS:
+        raise ConfigError(f"{key_prefix}.preset = {preset!r}: choose {_one_of(PRESETS)}")
+    values = {**_PRESET_VALUES[preset], **options}
+    for name, choices in _CHOICES.items():
+        if name in values and values[name] not in choices:
+            raise ConfigError(f"{key_prefix}.{name} = {values[name]!r}: choose {_one_of(choices)}")
+    for name, value in values.items():
+        key = f"{key_prefix}.{name}"
+        if name.endswith("_weight") or name == "lr":
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (name == "lr" and value == 0):
+                # YAML 1.1 reads 1e6 (no dot, no exponent sign) as text: say how to write it.
+                hint = "; write 1.0e+6, not 1e6" if isinstance(value, str) and _is_number(value) else ""
+                raise ConfigError(f"{key} = {value!r}: expected a number {'> 0' if name == 'lr' else '≥ 0'}{hint}")
+            values[name] = float(value)
+        if name in ("steps", "log_every") or (name == "max_size" and value is not None):
+            low = MIN_SIDE if name == "max_size" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{key} = {value!r}: expected a whole number ≥ {low}")
+        if name == "weights" and value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{key} = {value!r}: expected 'random', 'imagenet', a path or a hub id")
+        if name.endswith("_layers") and value is not None:
+            values[name] = _layer_names(values.get("extractor", "vgg19"), value, key)
+    values["style_layer_weights"] = _layer_weights(values, key_prefix)
+    settings = GatysSettings(**values)
+    if not any(getattr(settings, f"{term}_weight") for term in LOSS_TERMS):
+        raise ConfigError(f"{key_prefix}: every loss weight is 0; give content_weight or style_weight a value > 0")
+    return settings
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _layer_names(extractor: str, value: Any, key: str) -> tuple[str, ...]:
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not names or not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"{key} = {value!r}: expected a non-empty list of layer names")
+    for name in names:
+        if not is_layer_name(extractor, name):
+            example = {"vgg19": "relu4_2", "resnet50": "layer3", "vit": "block6"}[extractor]
+            raise ConfigError(f"{key}: unknown {extractor} layer {name!r}; use names like {example}")
+    return tuple(names)
+
+
+def _layer_weights(values: Mapping[str, Any], key_prefix: str) -> tuple[float, ...] | str | None:
+    """The validated style_layer_weights: None, "1/C^2", or one number ≥ 0 per style layer."""
+    weights, key = values.get("style_layer_weights"), f"{key_prefix}.style_layer_weights"
+    if weights is None or weights == INVERSE_CHANNELS_SQUARED:
+        return weights
+    if isinstance(weights, str) or not isinstance(weights, list | tuple) or not all(
+            isinstance(w, int | float) and not isinstance(w, bool) and w >= 0 for w in weights):
+        raise ConfigError(f"{key} = {weights!r}: expected a list of numbers ≥ 0 or {INVERSE_CHANNELS_SQUARED!r}")
+    extractor = values.get("extractor", "vgg19")
+    layers = values.get("style_layers")
+    if layers is None and extractor != "vit":  # a ViT's default layers depend on its depth: checked at build
+        layers = default_layers(extractor)["style"]
+    if layers is not None and len(weights) != len(layers):
+        raise ConfigError(f"{key}: {len(weights)} weights for {len(layers)} style layers ({', '.join(layers)})")
+    return tuple(float(w) for w in weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss terms (unweighted); the weights are applied in one place, GatysTransfer._weighted_total.
+
+
+def style_gram(features: torch.Tensor, style_loss: str) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, C): F·Fᵀ ("seed") or F·Fᵀ/(h·w) ("pystiche")."""
+    matrix = gram(features)
+    return matrix if style_loss == "seed" else matrix / (features.shape[-2] * features.shape[-1])
+
+
+def style_layer_loss(features: torch.Tensor, target_gram: torch.Tensor, style_loss: str) -> torch.Tensor:
+    """One layer's Gram loss: mean((G − G_s)²)/(C·h·w) ("seed", the report's d·h·w) or mean((G − G_s)²)."""
+    squared = (style_gram(features, style_loss) - target_gram).pow(2).mean()
+    return squared / features[0].numel() if style_loss == "seed" else squared
+
+
+def laplacian_loss(images: torch.Tensor, target_laplacian: torch.Tensor) -> torch.Tensor:
+    """Li et al. 2017: MSE between Laplacians of the 4×4 average-pooled images."""
+    return F.mse_loss(laplacian(F.avg_pool2d(images, LAPLACIAN_POOL)), target_laplacian)
+
+
+def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _short_edge_size(size: Sequence[int], short_edge: int) -> tuple[int, int]:
+    scale = short_edge / min(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def blend_weights(count: int, style_weights: Sequence[float] | None) -> list[float]:
+    """Multi-style blending weights: default equal; one per style, ≥ 0, summing to 1."""
+    weights = list(style_weights) if style_weights is not None else [1.0 / count] * count
+    if count == 0 or len(weights) != count or min(weights) < 0 or abs(sum(weights) - 1.0) > 1e-6:
+        raise NstlabError(f"style weights {weights}: give one weight ≥ 0 per style ({count}), summing to 1")
+    return weights
+
+
+@dataclass
+class Targets:
+    """What the image is compared with, encoded once per `stylize`."""
+
+    content_features: dict[str, torch.Tensor]  # content and perceptual layers of the content image
+    grams: dict[str, torch.Tensor]  # blended Σₖ wₖ·G(styleₖ) per style layer
+    layer_weights: dict[str, float]
+    content_laplacian: torch.Tensor
+
+
+class GatysTransfer(nn.Module):
+    """Optimises an image; `stylize` for one content and several styles, `forward` for batches
+    (the feed-forward models' contract, so evaluation treats it alike)."""
+
+    def __init__(self, settings: GatysSettings, *, seed: int = 0, vgg_width: float = 1.0, vit_config=None):
+        super().__init__()
+        self.settings, self.seed = settings, seed
+        weights = settings.weights or "random"
+        if settings.extractor == "vit" and weights == "random" and vit_config is None:
+            from transformers import ViTConfig
+
+            vit_config = ViTConfig()
+        defaults = default_layers(settings.extractor,
+                                  vit_block_count(weights, vit_config) if settings.extractor == "vit" else 0)
+        self.content_layers = settings.content_layers or defaults["content"]
+        self.style_layers = settings.style_layers or defaults["style"]
+        self.perceptual_layers = settings.perceptual_layers or defaults["perceptual"]
+        self.style_layer_weights = self._style_layer_weights(settings, defaults["style"])
+        layers = dict.fromkeys((*self.content_layers, *self.style_layers, *self.perceptual_layers))
+        self.extractor = build_extractor(settings.extractor, tuple(layers), weights, seed=seed,
+                                         vgg_width=vgg_width, vit_config=vit_config)
+        self.loss_weights = {term: getattr(settings, f"{term}_weight") for term in LOSS_TERMS}
+        self.last_histories: list[list[dict[str, float]]] = []
+
+    def _style_layer_weights(self, settings: GatysSettings, default_style: tuple[str, ...]) -> tuple[float, ...] | str:
+        weights = settings.style_layer_weights
+        if weights is None and settings.preset == "reference":
+            return INVERSE_CHANNELS_SQUARED
+        if weights is None:
+            seed_layers = settings.extractor == "vgg19" and self.style_layers == default_style
+            return SEED_LAYER_WEIGHTS if seed_layers else (1.0,) * len(self.style_layers)
+        if weights != INVERSE_CHANNELS_SQUARED and len(weights) != len(self.style_layers):
+            raise ConfigError(f"style_layer_weights: {len(weights)} weights for {len(self.style_layers)} style layers "
+                              f"({', '.join(self.style_layers)})")
+        return weights
+
+    def train(self, mode: bool = True):
+        """Nothing here trains; the extractor stays in eval mode."""
+        return super().train(False)
+
+    # -- targets and terms -------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_targets(self, content: torch.Tensor, styles: Sequence[torch.Tensor], weights: Sequence[float]) -> Targets:
+        """Encode the content (1, 3, h, w) and the styles (1, 3, H', W') once, on the extractor's
+        device; the styles are resized first (see the presets) and their Grams mixed by `weights`."""
+        settings = self.settings
+        content_features = self.extractor(content)
+        grams: dict[str, torch.Tensor] = {}
+        for style, weight in zip(styles, weights):
+            if settings.style_loss == "seed":  # unnormalised Grams only compare at equal sizes
+                style = _resize(style, content.shape[-2:])
+            else:
+                style = _resize(style, _short_edge_size(style.shape[-2:], min(content.shape[-2:])))
+            style_features = self.extractor(style)
+            for name in self.style_layers:
+                grams[name] = grams.get(name, 0.0) + weight * style_gram(style_features[name], settings.style_loss)
+        if self.style_layer_weights == INVERSE_CHANNELS_SQUARED:
+            layer_weights = {name: 1.0 / grams[name].shape[-1] ** 2 for name in self.style_layers}
+        else:
+            layer_weights = dict(zip(self.style_layers, self.style_layer_weights))
+        return Targets(content_features, grams, layer_weights,
+                        laplacian(F.avg_pool2d(content, LAPLACIAN_POOL)))
+
+    def terms(self, image: torch.Tensor, targets: Targets) -> dict[str, torch.Tensor]:
+        """Unweighted loss terms of the image (1, 3, h, w); all are computed (they are cheap once
+        the image is encoded), so the history shows TV and Laplacian even when not optimised."""
+        features = self.extractor(image)
+        style = sum(weight * style_layer_loss(features[name], targets.grams[name], self.settings.style_loss)
+                    for name, weight in targets.layer_weights.items())
+        return {
+            "content": feature_mse({name: features[name] for name in self.content_layers}, targets.content_features),
+            "style": style,
+            "tv": total_variation(image) / image.numel(),  # per pixel, so tv_weight does not depend on size
+            "laplacian": laplacian_loss(image, targets.content_laplacian),
+            "perceptual": feature_mse({name: features[name] for name in self.perceptual_layers},
+                                      targets.content_features),
+        }
+
+    def _weighted_total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(weight * terms[name] for name, weight in self.loss_weights.items() if weight)
+
+    def _initial_image(self, content: torch.Tensor, styles: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+        if self.settings.init == "content":
+            return content.clone()
+        if self.settings.init == "style":
+            return _resize(styles[max(range(len(styles)), key=lambda k: weights[k])], content.shape[-2:]).clone()
+        generator = torch.Generator().manual_seed(self.seed)  # on the CPU: the same noise on every device
+        return torch.rand(content.shape, generator=generator).to(content.device)
+
+    def _optimizer(self, image: torch.Tensor) -> torch.optim.Optimizer:
+        settings = self.settings
+        if settings.optimizer == "lbfgs":
+            # max_iter 1: one step = one evaluation, as pystiche, so steps compare across optimisers.
+            return torch.optim.LBFGS([image], lr=settings.lr, max_iter=1)
+        optimizer_class = torch.optim.Adam if settings.optimizer == "adam" else torch.optim.AdamW
+        return optimizer_class([image], lr=settings.lr)
+
+    # -- optimisation ------------------------------------------------------------------------
+    def stylize(self, content: torch.Tensor, styles: Sequence[torch.Tensor], style_weights: Sequence[float] | None = None,
+                progress_callback: Callable[[dict[str, float]], None] | None = None
+                ) -> tuple[torch.Tensor, list[dict[str, float]]]:
+        """content (1, 3, H, W) in [0, 1]; styles: (1, 3, H', W') images, blended with
+        `style_weights` (default equal, summing to 1) by mixing their Gram matrices. Runs on the
+        content's device (the extractor follows it). Returns the image (1, 3, H, W) in [0, 1]
+        and the history: one dict per logged step (step, total, content, style, tv, laplacian,
+        perceptual, elapsed_s), from step 0 to `steps`; `progress_callback` gets each entry."""
+        if content.dim() != 4 or tuple(content.shape[:2]) != (1, 3):
+            raise NstlabError(f"content of shape {tuple(content.shape)}: stylize takes one image (1, 3, H, W)")
+        if min(content.shape[-2:]) < MIN_SIDE:
+            raise NstlabError(f"content of size {tuple(content.shape[-2:])}: both sides must be ≥ {MIN_SIDE} px")
+        weights = blend_weights(len(styles), style_weights)
+        settings, device, size = self.settings, content.device, tuple(content.shape[-2:])
+        self.to(device)
+        # Evaluation calls models under no_grad (or inference mode) and maybe autocast: the pixels
+        # need gradients, and fp32 keeps the Gram matrices exact.
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            working = content.detach().clone().float()
+            if settings.max_size is not None and min(size) > settings.max_size:
+                working = _resize(working, _short_edge_size(size, settings.max_size))
+            styles = [style.detach().clone().float().to(device) for style in styles]
+            targets = self.encode_targets(working, styles, weights)
+            image, history = self._optimise(self._initial_image(working, styles, weights), targets, progress_callback)
+        return _resize(image, size).to(content.dtype), history
+
+    def _optimise(self, image: torch.Tensor, targets: Targets,
+                  progress_callback: Callable[[dict[str, float]], None] | None) -> tuple[torch.Tensor, list[dict[str, float]]]:
+        """`steps` optimiser steps on the pixels of image (1, 3, h, w), clamped to [0, 1] after
+        each; logs the terms every `log_every` steps (those of the step's evaluation) and at the end."""
+        settings, history = self.settings, []
+        image = image.requires_grad_(True)
+        optimizer = self._optimizer(image)
+        evaluated: dict[str, Any] = {}
+        started = time.perf_counter()
+
+        def log(step: int, terms: dict[str, torch.Tensor], total: torch.Tensor) -> None:
+            record = {"step": step, "total": total.item(), **{name: value.item() for name, value in terms.items()},
+                      "elapsed_s": time.perf_counter() - started}
+            history.append(record)
+            if progress_callback is not None:
+                progress_callback(record)
+
+        def objective() -> torch.Tensor:
+            optimizer.zero_grad()
+            evaluated["terms"] = self.terms(image, targets)
+            evaluated["total"] = self._weighted_total(evaluated["terms"])
+            evaluated["total"].backward()
+            return evaluated["total"]
+
+        for step in range(settings.steps):
+            optimizer.step(objective)
+            with torch.no_grad():
+                image.clamp_(0, 1)
+            if step % settings.log_every == 0:
+                log(step, evaluated["terms"], evaluated["total"])
+        with torch.no_grad():
+            terms = self.terms(image, targets)
+            log(settings.steps, terms, self._weighted_total(terms))
+        return image.detach(), history
+
+    def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """content (B, 3, H, W), style (B or 1, 3, H', W') in [0, 1] -> (B, 3, H, W): one
+        optimisation per sample; their histories are kept in `last_histories`."""
+        outputs, self.last_histories = [], []
+        for index in range(content.shape[0]):
+            style_image = style[index:index + 1] if style.shape[0] > 1 else style
+            output, history = self.stylize(content[index:index + 1], [style_image])
+            outputs.append(output)
+            self.last_histories.append(history)
+        return torch.cat(outputs)
+
+    def losses(self, content: torch.Tensor, style: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NstlabError("gatys optimises each image at test time; it has no training step")
+
+    def parameter_counts(self) -> dict[str, int]:
+        """The frozen extractor's size (nothing trains)."""
+        counts = {f"extractor.{kind}": number for kind, number in count_parameters(self.extractor).items()}
+        return {**counts, "trainable": 0, "total": sum(p.numel() for p in self.parameters())}
+
+
+def settings_from_config(cfg) -> GatysSettings:
+    """`cfg.baselines["gatys"]` -> GatysSettings: `options` holds GatysSettings' names,
+    `iterations` is the step count and `lr` the learning rate (they win over the preset's: set
+    both with preset: reference). Weights, when not given: VGG-19 `backbone.vgg19`; ResNet-50
+    torchvision ImageNet exactly when `backbone.vgg19` is not random; ViT `backbone.vit`."""
+    spec = cfg.baselines["gatys"]
+    for name, where in (("steps", "iterations"), ("lr", "lr")):
+        if name in spec.options:
+            raise ConfigError(f"baselines.gatys.options.{name}: set baselines.gatys.{where} instead")
+    if spec.loss:
+        raise ConfigError("baselines.gatys.loss: give Gatys' weights in baselines.gatys.options "
+                          "(content_weight, style_weight, tv_weight, laplacian_weight, perceptual_weight)")
+    settings = settings_from_options({**spec.options, "steps": spec.iterations, "lr": spec.lr},
+                                     key_prefix="baselines.gatys.options")
+    if settings.weights is not None:
+        return settings
+    backbone = cfg.backbone
+    profile_weights = {"vgg19": backbone.vgg19, "vit": backbone.vit,
+                       "resnet50": "random" if backbone.vgg19 == "random" else "imagenet"}
+    return dataclasses.replace(settings, weights=profile_weights[settings.extractor])
+
+
+def build(cfg) -> GatysTransfer:
+    """GatysTransfer from the config: settings_from_config, `cfg.seed`, `backbone.vgg_width` for
+    a random VGG-19 and the `backbone.vit_*` sizes for a random ViT."""
+    settings, backbone, vit_config = settings_from_config(cfg), cfg.backbone, None
+    if settings.extractor == "vit" and settings.weights == "random":
+        from transformers import ViTConfig
+
+        vit_config = ViTConfig(hidden_size=backbone.vit_hidden, num_hidden_layers=backbone.vit_layers,
+                               num_attention_heads=backbone.vit_heads, intermediate_size=backbone.vit_mlp)
+    return GatysTransfer(settings, seed=cfg.seed, vgg_width=backbone.vgg_width, vit_config=vit_config)
