@@ -150,11 +150,27 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
         "peak_memory_mb": _peak_memory_mb(device),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
+    summary["mlflow_run_id"] = _log_test_metrics(cfg, method, reports_dir, summary)
     metrics_dir = reports_dir / "metrics"
     metrics_dir.mkdir(parents=True, exist_ok=True)
     (metrics_dir / f"{method}.json").write_text(json.dumps(summary, indent=2) + "\n")
     (outputs_dir / "pairs.json").write_text(json.dumps(rows, indent=2) + "\n")
     return summary
+
+
+def _log_test_metrics(cfg: Config, method: str, reports_dir: Path, summary: dict) -> str | None:
+    """Attach the test metrics to the model's training run in MLflow (Table 2 reads them there)."""
+    from nstlab.tracking import log_to_run
+    from nstlab.train import output_key
+
+    train_metrics = reports_dir / "train" / output_key(method, 2) / "metrics.json"
+    if not train_metrics.is_file():
+        return None
+    run_id = json.loads(train_metrics.read_text()).get("mlflow_run_id")
+    if run_id:
+        numbers = {f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float) and k != "pairs"}
+        log_to_run(cfg.mlflow, run_id, numbers)
+    return run_id
 
 
 def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list[Path], output_path: Path, *,

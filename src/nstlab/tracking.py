@@ -146,3 +146,15 @@ def search_runs(cfg: MlflowConfig, filter_string: str = "") -> "Any":
     if experiment is None:
         return pd.DataFrame()
     return mlflow.search_runs([experiment.experiment_id], filter_string=filter_string)
+
+
+def log_to_run(cfg: MlflowConfig, run_id: str, metrics: Mapping[str, float]) -> None:
+    """Add metrics (e.g. test losses from the evaluate stage) to a finished training run."""
+    tracker = Tracker(cfg, run_name="", tags={})
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        return
+    tracker._client = MlflowClient(tracker.tracking_uri)
+    tracker.run_id = run_id
+    tracker.log_metrics(metrics, step=0)
