@@ -27,3 +27,29 @@ def tiny_config():
         return load_config(REPO / "params.yaml", [*TINY, *extra])
 
     return make
+
+
+@pytest.fixture
+def tiny_pairs(tmp_path):
+    """train/val/test CSVs over 32 px seeded random images, as the pair stage writes them."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pairs_dir, cache = tmp_path / "pairs", tmp_path / "cache"
+    pairs_dir.mkdir()
+    cache.mkdir()
+    for split, count in (("train", 8), ("val", 4), ("test", 2)):
+        with open(pairs_dir / f"{split}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["content", "style"])
+            for index in range(count):
+                row = []
+                for role in ("content", "style"):
+                    path = cache / f"{split}_{role}_{index}.png"
+                    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+                    row.append(str(path))
+                writer.writerow(row)
+    return pairs_dir

@@ -268,7 +268,8 @@ class Trainer:
         save_atomic(payload, path)
 
     def _try_resume(self, mode: str) -> tuple[int, float]:
-        """Returns (first step to run, best validation loss so far)."""
+        """Returns (first step to run, best validation loss so far); seeds the RNG for a fresh run."""
+        torch.manual_seed(self.cfg.seed)  # dropout masks (and any noise) follow from the seed
         if mode == "never" or not self.checkpoint_path.is_file():
             if mode == "require":
                 raise NstlabError(f"{self.checkpoint_path}: nothing to resume; run without --resume")

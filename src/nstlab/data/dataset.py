@@ -83,4 +83,7 @@ def make_loader(csv_path: Path | str, root: Path | str | None = None, *, batch_s
     """
     dataset = PairDataset(csv_path, root)
     sampler = EpochSampler(len(dataset), seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=shuffle, num_workers=workers)
+    # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
+    # and a resumed run (one more iterator) would then see other dropout masks.
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=shuffle, num_workers=workers,
+                      generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available())

@@ -1,0 +1,136 @@
+"""The trainer: a real (tiny) two-stage run, resume equality, MLflow records, failure modes."""
+
+import json
+
+import pytest
+import torch
+
+from nstlab.checkpoint import load_checkpoint
+from nstlab.errors import NstlabError
+from nstlab.train import Trainer, train
+
+FAST = ["train.batch_size=2", "train.stage1.epochs=2", "train.stage2.epochs=2", "train.stage2.milestones=[1]",
+        "train.log_every=1", "train.val_every=3", "train.sample_every=3", "train.max_val_pairs=2"]
+
+
+@pytest.fixture
+def run_dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.chdir(tmp_path)
+    return {"models_dir": tmp_path / "models", "logs_dir": tmp_path / "logs", "checkpoints_dir": tmp_path / "ckpt"}
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_two_stages_write_weights_logs_adapter_and_an_mlflow_run(tiny_config, tiny_pairs, run_dirs):
+    from nstlab.tracking import search_runs
+
+    cfg = tiny_config(*FAST)
+    first = train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, **run_dirs)
+    second = train(cfg, "vit_lora", 2, pairs_dir=tiny_pairs, progress=False, **run_dirs)
+    assert first["steps"] == 8 and second["steps"] == 8  # 8 pairs / batch 2 = 4 steps per epoch, 2 epochs
+    assert second["parameters_trainable"] > first["parameters_trainable"]  # LoRA added
+    stage2 = run_dirs["models_dir"] / "vit_lora_stage2"
+    assert (stage2 / "adapter" / "content_encoder" / "adapter_config.json").is_file()
+    assert any(name.startswith("content_encoder.") and "lora_A" in name for name in _weights(stage2 / "model.pt"))
+    log = (run_dirs["logs_dir"] / "vit_lora_stage2" / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("step,epoch,lr,total,content,style") and len(log) == 9
+    lrs = [float(line.split(",")[2]) for line in log[1:]]
+    assert lrs[:4] == [1e-4] * 4 and lrs[4:] == pytest.approx([1e-4 * 0.3] * 4)  # MultiStepLR at epoch 1
+
+    runs = search_runs(cfg.mlflow)
+    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
+    run = runs[runs["tags.stage"] == "2"].iloc[0]
+    assert run["tags.mlflow.runName"] == "vit_lora-r16-qkvd-e2-d1"
+    assert run["params.lora.r"] == "16" and run["params.encoder.layers"] == "2"
+    assert int(run["params.parameters.trainable"]) == second["parameters_trainable"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.mlflow.tracking_uri if False else None)
+    history = client.get_metric_history(run["run_id"], "train.total")
+    assert [m.step for m in history] == list(range(1, 9))
+    artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
+    assert {"samples", "adapter", "metrics.json"} <= artifacts
+
+
+def test_stage1_leaves_encoders_untouched_in_the_saved_weights(tiny_config, tiny_pairs, run_dirs):
+    train(tiny_config(*FAST), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
+    saved = _weights(run_dirs["models_dir"] / "vit_lora_stage1" / "model.pt")
+    assert saved and all(name.startswith(("transformer_decoder.", "cnn_decoder.")) for name in saved)
+
+
+def test_resume_after_interruption_gives_the_same_weights(tiny_config, tiny_pairs, run_dirs, tmp_path, monkeypatch):
+    cfg = tiny_config(*FAST)
+    train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
+    reference = _weights(run_dirs["checkpoints_dir"] / "vit_lora_stage1" / "last.pt")
+
+    interrupted = {k: tmp_path / "b" / k for k in run_dirs}
+    original_step = Trainer._step
+
+    def stop_at_step_5(self, content, style, step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return original_step(self, content, style, step)
+
+    monkeypatch.setattr(Trainer, "_step", stop_at_step_5)
+    with pytest.raises(NstlabError, match="interrupted at step 5; .*--resume"):
+        train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **interrupted)
+    monkeypatch.setattr(Trainer, "_step", original_step)
+    summary = train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, resume="require",
+                    **interrupted)
+    assert summary["steps"] == 8
+    resumed = _weights(interrupted["checkpoints_dir"] / "vit_lora_stage1" / "last.pt")
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[name], reference[name]) for name in reference)
+
+
+def test_resume_refuses_a_checkpoint_from_another_config(tiny_config, tiny_pairs, run_dirs):
+    train(tiny_config(*FAST), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
+    with pytest.raises(NstlabError, match="made with another config or code"):
+        train(tiny_config(*FAST, "decoder.dropout=0.2"), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False,
+              tracking=False, resume="require", **run_dirs)
+
+
+def test_a_nan_loss_stops_with_a_message_keeps_the_checkpoint_and_fails_the_run(tiny_config, tiny_pairs, run_dirs,
+                                                                                  monkeypatch):
+    from nstlab.models.vit_lora import ViTLoRA
+    from nstlab.tracking import search_runs
+
+    cfg = tiny_config(*FAST)
+    original = ViTLoRA.losses
+    calls = {"n": 0}
+
+    def nan_after_four(self, content, style):
+        terms = original(self, content, style)
+        calls["n"] += 1
+        if self.training and calls["n"] > 4:
+            terms["content"] = terms["content"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(ViTLoRA, "losses", nan_after_four)
+    with pytest.raises(NstlabError, match="training diverged at step"):
+        train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, **run_dirs)
+    checkpoint = load_checkpoint(run_dirs["checkpoints_dir"] / "vit_lora_stage1" / "last.pt")
+    assert checkpoint["step"] == 3 and all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+    assert list(search_runs(cfg.mlflow)["status"]) == ["FAILED"]
+
+
+def test_a_pickled_checkpoint_with_code_is_refused(tmp_path):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"model": Payload()}))
+    with pytest.raises(NstlabError, match="refused to load"):
+        load_checkpoint(path)
+
+
+def test_training_metrics_json_is_what_dvc_reads(tiny_config, tiny_pairs, run_dirs):
+    train(tiny_config(*FAST), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
+    metrics = json.loads((run_dirs["logs_dir"] / "vit_lora_stage1" / "metrics.json").read_text())
+    assert metrics["steps"] == 8 and metrics["val_score"] > 0 and metrics["mlflow_run_id"] is None
