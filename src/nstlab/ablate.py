@@ -22,6 +22,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from nstlab.checkpoint import run_digest
 from nstlab.config import Config, load_config
 from nstlab.errors import ConfigError, NstlabError
 
@@ -66,12 +67,6 @@ def methods_touched(overrides: dict) -> tuple[str, int]:
     return "vit_lora", 2
 
 
-def config_digest_for(cfg: Config, method: str, stage: int) -> str:
-    from nstlab.checkpoint import digest
-
-    return digest({"method": method, "stage": stage, "config": cfg.flat()})
-
-
 def finished_digests(cfg: Config) -> set[str]:
     from nstlab.tracking import search_runs
 
@@ -111,7 +106,7 @@ def run_grid(grid: Path, *, jobs: int = 1, force: bool = False, params_path: Pat
     for name, overrides in experiments.items():
         args = override_args(overrides)
         cfg = load_config(params_path, args)  # a bad key fails here, before anything is queued
-        digest = config_digest_for(cfg, *methods_touched(overrides))
+        digest = run_digest(cfg, *methods_touched(overrides))
         plan[name] = ("done" if digest in done else "queued", args)
     prefix = grid.stem
     for name, (state, args) in plan.items():

@@ -72,6 +72,11 @@ def digest(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def run_digest(cfg, method: str, stage: int) -> str:
+    """Identifies one training (or Gatys evaluation) configuration: resume and `ablate` key on it."""
+    return digest({"method": method, "stage": stage, "config": cfg.flat()})
+
+
 def source_digest() -> str:
     """Hash of the package's own source: a checkpoint from other code is not resumed."""
     package = Path(__file__).parent

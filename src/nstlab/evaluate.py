@@ -121,7 +121,7 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
     pairs = _read_pairs(pairs_dir, "test")[: cfg.eval.max_pairs]
     outputs_dir = reports_dir / "outputs" / method
     outputs_dir.mkdir(parents=True, exist_ok=True)
-    rows, latencies = [], []
+    rows, latencies, histories = [], [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for index, (content_path, style_path) in enumerate(track(pairs, description=f"evaluate {method}", disable=not progress)):
@@ -136,10 +136,12 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
         output = output.float().clamp(0, 1)
         save_image(output[0].cpu(), outputs_dir / f"{index:04d}.png")
         rows.append({"pair": index, "content": str(content_path), "style": str(style_path),
-                     **scorer(output, content, style)})
+                     **scorer(output, content, style), **_against_adain(output, reports_dir, index)})
+        if method == "gatys":
+            histories.append(model.last_histories[0])
     if not rows:
         raise NstlabError(f"{pairs_dir / 'test.csv'}: no test pairs to evaluate")
-    metric_names = [key for key in rows[0] if key not in ("pair", "content", "style")]
+    metric_names = [key for key in rows[0] if key not in ("pair", "content", "style") and all(key in r for r in rows)]
     summary = {
         "model": method,
         "profile": cfg.profile,
@@ -150,7 +152,11 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
         "peak_memory_mb": _peak_memory_mb(device),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
-    summary["mlflow_run_id"] = _log_test_metrics(cfg, method, reports_dir, summary)
+    if method == "gatys":  # nothing trains: the evaluation is the run (one per grid point)
+        (outputs_dir / "history.json").write_text(json.dumps(histories) + "\n")
+        summary["mlflow_run_id"] = _log_gatys_run(cfg, summary, outputs_dir / "history.json")
+    else:
+        summary["mlflow_run_id"] = _log_test_metrics(cfg, method, reports_dir, summary)
     metrics_dir = reports_dir / "metrics"
     metrics_dir.mkdir(parents=True, exist_ok=True)
     (metrics_dir / f"{method}.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -171,6 +177,37 @@ def _log_test_metrics(cfg: Config, method: str, reports_dir: Path, summary: dict
         numbers = {f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float) and k != "pairs"}
         log_to_run(cfg.mlflow, run_id, numbers)
     return run_id
+
+
+def _against_adain(output: torch.Tensor, reports_dir: Path, index: int) -> dict[str, float]:
+    """MSE and SSIM against AdaIN's output for the same pair, used as pseudo ground truth (the
+    Gatys proposal's metric); empty when AdaIN has not been evaluated."""
+    from nstlab.data.images import load_rgb, to_tensor
+
+    reference_path = reports_dir / "outputs" / "adain" / f"{index:04d}.png"
+    if not reference_path.is_file():
+        return {}
+    reference = to_tensor(load_rgb(reference_path)).unsqueeze(0).to(output.device)
+    if reference.shape != output.shape:
+        return {}
+    return {"mse_vs_adain": float(torch.mean((output - reference) ** 2)),
+            "ssim_vs_adain": float(ssim(luminance(output), luminance(reference)).mean())}
+
+
+def _log_gatys_run(cfg: Config, summary: dict, history_path: Path) -> str | None:
+    """One MLflow run per Gatys configuration: its settings, test metrics and step history."""
+    from nstlab.checkpoint import run_digest
+    from nstlab.tracking import Tracker
+
+    tags = {"model": "gatys", "stage": "0", "profile": cfg.profile, "config_digest": run_digest(cfg, "gatys", 0)}
+    with Tracker(cfg.mlflow, "gatys", tags) as tracker:
+        tracker.log_params({k: v for k, v in cfg.flat().items() if k.startswith(("baselines.gatys", "backbone", "seed"))})
+        tracker.log_metrics({f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float) and k != "pairs"}, 0)
+        histories = json.loads(history_path.read_text())
+        for record in histories[0] if histories else []:
+            tracker.log_metrics({f"optim.{k}": v for k, v in record.items() if k != "step"}, int(record["step"]))
+        tracker.log_artifact(history_path)
+    return tracker.run_id
 
 
 def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list[Path], output_path: Path, *,

@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 
 from nstlab.checkpoint import (
-    digest,
     load_checkpoint,
     load_trained_state,
+    run_digest,
     save_atomic,
     source_digest,
     trained_state,
@@ -235,7 +235,7 @@ class Trainer:
         if discriminator is not None:
             betas = tuple(cfg.baselines[method].options.get("d_betas", (0.5, 0.999)))
             self.d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=self.spec.lr, betas=betas)
-        self.config_digest = digest({"method": method, "stage": stage, "config": cfg.flat()})
+        self.config_digest = run_digest(cfg, method, stage)
 
     def _build_model(self, models_dir: Path) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
