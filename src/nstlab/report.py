@@ -173,13 +173,14 @@ def image_grid(frame: pd.DataFrame, reports_dir: Path, pairs_dir: Path, rows_wan
 # -- HTML ---------------------------------------------------------------------------------------
 
 
-def _html_table(frame: pd.DataFrame) -> str:
+def html_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "<p><em>no rows yet</em></p>"
     return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="table")
 
 
-def write_html(cfg: Config, reports_dir: Path, t1: pd.DataFrame, t2: pd.DataFrame, figures: list[Path]) -> Path:
+def write_html(cfg: Config, reports_dir: Path, t1: pd.DataFrame, t2: pd.DataFrame, figures: list[Path],
+               gatys_html: str = "") -> Path:
     images = "\n".join(f'<figure><img src="{html.escape(str(p.relative_to(reports_dir)))}" alt="{html.escape(p.stem)}">'
                        f"<figcaption>{html.escape(p.stem)}</figcaption></figure>" for p in figures)
     page = f"""<!doctype html>
@@ -195,9 +196,10 @@ figure {{ margin: 1em 0; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
 <p class="note" id="profile-note">{html.escape(profile_note(cfg.profile))}</p>
 <h2>Table 1: models on the held-out test pairs</h2>
 <p>Loss columns computed by nstlab; <code>paper_reported_*</code> are the paper's published numbers, for reference only.</p>
-<div id="table1">{_html_table(t1)}</div>
+<div id="table1">{html_table(t1)}</div>
 <h2>Table 2: ViT-LoRA ablation (from MLflow)</h2>
-<div id="table2">{_html_table(t2)}</div>
+<div id="table2">{html_table(t2)}</div>
+{gatys_html}
 <h2>Figures and gallery</h2>
 {images}
 </body></html>
@@ -221,5 +223,9 @@ def build_report(cfg: Config, reports_dir: Path = Path("reports"), pairs_dir: Pa
         metric_bars(t1, figures_dir / "metrics.png", cfg.profile),
     ]
     figures = [path for path in figures if path is not None]
-    page = write_html(cfg, reports_dir, t1, t2, figures)
+    from nstlab.report_gatys import gatys_section  # report_gatys imports this module
+
+    gatys_html, gatys_figures = gatys_section(cfg, reports_dir)
+    page = write_html(cfg, reports_dir, t1, t2, figures, gatys_html)
+    figures += gatys_figures
     return {"table1": len(t1), "table2": len(t2), "figures": [str(p) for p in figures], "html": str(page)}

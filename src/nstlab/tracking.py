@@ -158,3 +158,14 @@ def log_to_run(cfg: MlflowConfig, run_id: str, metrics: Mapping[str, float]) -> 
     tracker._client = MlflowClient(tracker.tracking_uri)
     tracker.run_id = run_id
     tracker.log_metrics(metrics, step=0)
+
+
+def metric_history(cfg: MlflowConfig, run_id: str, keys: list[str]) -> "Any":
+    """Per-step metrics of one run as a DataFrame, a column per key, indexed by step."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(resolve_tracking_uri(cfg))
+    series = {key: pd.Series({m.step: m.value for m in client.get_metric_history(run_id, key)}, dtype=float)
+              for key in keys}
+    return pd.DataFrame(series).dropna().sort_index()
