@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +37,28 @@ def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor], path: P
     try:
         model.load_state_dict(state, strict=False)
     except RuntimeError as error:
-        raise NstlabError(f"{path}: checkpoint shapes do not fit this model ({str(error).splitlines()[1].strip()})") from None
+        detail = str(error).splitlines()[-1].strip()  # the first line only names the model class
+        raise NstlabError(f"{path}: checkpoint shapes do not fit this model ({detail})") from None
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
     """Write to a temp file in the same directory, fsync, then rename: a crash or a full disk
-    leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    leaves the previous checkpoint intact. A failed write is a one-line NstlabError."""
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temp, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
+    except (OSError, RuntimeError) as error:
+        # torch.save reports a failed write (disk full, quota) as a RuntimeError of its zip
+        # writer, with the OSError as context.
+        cause = error if isinstance(error, OSError) else error.__context__
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else _first_line(error)
+        raise NstlabError(f"{path}: checkpoint not written ({reason}); the previous file, if any, is unchanged: "
+                          "free disk space and run again (training resumes from the last checkpoint)") from None
     finally:
         temp.unlink(missing_ok=True)
 
@@ -57,13 +67,32 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """torch.load with weights_only=True: a file carrying pickled code is refused, not run."""
     if not path.is_file():
         raise NstlabError(f"{path}: no such checkpoint; train the model first (nstlab train ...)")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; never run the legacy pickle path
+        raise NstlabError(f"{path}: refused to load: not a torch.save zip archive (a raw pickle, another format "
+                          "or a truncated file); use weights written by nstlab train")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).splitlines()[0][:160]
-        raise NstlabError(f"{path}: refused to load: not a plain-tensor checkpoint ({reason})") from None
+        raise NstlabError(f"{path}: refused to load: not a plain-tensor checkpoint ({_unpickler_reason(error)}); "
+                          "use weights written by nstlab train") from None
     except (RuntimeError, EOFError, OSError) as error:
-        raise NstlabError(f"{path}: unreadable checkpoint ({str(error).splitlines()[0][:160]}); delete it and retrain") from None
+        raise NstlabError(f"{path}: unreadable checkpoint ({_first_line(error)}); delete it and retrain") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise NstlabError(f"{path}: not an nstlab checkpoint (no 'model' tensors); use weights written by nstlab train")
+    return state
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:160]
+
+
+def _unpickler_reason(error: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only refusal that says what was refused (its first line only
+    suggests turning the protection off)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    _, marker, detail = text.partition("WeightsUnpickler error:")
+    return _first_line(detail if marker and detail.strip() else text).split(". ")[0]
 
 
 def digest(data: Any) -> str:

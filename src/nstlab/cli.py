@@ -161,9 +161,22 @@ def bench(what: Annotated[str, typer.Argument(help="train or stylize")],
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+    """Console entry point: user errors become one line on stderr and exit code 2.
+
+    So does an OSError about a named file (an output folder that is a file, no permission, a
+    full disk): the path and the reason are what the user needs; an OSError with no file is a
+    bug and keeps its traceback.
+    """
     try:
         app(args=argv, prog_name="nstlab")
     except NstlabError as error:
-        typer.echo(f"nstlab: error: {error}", err=True)
-        sys.exit(2)
+        _fail(str(error))
+    except OSError as error:
+        if error.filename is None:
+            raise
+        _fail(f"{error.filename}: {error.strerror or error}; check the path, its permissions and free disk space")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"nstlab: error: {' '.join(message.split())}", err=True)
+    sys.exit(2)

@@ -346,6 +346,8 @@ def load_config(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
         text = path.read_text()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read ({error.strerror}); run from the repository root or pass --params") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (undecodable bytes); pass the YAML parameters file") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -95,10 +95,11 @@ def _read_pairs(pairs_dir: Path, split: str) -> list[tuple[Path, Path]]:
         return [(Path(row["content"]), Path(row["style"])) for row in csv.DictReader(handle)]
 
 
-def _load_tensor(path: Path, max_size: int) -> torch.Tensor:
+def _load_tensor(cfg: Config, path: Path, max_size: int) -> torch.Tensor:
     from nstlab.data.images import load_rgb, resize_max_side, to_tensor
 
-    return to_tensor(resize_max_side(load_rgb(path), max_size)).unsqueeze(0)
+    image = load_rgb(path, max_pixels=cfg.data.max_pixels, min_side=cfg.data.min_side)
+    return to_tensor(resize_max_side(image, max_size)).unsqueeze(0)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -125,8 +126,8 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for index, (content_path, style_path) in enumerate(track(pairs, description=f"evaluate {method}", disable=not progress)):
-        content = _load_tensor(content_path, cfg.eval.max_size).to(device)
-        style = _load_tensor(style_path, cfg.eval.max_size).to(device)
+        content = _load_tensor(cfg, content_path, cfg.eval.max_size).to(device)
+        style = _load_tensor(cfg, style_path, cfg.eval.max_size).to(device)
         started = time.perf_counter()
         with torch.no_grad():
             output = model(content, style)
@@ -222,8 +223,8 @@ def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list
     if (alpha != 1.0 or len(style_paths) > 1) and method != "adain":
         raise NstlabError("--alpha and several style images are AdaIN features: add --model adain")
     limit = max_size or cfg.eval.max_size
-    content = _load_tensor(content_path, limit)
-    styles = [_load_tensor(path, limit) for path in style_paths]
+    content = _load_tensor(cfg, content_path, limit)
+    styles = [_load_tensor(cfg, path, limit) for path in style_paths]
     device = pick_device(cfg)
     model = load_model(cfg, method, checkpoint=checkpoint, device=device)
     with torch.no_grad():

@@ -194,7 +194,7 @@ def train_step(model: nn.Module, optimizer, d_optimizer, weights: dict[str, floa
         terms["discriminator"] = d_loss.detach()
     total = sum(weights[name] * value for name, value in terms.items() if name in weights)
     if not torch.isfinite(total):
-        return {"total": float(total)}
+        return {"total": float(total.detach())}
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     if grad_clip:
@@ -356,49 +356,52 @@ class Trainer:
         counts = self.model.parameter_counts()
         tags = {"model": self.method, "stage": str(spec.stage), "profile": cfg.profile, "output": spec.key,
                 "config_digest": self.config_digest}
-        log_every = cfg.train.log_every if self.method == "vit_lora" else max(1, cfg.train.log_every)
+        log_every = cfg.train.log_every
         val_every = cfg.train.val_every
         started = time.perf_counter()
         pairs_seen = 0
-        with Tracker(cfg.mlflow, spec.run_name, tags, enabled=self.tracking) as tracker:
-            tracker.log_params({**cfg.flat(), "parameters.trainable": counts["trainable"],
-                                "parameters.total": counts["total"], "train.total_steps": spec.total_steps})
-            progress = Progress(TextColumn(f"[bold]{spec.run_name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), disable=not self.progress)
-            with progress:
-                task = progress.add_task("train", total=spec.total_steps, completed=start_step, loss="")
-                step = start_step
-                try:
-                    while step < spec.total_steps:
-                        epoch = step // spec.steps_per_epoch
-                        consumed = step - epoch * spec.steps_per_epoch  # batches of this epoch already run
-                        self.train_loader.sampler.set_epoch(epoch, consumed * spec.batch_size)
-                        for content, style in self.train_loader:
-                            if step >= spec.total_steps:
-                                break
-                            lr = spec.lr * spec.lr_factor(step, epoch)
-                            for group in self.optimizer.param_groups:
-                                group["lr"] = lr
-                            content = content.to(self.device, non_blocking=True)
-                            style = style.to(self.device, non_blocking=True)
-                            losses = self._step(content, style, step)
-                            step += 1
-                            pairs_seen += len(content)
-                            progress.update(task, advance=1, loss=f"loss {losses['total']:.4g}")
-                            if step % log_every == 0 or step == spec.total_steps:
-                                elapsed = time.perf_counter() - started
-                                row = {"step": step, "epoch": epoch, "lr": lr, **losses,
-                                       "pairs_per_s": pairs_seen / max(elapsed, 1e-9)}
-                                train_log.write(row)
-                                tracker.log_metrics({f"train.{k}": v for k, v in row.items() if k != "step"}, step)
-                            if step % val_every == 0 or step == spec.total_steps:
-                                best = self._validate_and_checkpoint(step, best, val_log, tracker)
-                except KeyboardInterrupt:
-                    self._save(self.checkpoint_path, step, best)
-                    raise NstlabError(f"interrupted at step {step}; checkpoint saved to {self.checkpoint_path}: "
-                                      "rerun the same command with --resume to continue") from None
-            train_seconds = time.perf_counter() - started
-            summary = self._finish(step, best, train_seconds, pairs_seen, counts, tracker)
+        step = start_step
+        try:
+            with Tracker(cfg.mlflow, spec.run_name, tags, enabled=self.tracking) as tracker:
+                tracker.log_params({**cfg.flat(), "parameters.trainable": counts["trainable"],
+                                    "parameters.total": counts["total"], "train.total_steps": spec.total_steps})
+                progress = Progress(TextColumn(f"[bold]{spec.run_name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                    TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), disable=not self.progress)
+                with progress:
+                    task = progress.add_task("train", total=spec.total_steps, completed=start_step, loss="")
+                    try:
+                        while step < spec.total_steps:
+                            epoch = step // spec.steps_per_epoch
+                            consumed = step - epoch * spec.steps_per_epoch  # batches of this epoch already run
+                            self.train_loader.sampler.set_epoch(epoch, consumed * spec.batch_size)
+                            for content, style in self.train_loader:
+                                if step >= spec.total_steps:
+                                    break
+                                lr = spec.lr * spec.lr_factor(step, epoch)
+                                for group in self.optimizer.param_groups:
+                                    group["lr"] = lr
+                                content = content.to(self.device, non_blocking=True)
+                                style = style.to(self.device, non_blocking=True)
+                                losses = self._step(content, style, step)
+                                step += 1
+                                pairs_seen += len(content)
+                                progress.update(task, advance=1, loss=f"loss {losses['total']:.4g}")
+                                if step % log_every == 0 or step == spec.total_steps:
+                                    elapsed = time.perf_counter() - started
+                                    row = {"step": step, "epoch": epoch, "lr": lr, **losses,
+                                           "pairs_per_s": pairs_seen / max(elapsed, 1e-9)}
+                                    train_log.write(row)
+                                    tracker.log_metrics({f"train.{k}": v for k, v in row.items() if k != "step"}, step)
+                                if step % val_every == 0 or step == spec.total_steps:
+                                    best = self._validate_and_checkpoint(step, best, val_log, tracker)
+                    except KeyboardInterrupt:
+                        self._save(self.checkpoint_path, step, best)
+                        raise  # through the Tracker, which marks the run KILLED
+                train_seconds = time.perf_counter() - started
+                summary = self._finish(step, best, train_seconds, pairs_seen, counts, tracker)
+        except KeyboardInterrupt:
+            raise NstlabError(f"interrupted at step {step}; checkpoint saved to {self.checkpoint_path}: "
+                              "rerun the same command with --resume to continue") from None
         return summary
 
     def _validate_and_checkpoint(self, step: int, best: float, val_log: CsvLog, tracker) -> float:

@@ -21,6 +21,9 @@ from nstlab.errors import ImageError
 # headers (SyntaxError, struct.error), bad values (ValueError), zlib streams, early EOF.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
 _WHITE = (255, 255, 255, 255)
+# The formats photos and paintings arrive in (JPEG covers MPO). Pillow opens many more, and some
+# hand the file to an outside program (EPS runs Ghostscript): a download must never reach one.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 def _reject(path: Path, reason: str, advice: str) -> ImageError:
@@ -36,6 +39,7 @@ def load_rgb(path: Path | str, *, max_pixels: int = 64_000_000, min_side: int = 
     Pillow's DecompressionBombWarning is left alone: the max_pixels check right after the
     header is stricter by default, and turning the warning into an error would need
     `warnings.catch_warnings`, which is process-global and unsafe in the pair stage's threads.
+    Only ALLOWED_FORMATS are opened, whatever the file name says.
     Modes: alpha (RGBA, LA, PA, palette transparency) is composited on white; 16-bit gray
     (I;16*, I) is scaled 65535 → 255; F follows Pillow's 0–255 convention; CMYK, L, 1 and P
     are converted by Pillow.
@@ -46,7 +50,7 @@ def load_rgb(path: Path | str, *, max_pixels: int = 64_000_000, min_side: int = 
     if path.stat().st_size == 0:
         raise _reject(path, "empty file (0 bytes)", "delete it and download it again")
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=ALLOWED_FORMATS) as image:
             _check_size(path, image.size, max_pixels, min_side)
             image.load()
             return _to_rgb(ImageOps.exif_transpose(image))
@@ -54,7 +58,7 @@ def load_rgb(path: Path | str, *, max_pixels: int = 64_000_000, min_side: int = 
         raise _reject(path, f"too many pixels for Pillow's decompression-bomb guard ({error})",
                       "downscale the image or remove it") from None
     except UnidentifiedImageError:
-        raise _reject(path, "not an image Pillow can read",
+        raise _reject(path, "not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF)",
                       "remove it or convert it to PNG/JPEG") from None
     except _DECODE_ERRORS as error:
         raise _reject(path, f"corrupt or truncated image ({error})", "delete it and download it again") from None

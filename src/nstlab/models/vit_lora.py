@@ -11,6 +11,7 @@ decoders together. Every number: ../shared/METHODS.md §1 (NST-Project `code/`).
     style   ─ViT_s─► tokens_s ─┘
 """
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -106,7 +107,9 @@ class ViTLoRA(nn.Module):
         for name in ("content_encoder", "style_encoder"):
             lora_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
                                      target_modules=lora_modules(lora.target_modules))
-            setattr(self, name, get_peft_model(getattr(self, name), lora_config))
+            with warnings.catch_warnings():  # peft probes transformers' deprecated is_gradient_checkpointing
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                setattr(self, name, get_peft_model(getattr(self, name), lora_config))
         self.lora_enabled = True
 
     def save_adapters(self, directory: Path) -> list[Path]:
