@@ -70,6 +70,30 @@ def test_splits_are_disjoint_in_content_and_style(images, tmp_path):
         assert not (test & (train | val)) and not (train & val)
 
 
+def test_a_source_group_stays_in_one_split(images, tmp_path):
+    """Crops of one photo never straddle splits: c00..c02 are one group, the others stand alone."""
+    def photo(path: Path) -> str:
+        return "one_photo" if path.stem < "c03" else path.stem
+
+    summary = pair(images, tmp_path, group_of={"content": photo})
+    grouped = {f"c{i:02d}" for i in range(3)}
+    splits_holding = [split for split in ("train", "val", "test")
+                      if {name.split("-")[0] for name in sources(tmp_path / f"pairs/{split}.csv", "content")} & grouped]
+    assert len(splits_holding) == 1
+    assert sum(counts["content"] for counts in summary.images.values()) == 12
+
+
+def test_the_demo_splits_share_no_photo():
+    """The packaged demo set: no photo's crops in two splits (the prefix names the photo)."""
+    from nstlab.data.pairs import _plan_splits
+    from nstlab.data.sources import demo_images, source_group
+
+    plan = _plan_splits(demo_images("content"), {"train": 120, "val": 8, "test": 6}, 324, "content", source_group("demo"))
+    photos = {split: {source_group("demo")(path) for path in files} for split, files in plan.items()}
+    assert not (photos["test"] & (photos["train"] | photos["val"])) and not (photos["train"] & photos["val"])
+    assert all(plan.values()) and sum(map(len, plan.values())) == 20
+
+
 def test_cached_images_have_the_training_and_test_sizes(images, tmp_path):
     pair(images, tmp_path)
     train_row = rows(tmp_path / "pairs/train.csv")[0]
@@ -87,7 +111,7 @@ def test_unusable_images_are_skipped_and_listed(images, tmp_path):
     broken.write_bytes(contents[0].read_bytes()[:200])
     empty = tmp_path / "raw/style/empty.png"
     empty.write_bytes(b"")
-    summary = build_pairs([*contents, broken], [*styles, empty], **COUNTS, seed=0, image_size=32,
+    summary = build_pairs([*contents, broken], [*styles, empty], **(COUNTS | {"n_val": 3}), seed=0, image_size=32,
                           cache_dir=tmp_path / "cache", out_dir=tmp_path / "pairs", progress=False)
     listed = {row["path"]: row["reason"] for row in rows(tmp_path / "pairs/skipped.csv")}
     assert set(listed) == {broken.as_posix(), empty.as_posix()}

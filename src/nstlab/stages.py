@@ -39,13 +39,15 @@ def download_stage(cfg: Config, raw_dir: Path, progress: bool = True) -> None:
 def pair_stage(cfg: Config, raw_dir: Path, out_dir: Path, cache_dir: Path = Path("data/cache"),
                progress: bool = True) -> None:
     from nstlab.data.pairs import build_pairs
-    from nstlab.data.sources import list_images
+    from nstlab.data.sources import list_images, source_group
 
     data = cfg.data
     summary = build_pairs(list_images(raw_dir / "content"), list_images(raw_dir / "style"), n_train=data.n_train,
                           n_val=data.n_val, n_test=data.n_test, seed=cfg.seed, image_size=data.image_size,
                           cache_dir=cache_dir, out_dir=out_dir, test_max_side=data.test_max_side,
-                          max_pixels=data.max_pixels, min_side=data.min_side, progress=progress)
+                          max_pixels=data.max_pixels, min_side=data.min_side, progress=progress,
+                          group_of={"content": source_group(data.content_source),
+                                    "style": source_group(data.style_source)})
     console = Console(stderr=True, soft_wrap=True)
     console.print(f"pairs: {summary.pairs}; images: {summary.images}; skipped {len(summary.skipped)} unusable images"
                   + (f" (listed in {out_dir / 'skipped.csv'})" if summary.skipped else ""))

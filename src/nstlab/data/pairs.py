@@ -3,7 +3,9 @@
 1. Contents and styles are each shuffled (seeded) into train/val/test images. Split sizes grow
    with √(pairs asked): a split of c contents and s styles holds c·s distinct pairs, so this
    gives every split the same head-room over its request. Test images appear in no other
-   split, so test pairs are unseen.
+   split, so test pairs are unseen. Images of one source (the demo's crops of one photo,
+   named `<source>_<crop>`) form a group that stays in one split: a crop of a test photo in
+   the training set would leak it.
 2. Every image is decoded once by the safe loader and cached as PNG: train/val squashed to
    image_size² (the paper's set-up: aspect not kept), test with its aspect ratio and the longer
    side capped at test_max_side. Training never decodes a full-size JPEG. An unusable image is
@@ -22,7 +24,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,14 +56,16 @@ class _CacheJob:
 def build_pairs(content_files: Iterable[Path], style_files: Iterable[Path], *, n_train: int, n_val: int, n_test: int,
                 seed: int, image_size: int, cache_dir: Path | str, out_dir: Path | str, test_max_side: int = 512,
                 max_pixels: int = 64_000_000, min_side: int = 16, workers: int | None = None,
-                progress: bool = True) -> PairSummary:
+                group_of: Mapping[str, Callable[[Path], str]] | None = None, progress: bool = True) -> PairSummary:
     """Write out_dir/{train,val,test}.csv (header `content,style`), skipped.csv and pairs.json.
 
     Same inputs and seed → byte-identical files. Asking for more pairs than a split can hold
-    raises ConfigError naming the key and the maximum.
+    raises ConfigError naming the key and the maximum. `group_of` maps a role to the function
+    naming an image's source group (default: every image its own group).
     """
     requested = {"train": n_train, "val": n_val, "test": n_test}
-    plans = {role: _plan_splits([Path(path) for path in files], requested, seed, role)
+    plans = {role: _plan_splits([Path(path) for path in files], requested, seed, role,
+                                (group_of or {}).get(role, Path.as_posix))
              for role, files in zip(ROLES, (content_files, style_files))}
     _check_capacity(plans, requested)
 
@@ -114,17 +118,36 @@ def split_sizes(n_images: int, requested: Mapping[str, int]) -> dict[str, int]:
     return sizes
 
 
-def _plan_splits(files: list[Path], requested: Mapping[str, int], seed: int, role: str) -> dict[str, list[Path]]:
-    files = sorted(set(files))
-    if len(files) < len(SPLITS):
-        raise ConfigError(f"{len(files)} {role} images given: need at least {len(SPLITS)} (one per split); "
+def _plan_splits(files: list[Path], requested: Mapping[str, int], seed: int, role: str,
+                 group_of: Callable[[Path], str]) -> dict[str, list[Path]]:
+    """Whole groups to splits in seeded order: test, then val, take the groups that fit in their
+    √-share of images (the smallest group if none fits), always leaving one group for each
+    split after them; train takes the rest."""
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(set(files)):
+        groups.setdefault(group_of(path), []).append(path)
+    if len(groups) < len(SPLITS):
+        n_files = sum(map(len, groups.values()))
+        sources = f" from {len(groups)} sources" if len(groups) < n_files else ""
+        raise ConfigError(f"{n_files} {role} images given{sources}: need at least {len(SPLITS)} (one per split); "
                           f"add {role} images or raise the number downloaded")
-    random.Random(f"split-{role}:{seed}").shuffle(files)
-    plan, start = {}, 0
-    for split, size in split_sizes(len(files), requested).items():
-        plan[split] = sorted(files[start:start + size])
-        start += size
-    return plan
+    order = sorted(groups)
+    random.Random(f"split-{role}:{seed}").shuffle(order)
+    targets = split_sizes(sum(map(len, groups.values())), requested)
+    plan = {}
+    for later, split in ((2, "test"), (1, "val")):  # `later`: splits still to fill after this one
+        chosen, n_images = [], 0
+        for name in list(order):
+            if n_images + len(groups[name]) <= targets[split] and len(order) > later:
+                chosen.append(name)
+                order.remove(name)
+                n_images += len(groups[name])
+        if not chosen:
+            chosen.append(min(order, key=lambda name: len(groups[name])))
+            order.remove(chosen[0])
+        plan[split] = sorted(path for name in chosen for path in groups[name])
+    plan["train"] = sorted(path for name in order for path in groups[name])
+    return {split: plan[split] for split in SPLITS}
 
 
 def _check_capacity(images: Mapping[str, Mapping[str, list]], requested: Mapping[str, int]) -> None:

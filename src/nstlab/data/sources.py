@@ -39,6 +39,14 @@ def list_images(directory: Path) -> list[Path]:
     return sorted(path for path in Path(directory).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
 
 
+def source_group(source: str) -> Callable[[Path], str]:
+    """How to group a source's images for splitting: the demo's crops share the prefix before
+    the first `_` (one photo, see demo/README.md); COCO and WikiArt files stand alone."""
+    if source == "demo":
+        return lambda path: path.name.split("_", 1)[0]
+    return Path.as_posix
+
+
 def demo_images(role: str) -> list[Path]:
     """The images shipped inside the package for `role` ("content" or "style"), sorted."""
     return list_images(Path(str(resources.files("nstlab.data") / "demo" / role)))
