@@ -1,7 +1,8 @@
 """End-to-end (slow): the real DVC pipeline in a temp copy of the repo, shrunk to seconds per stage.
 
-`dvc repro` runs every stage; `dvc exp run -S lora.r=32` reruns only what the change touches;
-`nstlab ablate` runs a 2-configuration grid from the DVC queue into MLflow and Table 2.
+`dvc repro` runs every stage; the results travel to another clone through a DVC remote;
+`dvc exp run -S lora.r=32` reruns only what the change touches; `nstlab ablate` runs a grid
+from the DVC queue (two workers) into MLflow and Table 2, skipping the configuration already done.
 """
 
 import os
@@ -92,6 +93,25 @@ def test_dvc_repro_runs_the_whole_study(repo):
     assert "train_" not in status and "evaluate" not in status and "pair" not in status  # only report: always_changed
 
 
+def test_results_travel_through_a_dvc_remote(repo, tmp_path):
+    """Another machine: git clone + dvc pull gets every output; its report is byte-identical when
+    it reads the same MLflow store (a team's tracking server; here the first clone's sqlite file)."""
+    root, env = repo
+    _run(["dvc", "remote", "add", "-d", "store", str(tmp_path / "dvc-store")], root, env)
+    _run(["dvc", "push"], root, env)
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "remote"], root, env)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    _run(["dvc", "pull"], clone, env)
+    assert (clone / "models" / "vit_lora_stage2" / "model.pt").read_bytes() == \
+        (root / "models" / "vit_lora_stage2" / "model.pt").read_bytes()
+    shared_store = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns.db'}"}
+    assert _ran_stages(_run(["dvc", "repro"], clone, shared_store)) == {"report"}
+    for name in ("table1.csv", "table1.md", "table2.csv", "table2.md"):
+        assert (clone / "reports" / name).read_bytes() == (root / "reports" / name).read_bytes(), name
+
+
 def test_exp_run_with_a_new_lora_rank_reruns_only_what_it_touches(repo):
     root, env = repo
     ran = _ran_stages(_run(["dvc", "exp", "run", "-S", "lora.r=32"], root, env))
@@ -102,15 +122,30 @@ def test_exp_run_with_a_new_lora_rank_reruns_only_what_it_touches(repo):
 
 
 def test_ablate_runs_a_grid_from_the_dvc_queue_and_skips_done_configs(repo):
+    """A grid half done (r=32 finished by the experiment above, as if a grid run was killed
+    after it): ablate runs only the other two, two at a time; a rerun queues nothing."""
+    from nstlab.config import MlflowConfig
+    from nstlab.tracking import search_runs
+
     root, env = repo
+    store = MlflowConfig(tracking_uri=f"sqlite:///{root / 'mlruns.db'}", experiment="nstlab")
+
+    def stage2_runs() -> int:
+        runs = search_runs(store)
+        return int(((runs["tags.model"] == "vit_lora") & (runs["tags.stage"] == "2")).sum())
+
     grid = root / "experiments" / "small.yaml"
-    grid.write_text("experiments:\n  a: {lora.r: 4}\n  b: {lora.r: 8, lora.target_modules: [query, value]}\n")
+    grid.write_text("experiments:\n  a: {lora.r: 32}\n  b: {lora.r: 4}\n"
+                    "  c: {lora.r: 8, lora.target_modules: [query, value]}\n")
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-qm", "grid"], root, env)
+    before = stage2_runs()
     output = _run(["nstlab", "ablate", "experiments/small.yaml", "--jobs", "2"], root, env)
     assert "done" in output
+    assert stage2_runs() == before + 2
     table2 = (root / "reports" / "table2.csv").read_text()
     rows = table2.splitlines()[1:]
     assert {row.split(",")[0] for row in rows} >= {"4", "8", "16", "32"}
     again = _run(["nstlab", "ablate", "experiments/small.yaml"], root, env)
     assert "queued" not in again.split("overrides")[-1]
+    assert stage2_runs() == before + 2
