@@ -1,13 +1,19 @@
 """MLflow tracking: the only module that imports mlflow, and only when a run starts.
 
-Tracking never kills training: every call is guarded; on the first failure (server gone,
-database locked past its retries, mlflow not installed as on the GPU machine) we warn once
-and go on. Metrics are always also written locally by the trainer (CSV), so nothing is lost.
+The tracking URI is a local sqlite file or a shared `mlflow server` (http(s)://).
+Tracking never kills training: when the backend fails (server gone, database locked past its
+retries) we warn once, buffer the calls under mlruns-buffer/ and replay them when it is back,
+or with `nstlab sync`; without mlflow installed (the GPU machine) a run is not tracked.
+The trainer also writes every metric to CSV files, so nothing is lost either way.
 """
 
+import contextlib
+import json
 import os
 import subprocess
+import sys
 import time
+import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,57 +50,223 @@ def git_commit() -> str:
         return "unknown"
 
 
+RETRY_SECONDS = 30.0  # while the backend is down, try it again at most this often
+BUFFER_FOLDER = "mlruns-buffer"  # under the repository root, where `nstlab sync` finds every buffer
+# Codes of a call that the backend refused (a changed param, a deleted run): retrying cannot help.
+REJECTED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST",
+            "INVALID_STATE"}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@contextlib.contextmanager
+def _fail_fast(http_retries: int):
+    """MLflow's HTTP defaults (7 retries, backoff factor 2, 120 s timeout) stall training for
+    minutes when the server is gone; our calls use short ones unless the user set their own."""
+    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(http_retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+    added = [name for name in wanted if name not in os.environ]
+    os.environ.update({name: wanted[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+def _with_retries(function, *args, http_retries: int = 1):
+    """Call into mlflow; a locked sqlite store (two DVC experiments at once) is retried briefly."""
+    for attempt in range(5):
+        try:
+            with _fail_fast(http_retries):
+                return function(*args)
+        except Exception as error:  # mlflow raises many types
+            if "locked" not in str(error) or attempt == 4:
+                raise
+            time.sleep(0.2 * 2**attempt)
+
+
+def _rejected(error: Exception) -> bool:
+    """True when the backend answered and refused the call, as opposed to not answering."""
+    return getattr(error, "error_code", None) in REJECTED
+
+
+def _describe(error: Exception) -> str:
+    return f"{error.__class__.__name__}: {str(error)[:200]}"
+
+
+def _create_run(client, header: Mapping[str, Any]):
+    """A run in the header's experiment (created if missing). Artefacts go to mlartifacts/ for a
+    local sqlite store, and through the server (its --artifacts-destination) for an http(s) one."""
+    experiment = client.get_experiment_by_name(header["experiment"])
+    if experiment is None:
+        local = header["tracking_uri"].startswith("sqlite")
+        artifacts = (repo_root() / "mlartifacts").as_uri() if local else None
+        experiment_id = client.create_experiment(header["experiment"], artifact_location=artifacts)
+    else:
+        experiment_id = experiment.experiment_id
+    return client.create_run(experiment_id, start_time=header["start_time"], tags=header["tags"],
+                             run_name=header["run_name"])
+
+
+def _deliver(client, run_id: str, record: Mapping[str, Any]) -> None:
+    """Send one call, as Tracker records it (op: params, metrics, tags, artifact or end), to a run."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    kind = record["op"]
+    if kind == "params":
+        items = [Param(key, value) for key, value in record["params"].items()]
+        for start in range(0, len(items), 100):  # MLflow's batch limit
+            client.log_batch(run_id, params=items[start:start + 100])
+    elif kind == "metrics":  # [key, value, timestamp_ms, step]: the original time, so a replay leaves no trace
+        client.log_batch(run_id, metrics=[Metric(*item) for item in record["metrics"]])
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(key, value) for key, value in record["tags"].items()])
+    elif kind == "artifact":
+        path = Path(record["path"])
+        if path.exists():
+            log = client.log_artifacts if path.is_dir() else client.log_artifact
+            log(run_id, str(path), record["folder"])
+        else:
+            warnings.warn(f"MLflow artefact {path} is gone; run {run_id} goes without it", stacklevel=2)
+    elif kind == "end":
+        client.set_terminated(run_id, record["status"], record["end_time"])
+
+
+def buffer_dir() -> Path:
+    return repo_root() / BUFFER_FOLDER
+
+
+class Buffer:
+    """The MLflow calls of one run that could not be delivered: an append-only JSON-lines file.
+
+    Line 1 is a header (tracking URI, run id, or None when even the run could not be created;
+    experiment, name, tags, start time), then one call a line in the order they were made. A
+    replay appends `delivered` lines as it goes, so one that stops half-way resumes without
+    sending a call twice. The file is locked while open: `nstlab sync` skips the buffer of a
+    training that is still running.
+    """
+
+    def __init__(self, path: Path):
+        import fcntl
+
+        self.path = path
+        self._handle = open(path, "a", encoding="utf-8")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.close()
+            raise
+
+    @classmethod
+    def create(cls, header: Mapping[str, Any]) -> "Buffer":
+        folder = buffer_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        # A timestamp first, so sorted names replay two buffers of one run in order.
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{header['run_id'] or 'new'}-{uuid.uuid4().hex[:6]}.jsonl"
+        buffer = cls(folder / name)
+        buffer.append({"op": "run", **header})
+        return buffer
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+
+    def read(self) -> tuple[dict | None, list[dict], int]:
+        """(header with the run id known so far, the calls, how many were delivered)."""
+        header, records, delivered = None, [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+            if record["op"] == "run":
+                header = record
+            elif record["op"] == "delivered":
+                delivered = record["count"]
+                header.update(run_id=record["run_id"], experiment_id=record["experiment_id"])
+            else:
+                records.append(record)
+        return header, records, delivered
+
+    def replay(self, client=None) -> dict | None:
+        """Deliver the calls not yet delivered, in order, creating the run first if it has no id;
+        then delete the file. Returns the header (None for an empty file); raises if the backend
+        fails, with the progress so far kept."""
+        header, records, delivered = self.read()
+        if header is not None:
+            if client is None:
+                from mlflow.tracking import MlflowClient
+
+                client = MlflowClient(header["tracking_uri"])
+            if header["run_id"] is None:
+                run = _create_run(client, header)
+                header.update(run_id=run.info.run_id, experiment_id=run.info.experiment_id)
+                self._mark(header, 0)
+            for index in range(delivered, len(records)):
+                try:
+                    _deliver(client, header["run_id"], records[index])
+                except Exception as error:
+                    if not _rejected(error):
+                        raise
+                    warnings.warn(f"MLflow refused a buffered {records[index]['op']} call ({_describe(error)}); "
+                                  "dropped", stacklevel=2)
+                self._mark(header, index + 1)
+        self.path.unlink()  # before unlocking, so a concurrent sync never sees a delivered buffer
+        self.close()
+        return header
+
+    def _mark(self, header: Mapping[str, Any], count: int) -> None:
+        self.append({"op": "delivered", "count": count, "run_id": header["run_id"],
+                     "experiment_id": header["experiment_id"]})
+
+    def close(self) -> None:
+        self._handle.close()
+
+
 class Tracker:
-    """One MLflow run. Use as a context manager: an exception inside marks the run FAILED."""
+    """One MLflow run. Use as a context manager: an exception inside marks the run FAILED.
+
+    Tracking never kills training. When MLflow fails (server gone, network down, sqlite locked
+    past its retries) we warn once and keep every later call in a Buffer under mlruns-buffer/;
+    the backend is tried again at most every RETRY_SECONDS and, once it answers, the buffer is
+    replayed in order (the metric history has no gap) and calls go straight through again. If
+    the backend is down at the start the run has no id yet (run_id None, as in metrics.json): a
+    replay creates it later with its name, tags and start time. A buffer left when the run ends
+    waits for `nstlab sync`.
+    """
 
     def __init__(self, cfg: MlflowConfig, run_name: str, tags: Mapping[str, str], enabled: bool = True):
         self.cfg, self.run_name, self.tags = cfg, run_name, dict(tags)
         self.enabled = enabled
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self.tracking_uri = resolve_tracking_uri(cfg)
         self._client = None
+        self._start_time_ms = _now_ms()
+        self._buffer: Buffer | None = None
+        self._retry_at = 0.0  # time.monotonic() of the next attempt while buffering
 
-    def _guard(self, action: str, function, *args, **kwargs):
-        """Call into mlflow; retry briefly on a locked sqlite store; on failure warn once, go on."""
-        if not self.enabled:
-            return None
-        for attempt in range(5):
-            try:
-                return function(*args, **kwargs)
-            except Exception as error:  # mlflow raises many types; tracking must not stop training
-                if "locked" in str(error) and attempt < 4:
-                    time.sleep(0.2 * 2**attempt)
-                    continue
-                warnings.warn(f"MLflow {action} failed ({error.__class__.__name__}: {str(error)[:200]}); "
-                              "training goes on, metrics stay in the run folder's CSV files", stacklevel=3)
-                self.enabled = False
-                return None
+    @property
+    def run_url(self) -> str | None:
+        """The run's page on a tracking server; None for a local store or a run without an id."""
+        if self.run_id and self.tracking_uri.startswith(("http://", "https://")):
+            return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return None
 
     def __enter__(self) -> "Tracker":
         if not self.enabled:
             return self
         try:
-            import mlflow
             from mlflow.tracking import MlflowClient
         except ImportError:
             warnings.warn("mlflow is not installed: this run is not tracked (metrics stay in CSV files)", stacklevel=2)
             self.enabled = False
             return self
         self._client = MlflowClient(self.tracking_uri)
-        self._mlflow = mlflow
-        run = self._guard("start", self._start_run)
-        self.run_id = run.info.run_id if run else None
-        return self
-
-    def _start_run(self):
-        client = self._client
-        experiment = client.get_experiment_by_name(self.cfg.experiment)
-        if experiment is None:
-            artifacts = (repo_root() / "mlartifacts").as_uri() if self.tracking_uri.startswith("sqlite") else None
-            experiment_id = client.create_experiment(self.cfg.experiment, artifact_location=artifacts)
-        else:
-            experiment_id = experiment.experiment_id
-        tags = {
+        self.tags = {
             "git_commit": git_commit(),
             "dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),
             "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
@@ -102,50 +274,148 @@ class Tracker:
             "mlflow.runName": self.run_name,
             **self.tags,
         }
-        return client.create_run(experiment_id, run_name=self.run_name, tags=tags)
+        try:
+            run = _with_retries(_create_run, self._client, self._header())
+        except Exception as error:  # tracking must not stop training
+            self._go_offline("start", error)
+            return self
+        self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
+        return self
 
     def __exit__(self, kind, error, trace) -> None:
-        if self.run_id:
+        if self.run_id or self._buffer:
             status = "FINISHED" if kind is None else ("KILLED" if kind is KeyboardInterrupt else "FAILED")
-            self._guard("end", self._client.set_terminated, self.run_id, status)
+            self._retry_at = 0.0  # one last try before leaving a buffer behind
+            self._send({"op": "end", "status": status, "end_time": _now_ms()})
+        self._leave_buffer()
+
+    def _header(self) -> dict:
+        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "experiment_id": self.experiment_id,
+                "experiment": self.cfg.experiment, "run_name": self.run_name, "tags": self.tags,
+                "start_time": self._start_time_ms}
+
+    def _send(self, record: Mapping[str, Any]) -> None:
+        """Deliver one call, or buffer it while the backend is down."""
+        if not self.enabled or (self.run_id is None and self._buffer is None):
+            return
+        if self._buffer and time.monotonic() >= self._retry_at:
+            self._flush()
+        if self._buffer is None:
+            try:
+                _with_retries(_deliver, self._client, self.run_id, record)
+                return
+            except Exception as error:  # tracking must not stop training
+                if _rejected(error):
+                    warnings.warn(f"MLflow refused {record['op']} ({_describe(error)}); skipped", stacklevel=3)
+                    return
+                self._go_offline(record["op"], error)
+        if self._buffer:
+            self._buffer.append(record)
+
+    def _go_offline(self, action: str, error: Exception) -> None:
+        try:
+            self._buffer = Buffer.create(self._header())
+        except OSError as buffer_error:
+            warnings.warn(f"MLflow {action} failed ({_describe(error)}) and no buffer could be written "
+                          f"({buffer_error}); metrics stay in the run folder's CSV files only", stacklevel=4)
+            self.enabled = False
+            return
+        self._retry_at = time.monotonic() + RETRY_SECONDS
+        warnings.warn(f"MLflow {action} failed ({_describe(error)}); training goes on, MLflow calls wait in "
+                      f"{self._buffer.path} and are retried every {RETRY_SECONDS:g} s", stacklevel=4)
+
+    def _flush(self) -> None:
+        """Replay the buffer if the backend answers again; otherwise wait another RETRY_SECONDS."""
+        try:
+            header = _with_retries(self._buffer.replay, self._client, http_retries=0)
+        except Exception:  # still down: that one failed call is the whole cost
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            return
+        self.run_id, self.experiment_id = header["run_id"], header["experiment_id"]
+        self._buffer = None
+
+    def _leave_buffer(self) -> None:
+        if self._buffer:
+            print(f"MLflow at {self.tracking_uri} is still unreachable: this run's calls wait in {self._buffer.path}; "
+                  "run `nstlab sync` when it is back", file=sys.stderr)
+            self._buffer.close()
+            self._buffer = None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        if self.run_id:
-            from mlflow.entities import Param
-
-            items = [Param(key, str(value)[:6000]) for key, value in params.items()]
-            for start in range(0, len(items), 100):  # MLflow's batch limit
-                self._guard("log_params", self._client.log_batch, self.run_id, params=items[start:start + 100])
+        self._send({"op": "params", "params": {key: str(value)[:6000] for key, value in params.items()}})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if self.run_id:
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-            self._guard("log_metrics", self._client.log_batch, self.run_id, metrics=items)
+        now = _now_ms()
+        self._send({"op": "metrics", "metrics": [[key, float(value), now, step] for key, value in metrics.items()]})
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        if self.run_id:
-            log = self._client.log_artifacts if Path(path).is_dir() else self._client.log_artifact
-            self._guard("log_artifact", log, self.run_id, str(path), folder)
+        self._send({"op": "artifact", "path": str(Path(path).resolve()), "folder": folder})
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        if self.run_id:
-            for key, value in tags.items():
-                self._guard("set_tag", self._client.set_tag, self.run_id, key, str(value))
+        self._send({"op": "tags", "tags": {key: str(value) for key, value in tags.items()}})
+
+
+def sync_buffers() -> tuple[list[str], int]:
+    """Replay every buffer under mlruns-buffer/, oldest first, to the tracking URI it was written
+    for (where its run lives); a delivered buffer is deleted. Returns a line per buffer and how
+    many are left."""
+    lines, left = [], 0
+    for path in sorted(buffer_dir().glob("*.jsonl")):
+        try:
+            buffer = Buffer(path)
+        except OSError:
+            lines.append(f"{path.name}: in use by a running training; skipped")
+            left += 1
+            continue
+        try:
+            header = _with_retries(buffer.replay)
+        except Exception as error:  # the backend is still down: keep the buffer for the next sync
+            buffer.close()
+            lines.append(f"{path.name}: kept ({_describe(error)})")
+            left += 1
+            continue
+        if header is not None:
+            lines.append(f"{path.name}: delivered to run {header['run_id']} at {header['tracking_uri']}")
+    return lines, left
 
 
 def search_runs(cfg: MlflowConfig, filter_string: str = "") -> "Any":
-    """All runs of the experiment as a pandas DataFrame (empty when there is none)."""
-    import mlflow
+    """All runs of the experiment, newest first, as a pandas DataFrame with mlflow.search_runs'
+    columns (run_id, status, params.*, metrics.*, tags.*, ...); empty when there is none.
+
+    Built from an MlflowClient of this store: mlflow.search_runs reads the process-global
+    tracking URI, and setting that also exports MLFLOW_TRACKING_URI to the whole process, which
+    would then override params.yaml for every later run.
+    """
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(resolve_tracking_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    rows, token = [], None
+    while experiment is not None:
+        page = client.search_runs([experiment.experiment_id], filter_string, max_results=1000, page_token=token)
+        rows += [_run_row(run) for run in page]
+        token = page.token
+        if not token:
+            break
+    return pd.DataFrame(rows, columns=None if rows else list(_RUN_COLUMNS))
+
+
+_RUN_COLUMNS = ("run_id", "experiment_id", "status", "artifact_uri", "start_time", "end_time")
+
+
+def _run_row(run) -> dict:
     import pandas as pd
 
-    mlflow.set_tracking_uri(resolve_tracking_uri(cfg))
-    experiment = mlflow.get_experiment_by_name(cfg.experiment)
-    if experiment is None:
-        return pd.DataFrame()
-    return mlflow.search_runs([experiment.experiment_id], filter_string=filter_string)
+    info, data = run.info, run.data
+    times = {name: pd.to_datetime(getattr(info, name), unit="ms", utc=True) if getattr(info, name) else None
+             for name in ("start_time", "end_time")}
+    return {"run_id": info.run_id, "experiment_id": info.experiment_id, "status": info.status,
+            "artifact_uri": info.artifact_uri, **times,
+            **{f"metrics.{key}": value for key, value in data.metrics.items()},
+            **{f"params.{key}": value for key, value in data.params.items()},
+            **{f"tags.{key}": value for key, value in data.tags.items()}}
 
 
 def log_to_run(cfg: MlflowConfig, run_id: str, metrics: Mapping[str, float]) -> None:
@@ -158,6 +428,7 @@ def log_to_run(cfg: MlflowConfig, run_id: str, metrics: Mapping[str, float]) -> 
     tracker._client = MlflowClient(tracker.tracking_uri)
     tracker.run_id = run_id
     tracker.log_metrics(metrics, step=0)
+    tracker._leave_buffer()
 
 
 def metric_history(cfg: MlflowConfig, run_id: str, keys: list[str]) -> "Any":
@@ -169,3 +440,32 @@ def metric_history(cfg: MlflowConfig, run_id: str, keys: list[str]) -> "Any":
     series = {key: pd.Series({m.step: m.value for m in client.get_metric_history(run_id, key)}, dtype=float)
               for key in keys}
     return pd.DataFrame(series).dropna().sort_index()
+
+
+def download_artifact(cfg: MlflowConfig, run_id: str, artifact_path: str, destination: Path) -> Path:
+    """Copy one run's artefact (file or folder) under `destination`; an unknown run or path is
+    a one-line NstlabError naming both."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from nstlab.errors import NstlabError
+
+    uri = resolve_tracking_uri(cfg)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # adapters are small; keep stderr to errors
+    try:
+        return Path(MlflowClient(uri).download_artifacts(run_id, artifact_path, str(destination)))
+    except (MlflowException, OSError) as error:
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise NstlabError(f"MLflow run {run_id!r}, artefact {artifact_path!r}: not found in {uri} ({reason})") from None
+
+
+def runs_with_artifact(cfg: MlflowConfig, filter_string: str, artifact_path: str) -> "Any":
+    """search_runs(), keeping only the runs that logged a top-level artefact `artifact_path`."""
+    from mlflow.tracking import MlflowClient
+
+    runs = search_runs(cfg, filter_string)
+    if runs.empty:
+        return runs
+    client = MlflowClient(resolve_tracking_uri(cfg))
+    logged = [any(item.path == artifact_path for item in client.list_artifacts(run_id)) for run_id in runs["run_id"]]
+    return runs[logged].reset_index(drop=True)

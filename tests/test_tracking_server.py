@@ -1,0 +1,272 @@
+"""Tracking against a real `mlflow server`, and the buffer that keeps a run's calls while the
+backend is down (replayed automatically when it returns, or by `nstlab sync`)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nstlab import tracking
+from nstlab.checkpoint import load_checkpoint
+from nstlab.cli import app, main
+from nstlab.tracking import Buffer, Tracker, sync_buffers
+from nstlab.train import Trainer, train
+
+pytest.importorskip("mlflow")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+FAST = ["train.batch_size=2", "train.stage1.epochs=2", "train.log_every=1", "train.val_every=3",
+        "train.sample_every=3", "train.max_val_pairs=2"]  # 8 steps; validation and a sample grid at 3, 6, 8
+
+
+class Server:
+    """A real `mlflow server` (sqlite backend, artefacts proxied to a folder) that tests stop and restart."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        command = [str(Path(sys.executable).parent / "mlflow"), "server",
+                   "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}", "--serve-artifacts",
+                   "--artifacts-destination", str(self.folder / "artifacts"),
+                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job workers
+        log = open(self.folder / "server.log", "ab")
+        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)  # its own group: stop() ends uvicorn too
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1):
+                    return
+            except OSError:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not start: {(self.folder / 'server.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        """Kill it outright, as a crash or a lost machine would."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    running = Server(tmp_path_factory.mktemp("mlflow_server"))
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def run_dirs(tmp_path, monkeypatch):
+    """Output folders in tmp_path, which is also the repository root (so mlruns-buffer/ lands there)."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return {"models_dir": tmp_path / "models", "logs_dir": tmp_path / "logs", "checkpoints_dir": tmp_path / "ckpt"}
+
+
+def test_a_training_logs_params_metrics_and_artefacts_over_http(server, tiny_config, tiny_pairs, run_dirs,
+                                                               monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    summary = train(tiny_config(*FAST), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, **run_dirs)
+
+    client = MlflowClient(server.url)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == summary["run_name"]
+    assert run.data.params["encoder.layers"] == "2" and run.data.tags["tracking_uri"] == server.url
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train.total")] == list(range(1, 9))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val.score")] == [3, 6, 8]
+    metrics = json.loads((run_dirs["logs_dir"] / "vit_lora_stage1" / "metrics.json").read_text())
+    assert metrics["mlflow_run_url"] == f"{server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    # Artefacts went through the server into its --artifacts-destination, not into a local folder.
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    grid = client.download_artifacts(run.info.run_id, "samples/step_000008.png", str(tmp_path / "download"))
+    local = run_dirs["models_dir"] / "vit_lora_stage1" / "samples" / "step_000008.png"
+    assert Path(grid).read_bytes() == local.read_bytes()
+    assert list((server.folder / "artifacts").rglob("step_000008.png"))
+    assert not (tmp_path / "mlartifacts").exists() and not (tmp_path / "mlruns-buffer").exists()
+
+
+def test_the_server_dying_mid_run_costs_no_step_and_sync_delivers_the_rest(server, tiny_config, tiny_pairs,
+                                                                            run_dirs, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    original_step = Trainer._step
+
+    def kill_server_after_step_3(self, content, style, step):
+        if step == 3:  # steps 1-3 and the validation at 3 reached the server
+            server.stop()
+        return original_step(self, content, style, step)
+
+    monkeypatch.setattr(Trainer, "_step", kill_server_after_step_3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        started = time.perf_counter()
+        summary = train(tiny_config(*FAST), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, **run_dirs)
+        seconds = time.perf_counter() - started
+    mlflow_warnings = [str(w.message) for w in caught if "MLflow" in str(w.message)]
+    assert len(mlflow_warnings) == 1 and "training goes on" in mlflow_warnings[0]
+    assert summary["steps"] == 8 and seconds < 60  # fail-fast HTTP settings: no minutes of retries
+    checkpoint = load_checkpoint(run_dirs["checkpoints_dir"] / "vit_lora_stage1" / "last.pt")
+    assert checkpoint["step"] == 8 and checkpoint["finished"]
+    assert all(torch.isfinite(weights).all() for weights in checkpoint["model"].values())
+    assert "nstlab sync" in capsys.readouterr().err
+    buffers = list((run_dirs["logs_dir"].parent / "mlruns-buffer").glob("*.jsonl"))
+    assert len(buffers) == 1 and summary["mlflow_run_id"] in buffers[0].name
+
+    server.start()  # same port, same backend store and artefact folder
+    result = CliRunner().invoke(app, ["sync"])
+    assert result.exit_code == 0 and f"delivered to run {summary['mlflow_run_id']}" in result.output
+    client = MlflowClient(server.url)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train.total")] == list(range(1, 9))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val.score")] == [3, 6, 8]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "samples")} == {
+        f"samples/step_00000{step}.png" for step in (3, 6, 8)}
+    assert not buffers[0].exists()
+    again = CliRunner().invoke(app, ["sync"])
+    assert again.exit_code == 0 and again.output.strip() == "nothing to sync"
+
+
+# -- the buffer and its replay, against a local sqlite store whose outages we switch on and off --
+
+@pytest.fixture
+def store(tmp_path, monkeypatch, tiny_config):
+    """A sqlite store in tmp_path and a switch: while `outage["on"]`, every MLflow call fails."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    outage = {"on": False, "attempts": 0, "fail_after": None}
+    deliver, create_run = tracking._deliver, tracking._create_run
+
+    def failing(function):
+        def call(*args):
+            if outage["on"]:
+                outage["attempts"] += 1
+                raise ConnectionError("connection refused")
+            if outage["fail_after"] is not None:
+                if outage["fail_after"] == 0:
+                    outage["on"] = True
+                    raise ConnectionError("connection reset")
+                outage["fail_after"] -= 1
+            return function(*args)
+        return call
+
+    monkeypatch.setattr(tracking, "_deliver", failing(deliver))
+    monkeypatch.setattr(tracking, "_create_run", failing(create_run))
+    return tiny_config().mlflow, outage
+
+
+def _steps(run_id: str, key: str = "loss") -> list[int]:
+    return [m.step for m in MlflowClient().get_metric_history(run_id, key)]
+
+
+def test_an_outage_is_buffered_retried_at_most_every_n_seconds_and_replayed_in_order(store, monkeypatch, tmp_path):
+    cfg, outage = store
+    monkeypatch.setattr(tracking, "RETRY_SECONDS", 0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Tracker(cfg, "outage", {"model": "test"}) as tracker:
+            tracker.log_metrics({"loss": 1.0}, step=1)
+            outage["on"] = True
+            for step in (2, 3, 4):
+                tracker.log_metrics({"loss": float(step)}, step)
+            assert outage["attempts"] == 1  # the failed call itself; no retry within RETRY_SECONDS
+            assert len(list((tmp_path / "mlruns-buffer").glob("*.jsonl"))) == 1
+            outage["on"] = False
+            time.sleep(0.6)
+            tracker.log_metrics({"loss": 5.0}, step=5)  # replays 2-4 first, then goes straight through
+            assert not list((tmp_path / "mlruns-buffer").glob("*.jsonl"))
+            tracker.log_metrics({"loss": 6.0}, step=6)
+    assert len([w for w in caught if "MLflow" in str(w.message)]) == 1
+    assert _steps(tracker.run_id) == [1, 2, 3, 4, 5, 6]
+    assert [m.value for m in MlflowClient().get_metric_history(tracker.run_id, "loss")] == [1, 2, 3, 4, 5, 6]
+    assert MlflowClient().get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_a_run_that_could_not_start_is_created_by_sync_with_all_it_logged(store, tmp_path, capsys):
+    cfg, outage = store
+    outage["on"] = True
+    artefact = tmp_path / "grid.png"
+    artefact.write_bytes(b"not really a png")
+    with pytest.warns(UserWarning, match="MLflow start failed"):
+        with Tracker(cfg, "offline-run", {"model": "test"}) as tracker:
+            tracker.log_params({"lora.r": 16})
+            for step in (1, 2, 3):
+                tracker.log_metrics({"loss": 1.0 / step}, step)
+            tracker.log_artifact(artefact, "samples")
+    assert tracker.run_id is None and tracker.run_url is None
+    assert "nstlab sync" in capsys.readouterr().err
+    assert MlflowClient().get_experiment_by_name(cfg.experiment) is None  # nothing reached the store
+
+    outage["on"] = False
+    lines, left = sync_buffers()
+    assert left == 0 and len(lines) == 1
+    (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name(cfg.experiment).experiment_id])
+    assert run.info.run_name == "offline-run" and run.data.tags["model"] == "test"
+    assert run.info.start_time == tracker._start_time_ms and run.info.status == "FINISHED"
+    assert run.data.params == {"lora.r": "16"} and _steps(run.info.run_id) == [1, 2, 3]
+    assert [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "samples")] == ["samples/grid.png"]
+    assert sync_buffers() == ([], 0)  # idempotent: nothing left, nothing sent twice
+    assert len(MlflowClient().search_runs([run.info.experiment_id])) == 1
+
+
+def test_an_interrupted_sync_resumes_where_it_stopped(store, capsys):
+    cfg, outage = store
+    outage["on"] = True
+    with pytest.warns(UserWarning):
+        with Tracker(cfg, "twice", {}) as tracker:
+            for step in (1, 2, 3, 4):
+                tracker.log_metrics({"loss": float(step)}, step)
+    outage.update(on=False, fail_after=2)  # the run is created, step 1 delivered, then the backend drops
+    with pytest.raises(SystemExit) as stopped:
+        main(["sync"])
+    output = capsys.readouterr()
+    assert stopped.value.code == 2 and "kept (ConnectionError" in output.out and "not delivered" in output.err
+    outage.update(on=False, fail_after=None)
+    lines, left = sync_buffers()
+    assert left == 0
+    (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name(cfg.experiment).experiment_id])
+    assert _steps(run.info.run_id) == [1, 2, 3, 4]  # one run, every step once
+    assert run.info.status == "FINISHED"
+
+
+def test_sync_leaves_the_buffer_of_a_running_training_alone(store, tmp_path):
+    cfg, _ = store
+    running = Buffer.create({"tracking_uri": "sqlite:///x.db", "run_id": "abc", "experiment_id": "1",
+                             "experiment": cfg.experiment, "run_name": "r", "tags": {}, "start_time": 0})
+    try:
+        lines, left = sync_buffers()
+        assert left == 1 and "in use by a running training" in lines[0] and running.path.exists()
+    finally:
+        running.close()
+
+
+def test_http_settings_fail_fast_only_where_the_user_set_none(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    with tracking._fail_fast(0):
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
