@@ -38,7 +38,8 @@ def test_two_stages_write_weights_logs_adapter_and_an_mlflow_run(tiny_config, ti
     log = (run_dirs["logs_dir"] / "vit_lora_stage2" / "train_log.csv").read_text().splitlines()
     assert log[0].startswith("step,epoch,lr,total,content,style") and len(log) == 9
     lrs = [float(line.split(",")[2]) for line in log[1:]]
-    assert lrs[:4] == [1e-4] * 4 and lrs[4:] == pytest.approx([1e-4 * 0.3] * 4)  # MultiStepLR at epoch 1
+    lr = cfg.train.lr
+    assert lrs[:4] == [lr] * 4 and lrs[4:] == pytest.approx([lr * 0.3] * 4)  # MultiStepLR at epoch 1
 
     runs = search_runs(cfg.mlflow)
     assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}

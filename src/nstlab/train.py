@@ -5,7 +5,9 @@ trainer owns everything else: device and precision, the learning-rate schedule, 
 logging (CSV always, MLflow when available), validation with sample grids, checkpoints, and
 resume. A run killed at any step and resumed ends with the same weights as an uninterrupted
 run: data order per epoch is a function of (seed, epoch), RNG state is checkpointed, and the
-learning rate is a pure function of (step, epoch).
+learning rate is a pure function of (step, epoch). Under torchrun every process runs this loop
+on its share of each batch, DDP averages the gradients (nstlab.distributed), and rank 0 alone
+validates and writes.
 """
 
 import csv
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from nstlab import distributed
 from nstlab.checkpoint import (
     load_checkpoint,
     load_trained_state,
@@ -102,6 +105,24 @@ def _baseline_lr_factor(block) -> Callable[[int, int], float]:
     return lambda step, epoch: 1.0
 
 
+# Methods whose step is not one forward and one backward that DDP could average over ranks.
+_SINGLE_PROCESS_ONLY = {
+    "iest": "its discriminator takes its own optimiser step between two generator passes",
+    "artflow": "ActNorm initialises its weights from the first batch, which differs per rank",
+}
+
+
+def check_distributable(method: str, batch_size: int, world_size: int) -> None:
+    """One-line refusal of what several processes cannot train as one process would."""
+    if method in _SINGLE_PROCESS_ONLY:
+        raise NstlabError(f"{method} cannot train under torchrun: {_SINGLE_PROCESS_ONLY[method]}; "
+                          "train it as one process (nstlab train without torchrun)")
+    if batch_size % world_size:
+        key = "train.batch_size" if method == "vit_lora" else f"baselines.{method}.batch_size"
+        raise NstlabError(f"{key} = {batch_size} is the global batch and does not split over {world_size} "
+                          f"processes; set it to a multiple of {world_size}")
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -123,14 +144,14 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's GPU: under torchrun each rank has its own
     return state
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 class CsvLog:
@@ -178,7 +199,8 @@ def train_step(model: nn.Module, optimizer, d_optimizer, weights: dict[str, floa
                style: torch.Tensor, dtype: torch.dtype | None, grad_clip: float | None) -> dict[str, float]:
     """One optimiser step on one batch; returns the weighted total and each unweighted term.
 
-    A non-finite total skips the update (the caller stops the run), so weights stay good.
+    A non-finite total skips the update (the caller stops the run), so weights stay good; under
+    DDP a non-finite total on any rank skips it on all. `model` may be a DistributedModel.
     """
     model.train()
     with autocast(content.device, dtype):
@@ -193,8 +215,9 @@ def train_step(model: nn.Module, optimizer, d_optimizer, weights: dict[str, floa
             terms.update(model.adversarial_losses())
         terms["discriminator"] = d_loss.detach()
     total = sum(weights[name] * value for name, value in terms.items() if name in weights)
-    if not torch.isfinite(total):
-        return {"total": float(total.detach())}
+    if not distributed.all_finite(total):
+        local_total = float(total.detach())
+        return {"total": local_total if not math.isfinite(local_total) else math.nan}  # nan: another rank diverged
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     if grad_clip:
@@ -220,6 +243,10 @@ class Trainer:
         if len(self.train_set) < self.spec.batch_size:
             raise NstlabError(f"{pairs_dir / 'train.csv'}: {len(self.train_set)} pairs, fewer than one batch "
                               f"of {self.spec.batch_size}; lower the batch size or add pairs")
+        self.world_size = distributed.world_size()
+        if self.world_size > 1:
+            check_distributable(method, self.spec.batch_size, self.world_size)
+            self.train_loader = distributed.shard_loader(self.train_loader, self.spec.batch_size)
         self.out_dir = models_dir / self.spec.key  # weights, adapters, sample grids (a DVC out)
         self.log_dir = logs_dir / self.spec.key  # metrics.json and the loss curves (DVC metrics/plots)
         self.checkpoint_path = checkpoints_dir / self.spec.key / "last.pt"
@@ -236,6 +263,8 @@ class Trainer:
             betas = tuple(cfg.baselines[method].options.get("d_betas", (0.5, 0.999)))
             self.d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=self.spec.lr, betas=betas)
         self.config_digest = run_digest(cfg, method, stage)
+        # What train_step runs; DDP checks that every rank built the same model (same seed, same config).
+        self.step_model = distributed.DistributedModel(self.model) if self.world_size > 1 else self.model
 
     def _build_model(self, models_dir: Path) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
@@ -293,8 +322,8 @@ class Trainer:
         return autocast(self.device, self.dtype)
 
     def _step(self, content: torch.Tensor, style: torch.Tensor, step: int) -> dict[str, float]:
-        losses = train_step(self.model, self.optimizer, self.d_optimizer, self.weights, content, style,
-                             self.dtype, self.spec.grad_clip)
+        losses = train_step(self.step_model, self.optimizer, self.d_optimizer, self.weights, content, style,
+                            self.dtype, self.spec.grad_clip)
         if not math.isfinite(losses["total"]):
             raise NstlabError(f"training diverged at step {step}: loss is {losses['total']}; the last good "
                               f"checkpoint is {self.checkpoint_path}; lower the learning rate")
@@ -346,13 +375,16 @@ class Trainer:
 
         cfg, spec = self.cfg, self.spec
         start_step, best = self._try_resume(resume)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "samples").mkdir(exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        train_log = CsvLog(self.log_dir / "train_log.csv", resume=start_step > 0)
-        val_log = CsvLog(self.log_dir / "val_log.csv", resume=start_step > 0)
-        train_log.truncate_after(start_step)
-        val_log.truncate_after(start_step)
+        distributed.barrier()  # every rank has read last.pt before rank 0 may overwrite it
+        main = distributed.is_main()  # under torchrun rank 0 alone writes files and logs to MLflow
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "samples").mkdir(exist_ok=True)
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            train_log = CsvLog(self.log_dir / "train_log.csv", resume=start_step > 0)
+            val_log = CsvLog(self.log_dir / "val_log.csv", resume=start_step > 0)
+            train_log.truncate_after(start_step)
+            val_log.truncate_after(start_step)
         counts = self.model.parameter_counts()
         tags = {"model": self.method, "stage": str(spec.stage), "profile": cfg.profile, "output": spec.key,
                 "config_digest": self.config_digest}
@@ -362,11 +394,13 @@ class Trainer:
         pairs_seen = 0
         step = start_step
         try:
-            with Tracker(cfg.mlflow, spec.run_name, tags, enabled=self.tracking) as tracker:
+            with Tracker(cfg.mlflow, spec.run_name, tags, enabled=self.tracking and main) as tracker:
                 tracker.log_params({**cfg.flat(), "parameters.trainable": counts["trainable"],
-                                    "parameters.total": counts["total"], "train.total_steps": spec.total_steps})
+                                    "parameters.total": counts["total"], "train.total_steps": spec.total_steps,
+                                    "train.world_size": self.world_size})
                 progress = Progress(TextColumn(f"[bold]{spec.run_name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                    TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), disable=not self.progress)
+                                    TextColumn("{task.fields[loss]}"), TimeRemainingColumn(),
+                                    disable=not (self.progress and main))
                 with progress:
                     task = progress.add_task("train", total=spec.total_steps, completed=start_step, loss="")
                     try:
@@ -384,25 +418,29 @@ class Trainer:
                                 style = style.to(self.device, non_blocking=True)
                                 losses = self._step(content, style, step)
                                 step += 1
-                                pairs_seen += len(content)
+                                pairs_seen += len(content) * self.world_size
                                 progress.update(task, advance=1, loss=f"loss {losses['total']:.4g}")
                                 if step % log_every == 0 or step == spec.total_steps:
+                                    losses = distributed.mean_over_ranks(losses)  # the global batch's losses
                                     elapsed = time.perf_counter() - started
                                     row = {"step": step, "epoch": epoch, "lr": lr, **losses,
                                            "pairs_per_s": pairs_seen / max(elapsed, 1e-9)}
-                                    train_log.write(row)
-                                    tracker.log_metrics({f"train.{k}": v for k, v in row.items() if k != "step"}, step)
-                                if step % val_every == 0 or step == spec.total_steps:
+                                    if main:
+                                        train_log.write(row)
+                                        tracker.log_metrics({f"train.{k}": v for k, v in row.items() if k != "step"},
+                                                            step)
+                                if main and (step % val_every == 0 or step == spec.total_steps):
                                     best = self._validate_and_checkpoint(step, best, val_log, tracker)
                     except KeyboardInterrupt:
-                        self._save(self.checkpoint_path, step, best)
+                        if main:
+                            self._save(self.checkpoint_path, step, best)
                         raise  # through the Tracker, which marks the run KILLED
                 train_seconds = time.perf_counter() - started
-                summary = self._finish(step, best, train_seconds, pairs_seen, counts, tracker)
+                summary = self._finish(step, best, train_seconds, pairs_seen, counts, tracker) if main else None
         except KeyboardInterrupt:
             raise NstlabError(f"interrupted at step {step}; checkpoint saved to {self.checkpoint_path}: "
                               "rerun the same command with --resume to continue") from None
-        return summary
+        return distributed.from_main(summary)  # every rank returns rank 0's summary
 
     def _validate_and_checkpoint(self, step: int, best: float, val_log: CsvLog, tracker) -> float:
         val = self.validate()
@@ -436,6 +474,8 @@ class Trainer:
             "mlflow_run_id": tracker.run_id,
             "tracking_uri": tracker.tracking_uri if tracker.run_id else None,
         }
+        if tracker.run_url:  # a shared server: the run's page, to share or open
+            summary["mlflow_run_url"] = tracker.run_url
         (self.log_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         tracker.log_metrics({"best.val_score": best, "train_seconds": train_seconds}, step)
         if getattr(self.model, "lora_enabled", False):
@@ -443,6 +483,7 @@ class Trainer:
             adapters = self.model.save_adapters(self.out_dir / "adapter")
             for path in adapters:
                 tracker.log_artifact(path, f"adapter/{path.name}")
+            tracker.log_artifact(self.out_dir / "model.pt", "adapter")  # its decoders: a run id alone stylises
         tracker.log_artifact(self.log_dir / "metrics.json")
         return summary
 
@@ -452,6 +493,8 @@ def train(cfg: Config, method: str, stage: int = 0, *, pairs_dir: Path = Path("d
           checkpoints_dir: Path = Path("checkpoints"), resume: str = "auto", progress: bool = True,
           tracking: bool = True) -> dict:
     """Train one method (one stage of ViT-LoRA): models/<key>/model.pt (best by validation),
-    reports/train/<key>/{metrics.json, train_log.csv, val_log.csv}; resumable from checkpoints/<key>."""
-    trainer = Trainer(cfg, method, stage, pairs_dir, models_dir, logs_dir, checkpoints_dir, progress, tracking)
-    return trainer.run(resume)
+    reports/train/<key>/{metrics.json, train_log.csv, val_log.csv}; resumable from checkpoints/<key>.
+    Under torchrun each process trains on its share of every batch (see nstlab.distributed)."""
+    with distributed.process_group(pick_device(cfg).type):
+        trainer = Trainer(cfg, method, stage, pairs_dir, models_dir, logs_dir, checkpoints_dir, progress, tracking)
+        return trainer.run(resume)
