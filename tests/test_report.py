@@ -98,8 +98,35 @@ def test_gallery_renders_in_a_real_browser_with_every_image_loaded(store, tmp_pa
     dom = subprocess.run(["chromium", *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
     body = dom[dom.find("<body"):dom.find(">", dom.find("<body")) + 1]
-    assert 'data-broken="0"' in body and 'data-images="2"' in body, body
+    assert 'data-broken="0"' in body and 'data-images="3"' in body, body  # gallery, metrics, quality vs cost
     assert 'id="table1"' in dom and "<table" in dom
     subprocess.run(["chromium", *flags, "--window-size=1300,1600", f"--screenshot={tmp_path / 'gallery.png'}",
                     (reports / "index.html").as_uri()], capture_output=True, timeout=120)
     assert (tmp_path / "gallery.png").stat().st_size > 10_000
+
+
+def test_pareto_front_keeps_the_points_nothing_beats_on_both_cost_and_loss():
+    from nstlab.report import pareto_front
+
+    costs, losses = [1, 2, 3, 2, 1], [3, 1, 2, 3, 3]
+    # (3, 2) loses to (2, 1); (2, 3) loses to (1, 3); the two equal (1, 3) points do not beat each other.
+    assert pareto_front(costs, losses) == [True, True, False, False, True]
+    assert pareto_front([], []) == []
+
+
+def test_quality_vs_cost_figure_sits_next_to_table2(store, tmp_path):
+    from PIL import Image
+
+    from nstlab.report import quality_vs_cost
+
+    reports = tmp_path / "reports"
+    result = build_report(store, reports_dir=reports)
+    figure = reports / "figures" / "quality_vs_cost.png"
+    assert str(figure) in result["figures"]
+    page = (reports / "index.html").read_text()
+    table2_at, figure_at = page.index('id="table2"'), page.index('src="figures/quality_vs_cost.png"')
+    assert table2_at < figure_at < page.index("Figures and gallery")
+    two_panels = Image.open(figure).width
+    rows = table2(store).assign(pairs_per_s=[3.0, 2.0, 1.0])
+    assert Image.open(quality_vs_cost(rows, tmp_path / "speed.png", "demo")).width > two_panels  # a pairs/s panel
+    assert quality_vs_cost(rows.iloc[0:0], tmp_path / "none.png", "demo") is None

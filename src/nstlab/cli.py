@@ -5,6 +5,7 @@ Any `NstlabError` (bad file, bad key, missing weights) is printed as one line, e
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -60,7 +61,8 @@ def train(method: Annotated[str, typer.Argument(help="vit_lora, stytr2, adain, s
         raise NstlabError(f"--resume {resume!r}: choose auto, never or require")
     summary = run_training(_config(params, set_), method, stage, pairs_dir=pairs, models_dir=models,
                            resume=resume, progress=progress, tracking=not no_tracking)
-    typer.echo(json.dumps(summary, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the same summary
+        typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command()
@@ -93,14 +95,55 @@ def stylize(content: Annotated[Path, typer.Argument(help="content image")],
             size: Annotated[int | None, typer.Option(help="cap the longer side at N px")] = None,
             alpha: Annotated[float, typer.Option(help="AdaIN content-style trade-off in [0, 1]")] = 1.0,
             weights: Annotated[str | None, typer.Option(help="AdaIN style interpolation weights, e.g. 0.7,0.3")] = None,
+            adapter: Annotated[list[str] | None, typer.Option(
+                "--adapter", help="ViT-LoRA stage-2 adapter: its adapter/ folder, an MLflow run id or runs:/<id>/adapter "
+                "(repeatable; one base model, writes OUT_<name> per adapter)")] = None,
+            models: Path = Path("models"),
             params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
-    """Stylise one image with a trained model (any size)."""
+    """Stylise one image with a trained model (any size), or with each of several LoRA adapters."""
     from nstlab.evaluate import stylize_file
 
     style_weights = _parse_weights(weights, len(styles))
-    stylize_file(_config(params, set_), model, content, styles, output, checkpoint=checkpoint, max_size=size,
-                 alpha=alpha, style_weights=style_weights)
-    typer.echo(str(output))
+    written = stylize_file(_config(params, set_), model, content, styles, output, checkpoint=checkpoint, max_size=size,
+                           alpha=alpha, style_weights=style_weights, adapters=adapter, models_dir=models)
+    typer.echo("\n".join(str(path) for path in written))
+
+
+@app.command()
+def adapters(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
+             as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """List the ViT-LoRA adapters in MLflow: LoRA config and test losses, ready for stylize --adapter."""
+    from nstlab.report import adapters_table
+
+    table = adapters_table(_config(params, set_))
+    if as_json:
+        typer.echo(table.to_json(orient="records", indent=2))
+    else:
+        _print_table(table.drop(columns="adapter"), "ViT-LoRA adapters in MLflow (stylize --adapter RUN_ID)")
+
+
+@app.command()
+def sync() -> None:
+    """Send the MLflow calls buffered while the tracking server was down (mlruns-buffer/); idempotent."""
+    from nstlab.tracking import sync_buffers
+
+    lines, left = sync_buffers()
+    typer.echo("\n".join(lines) or "nothing to sync")
+    if left:
+        raise NstlabError(f"{left} buffer(s) not delivered: check that MLflow is up, then run nstlab sync again")
+
+
+def _print_table(frame, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column), overflow="fold")  # a narrow terminal wraps values, never cuts a run id
+    for row in frame.itertuples(index=False):
+        table.add_row(*("" if value is None or value != value else f"{value:.4g}" if isinstance(value, float)
+                        else str(value) for value in row))
+    Console().print(table)
 
 
 def _parse_weights(text: str | None, count: int) -> list[float] | None:

@@ -65,7 +65,7 @@ def table2(cfg: Config) -> pd.DataFrame:
 
     runs = search_runs(cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2' and attributes.status = 'FINISHED'")
     columns = ["r", "targets", "encoder_layers", "decoder_layers", "content_loss", "style_loss", "loss_source",
-               "trainable_parameters", "train_seconds", "run_name", "run_id", "dvc_experiment",
+               "trainable_parameters", "train_seconds", "pairs_per_s", "run_name", "run_id", "dvc_experiment",
                "paper_reported_content", "paper_reported_style"]
     rows = []
     for _, run in runs.iterrows():
@@ -78,7 +78,8 @@ def table2(cfg: Config) -> pd.DataFrame:
         rows.append({"r": key[0], "targets": key[1], "encoder_layers": key[2], "decoder_layers": key[3],
                      "content_loss": content, "style_loss": style, "loss_source": "test" if tested else "val",
                      "trainable_parameters": int(run["params.parameters.trainable"]),
-                     "train_seconds": run.get("metrics.train_seconds"), "run_name": run.get("tags.mlflow.runName"),
+                     "train_seconds": run.get("metrics.train_seconds"), "pairs_per_s": run.get("metrics.train.pairs_per_s"),
+                     "run_name": run.get("tags.mlflow.runName"),
                      "run_id": run["run_id"], "dvc_experiment": run.get("tags.dvc_experiment"),
                      "paper_reported_content": reference[0], "paper_reported_style": reference[1],
                      "_start": run["start_time"]})
@@ -86,6 +87,24 @@ def table2(cfg: Config) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(rows).sort_values("_start").drop_duplicates(["r", "targets", "encoder_layers", "decoder_layers"], keep="last")
     return frame.sort_values(["targets", "r", "encoder_layers", "decoder_layers"])[columns].reset_index(drop=True)
+
+
+def adapters_table(cfg: Config) -> pd.DataFrame:
+    """`nstlab adapters`: every ViT-LoRA stage-2 run that logged an adapter, newest first, with its
+    LoRA config and test losses (NaN until `evaluate` logs them into the run)."""
+    from nstlab.tracking import runs_with_artifact
+
+    runs = runs_with_artifact(cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2'", "adapter")
+    columns = ["run_id", "run_name", "status", "r", "alpha", "target_modules", "encoder_layers", "decoder_layers",
+               "test_content_loss", "test_style_loss", "adapter"]
+    rows = [{"run_id": run["run_id"], "run_name": run.get("tags.mlflow.runName"), "status": run["status"],
+             "r": int(run["params.lora.r"]), "alpha": float(run["params.lora.alpha"]),
+             "target_modules": ",".join(json.loads(run["params.lora.target_modules"].replace("'", '"'))),
+             "encoder_layers": int(run["params.encoder.layers"]), "decoder_layers": int(run["params.decoder.layers"]),
+             "test_content_loss": run.get("metrics.test.paper_content_loss"),
+             "test_style_loss": run.get("metrics.test.paper_style_loss"), "adapter": f"runs:/{run['run_id']}/adapter"}
+            for _, run in runs.iterrows()]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def write_table(frame: pd.DataFrame, stem: Path, title: str, profile: str) -> None:
@@ -150,6 +169,50 @@ def metric_bars(frame: pd.DataFrame, path: Path, profile: str) -> Path | None:
     return path
 
 
+def pareto_front(costs: list[float], losses: list[float]) -> list[bool]:
+    """True for each point that no other point beats: cost and loss both no higher, one lower."""
+    points = list(zip(costs, losses))
+    return [not any(other_cost <= cost and other_loss <= loss and (other_cost, other_loss) != (cost, loss)
+                    for other_cost, other_loss in points) for cost, loss in points]
+
+
+def quality_vs_cost(t2: pd.DataFrame, path: Path, profile: str) -> Path | None:
+    """Table 2 as a trade-off: content and style loss against trainable parameters (one labelled
+    point per configuration, Pareto front joined), and training pairs/s when the runs logged it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = t2.dropna(subset=["content_loss", "style_loss"])
+    if rows.empty:
+        return None
+    panels = [("content_loss", "content loss"), ("style_loss", "style loss")]
+    if rows["pairs_per_s"].notna().any():
+        panels.append(("pairs_per_s", "training pairs/s (higher is faster)"))
+    labels = [f"r{r} {t} e{e}d{d}" for r, t, e, d in
+              zip(rows["r"], rows["targets"], rows["encoder_layers"], rows["decoder_layers"])]
+    params_m = rows["trainable_parameters"] / 1e6
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for axis, (column, title) in zip(axes[0], panels):
+        values = rows[column]
+        axis.scatter(params_m, values, color="tab:blue", zorder=2)
+        for x, y, label in zip(params_m, values, labels):
+            axis.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if column != "pairs_per_s":  # speed is context; the front is over quality and size
+            front = pareto_front(list(params_m), list(values))
+            best = sorted((x, y) for x, y, keep in zip(params_m, values, front) if keep)
+            axis.plot(*zip(*best), "o--", color="tab:red", mfc="none", ms=11, label="Pareto front")
+            axis.legend(fontsize=7)
+        axis.set_title(title)
+        axis.set_xlabel("trainable parameters (M)")
+    figure.suptitle(f"ViT-LoRA ablation: quality vs cost ({profile} profile; lower loss, fewer parameters is better)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def image_grid(frame: pd.DataFrame, reports_dir: Path, pairs_dir: Path, rows_wanted: int, path: Path) -> Path | None:
     """Rows = test pairs; columns = content, style, each evaluated model's output."""
     from PIL import Image
@@ -179,10 +242,15 @@ def html_table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="table")
 
 
+def figure_html(path: Path, reports_dir: Path) -> str:
+    return (f'<figure><img src="{html.escape(str(path.relative_to(reports_dir)))}" alt="{html.escape(path.stem)}">'
+            f"<figcaption>{html.escape(path.stem)}</figcaption></figure>")
+
+
 def write_html(cfg: Config, reports_dir: Path, t1: pd.DataFrame, t2: pd.DataFrame, figures: list[Path],
-               gatys_html: str = "") -> Path:
-    images = "\n".join(f'<figure><img src="{html.escape(str(p.relative_to(reports_dir)))}" alt="{html.escape(p.stem)}">'
-                       f"<figcaption>{html.escape(p.stem)}</figcaption></figure>" for p in figures)
+               gatys_html: str = "", table2_figure: Path | None = None) -> Path:
+    images = "\n".join(figure_html(p, reports_dir) for p in figures)
+    trade_off = figure_html(table2_figure, reports_dir) if table2_figure else ""
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>nstlab report ({cfg.profile} profile)</title>
 <style>
@@ -199,6 +267,7 @@ figure {{ margin: 1em 0; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
 <div id="table1">{html_table(t1)}</div>
 <h2>Table 2: ViT-LoRA ablation (from MLflow)</h2>
 <div id="table2">{html_table(t2)}</div>
+{trade_off}
 {gatys_html}
 <h2>Figures and gallery</h2>
 {images}
@@ -225,7 +294,8 @@ def build_report(cfg: Config, reports_dir: Path = Path("reports"), pairs_dir: Pa
     figures = [path for path in figures if path is not None]
     from nstlab.report_gatys import gatys_section  # report_gatys imports this module
 
+    trade_off = quality_vs_cost(t2, figures_dir / "quality_vs_cost.png", cfg.profile)
     gatys_html, gatys_figures = gatys_section(cfg, reports_dir)
-    page = write_html(cfg, reports_dir, t1, t2, figures, gatys_html)
-    figures += gatys_figures
+    page = write_html(cfg, reports_dir, t1, t2, figures, gatys_html, trade_off)
+    figures += gatys_figures + ([trade_off] if trade_off else [])
     return {"table1": len(t1), "table2": len(t2), "figures": [str(p) for p in figures], "html": str(page)}

@@ -120,6 +120,33 @@ class ViTLoRA(nn.Module):
             paths.append(directory / name)
         return paths
 
+    def load_adapter(self, name: str, directory: Path) -> None:
+        """Add the LoRA pair `save_adapters` wrote in `directory` as adapter `name` on both encoders;
+        the frozen ViTs are shared, so any number of adapters cost one base model."""
+        from peft import PeftModel
+
+        for encoder_name in ("content_encoder", "style_encoder"):
+            encoder, path = getattr(self, encoder_name), directory / encoder_name
+            with warnings.catch_warnings():  # as in enable_lora
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                if self.lora_enabled:
+                    encoder.load_adapter(path, adapter_name=name)
+                else:
+                    setattr(self, encoder_name, PeftModel.from_pretrained(encoder, path, adapter_name=name))
+        self.lora_enabled = True
+
+    def set_adapter(self, name: str, decoders: dict[str, torch.Tensor]) -> None:
+        """Make adapter `name` active, with the decoder weights trained alongside it in stage 2."""
+        self.content_encoder.set_adapter(name)
+        self.style_encoder.set_adapter(name)
+        self.transformer_decoder.load_state_dict(_part(decoders, "transformer_decoder."))
+        self.cnn_decoder.load_state_dict(_part(decoders, "cnn_decoder."))
+
+    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
+        """Adapter `name`'s LoRA tensors, keyed as a stage-2 model.pt keys them (adapter 'default')."""
+        return {key.replace(f".{name}.", ".default."): value for key, value in self.state_dict().items()
+                if "lora_" in key and f".{name}." in key}
+
     # -- forward -----------------------------------------------------------------------------
     def encode(self, encoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W), H and W multiples of 16 -> tokens (B, N, d) and their positions (1, N, d)."""
@@ -163,6 +190,10 @@ class ViTLoRA(nn.Module):
         """Per part (encoders, decoders, loss network), LoRA alone, then totals."""
         lora = sum(p.numel() for name, p in self.named_parameters() if "lora_" in name)
         return {**part_counts(self), "lora": lora}
+
+
+def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def build(cfg: Config) -> ViTLoRA:
