@@ -35,8 +35,8 @@ TABLE1_COLUMNS = ["model", "profile", "pairs", "paper_content_loss", "paper_styl
 def profile_note(profile: str) -> str:
     if profile == "demo":
         return ("Profile: demo. DEMO RESULTS: embedded toy data, random-init backbones of reduced size, a few "
-                "hundred steps on a CPU. They check the pipeline; they are not the paper's numbers and not "
-                "comparable to the reference columns.")
+                "dozen steps per model on a CPU, so most outputs are still flat colours. They check the pipeline; "
+                "they are not the paper's numbers and not comparable to the reference columns.")
     return "Profile: paper (COCO + WikiArt, pretrained ViT-B/16 and VGG-19, the paper's schedule)."
 
 
