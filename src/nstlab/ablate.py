@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nstlab.checkpoint import run_digest
@@ -124,7 +125,7 @@ def run_grid(grid: Path, *, jobs: int = 1, force: bool = False, params_path: Pat
     for column in ("experiment", "state", "overrides"):
         table.add_column(column)
     for name, (state, args) in plan.items():
-        table.add_row(name, state, " ".join(args))
+        table.add_row(name, state, escape(" ".join(args)))  # [query, value] is not rich markup
     console.print(table)
     result = {name: state for name, (state, _) in plan.items()}
     Path("reports").mkdir(exist_ok=True)
