@@ -80,7 +80,9 @@ def finished_digests(cfg: Config) -> set[str]:
 def _dvc(*args: str) -> subprocess.CompletedProcess:
     result = subprocess.run(["dvc", *args], capture_output=True, text=True)
     if result.returncode != 0:
-        raise NstlabError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}")
+        lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        reason = next((line for line in lines if line.startswith("ERROR")), lines[-1])
+        raise NstlabError(f"dvc {' '.join(args)} failed: {reason}")
     return result
 
 
@@ -112,7 +114,9 @@ def run_grid(grid: Path, *, jobs: int = 1, force: bool = False, params_path: Pat
     prefix = grid.stem
     for name, (state, args) in plan.items():
         if state == "queued":
-            _dvc("exp", "run", "--queue", "--name", f"{prefix}-{name}", *[part for arg in args for part in ("-S", arg)])
+            # `++key=value`: add or override (Hydra grammar), as a grid may set a key params.yaml only
+            # has under a profile block (baselines.gatys.options.*); plain `key=value` must exist.
+            _dvc("exp", "run", "--queue", "--name", f"{prefix}-{name}", *[part for arg in args for part in ("-S", f"++{arg}")])
     if any(state == "queued" for state, _ in plan.values()):
         _dvc("queue", "start", "--jobs", str(jobs))
         statuses = _wait_for_queue()
