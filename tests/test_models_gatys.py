@@ -75,6 +75,15 @@ def test_every_optimizer_reduces_the_loss(optimizer, lr):
     assert output.shape == content.shape and 0.0 <= output.min() and output.max() <= 1.0
 
 
+def test_lbfgs_takes_a_channels_last_content_image():
+    """Decoded images arrive as permuted HWC tensors; L-BFGS must not choke on their strides."""
+    content, style = images((32, 40), (40, 32))
+    channels_last = content[0].permute(1, 2, 0).contiguous().permute(2, 0, 1)[None]
+    assert not channels_last.is_contiguous()
+    output, history = transfer(optimizer="lbfgs", lr=1.0, steps=3).stylize(channels_last, [style])
+    assert output.shape == content.shape and history[-1]["total"] < history[0]["total"]
+
+
 def test_history_and_progress():
     content, style = images((32, 32), (32, 32))
     seen = []

@@ -348,7 +348,9 @@ class GatysTransfer(nn.Module):
         """`steps` optimiser steps on the pixels of image (1, 3, h, w), clamped to [0, 1] after
         each; logs the terms every `log_every` steps (those of the step's evaluation) and at the end."""
         settings, history = self.settings, []
-        image = image.requires_grad_(True)
+        # L-BFGS flattens the gradient with view(-1): a channels-last content (decoded HWC images)
+        # would hand it a non-contiguous one.
+        image = image.contiguous().requires_grad_(True)
         optimizer = self._optimizer(image)
         evaluated: dict[str, Any] = {}
         started = time.perf_counter()
