@@ -53,7 +53,9 @@ def section(tmp_path_factory):
         with pytest.raises(RuntimeError):
             _log_run({"baselines.gatys.iterations": 400}, {"paper_style_loss": 0.01, "latency_ms": 1.0}, fail=True)
         reports = folder / "reports"
-        fragment, figures = gatys_section(load_config(REPO / "params.yaml"), reports, GRIDS)
+        patch.delenv("MLFLOW_TRACKING_URI")  # the report finds the store through its config alone
+        cfg = load_config(REPO / "params.yaml", [f"mlflow.tracking_uri=sqlite:///{folder / 'mlruns.db'}"])
+        fragment, figures = gatys_section(cfg, reports, GRIDS)
         yield reports, fragment, figures, run_ids
 
 

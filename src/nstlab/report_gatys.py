@@ -117,7 +117,7 @@ def steps_figure(cfg: Config, steps: pd.DataFrame, path: Path) -> Path | None:
     plt = _pyplot()
     steps = steps.assign(iterations=steps["iterations"].astype(int)).sort_values("iterations")
     longest = steps.iloc[-1]
-    curve = metric_history(cfg, longest["run_id"], ["optim.style", "optim.elapsed_s"])
+    curve = metric_history(cfg.mlflow, longest["run_id"], ["optim.style", "optim.elapsed_s"])
     figure, axes = plt.subplots(1, 2 if len(curve) else 1, figsize=(11 if len(curve) else 6, 4), squeeze=False)
     loss_axis = axes[0, 0]
     loss_axis.plot(steps["iterations"], steps["style_loss"], "o-", color="tab:red", label="style loss")
