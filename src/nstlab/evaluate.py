@@ -31,6 +31,17 @@ def load_model(cfg: Config, method: str, models_dir: Path = Path("models"), chec
                device: torch.device | None = None) -> nn.Module:
     """Build `method` and load its trained weights (ViT-LoRA: the stage-2 model with LoRA)."""
     from nstlab.checkpoint import load_checkpoint, load_trained_state
+
+    model = _build_seeded(cfg, method, lora=method == "vit_lora")
+    if method == "gatys":
+        return model
+    path = checkpoint or trained_weights_path(method, models_dir)
+    load_trained_state(model, load_checkpoint(path)["model"], path)
+    return model.to(device or torch.device("cpu")).eval()
+
+
+def _build_seeded(cfg: Config, method: str, *, lora: bool = False) -> nn.Module:
+    """The model as training built it: frozen random-init parts (demo backbones) come from cfg.seed."""
     from nstlab.models import build_model
 
     with torch.random.fork_rng(devices=[]):
@@ -40,25 +51,14 @@ def load_model(cfg: Config, method: str, models_dir: Path = Path("models"), chec
 
             return build_gatys(cfg)
         model = build_model(method, cfg)
-        if method == "vit_lora":
+        if lora:
             model.enable_lora()
-    path = checkpoint or trained_weights_path(method, models_dir)
-    load_trained_state(model, load_checkpoint(path)["model"], path)
-    return model.to(device or torch.device("cpu")).eval()
+    return model
 
 
 def describe_model(cfg: Config, method: str, stage: int) -> dict:
     """`nstlab info`: parameter counts per part, built from the config (no weights loaded)."""
-    from nstlab.models import build_model
-
-    if method == "gatys":
-        from nstlab.models.gatys import build as build_gatys
-
-        model = build_gatys(cfg)
-    else:
-        model = build_model(method, cfg)
-        if method == "vit_lora" and stage == 2:
-            model.enable_lora()
+    model = _build_seeded(cfg, method, lora=method == "vit_lora" and stage == 2)
     return {"model": method, "profile": cfg.profile, **model.parameter_counts()}
 
 
@@ -265,11 +265,7 @@ def load_adapters(cfg: Config, references: list[str], models_dir: Path = Path("m
     """One ViT-LoRA base + every adapter -> (model on CPU, {adapter name: decoder state})."""
     import tempfile
 
-    from nstlab.models import build_model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = build_model("vit_lora", cfg)
+    model = _build_seeded(cfg, "vit_lora")
     decoders: dict[str, dict[str, torch.Tensor]] = {}
     with tempfile.TemporaryDirectory() as scratch:  # peft copies the weights in; downloads can go
         for reference in references:
