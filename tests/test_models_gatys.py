@@ -223,14 +223,15 @@ def test_every_ablation_in_the_grid_file_resolves(tiny_config):
 
     from conftest import REPO
 
-    experiments = read_grid(REPO / "experiments" / "gatys.yaml")
-    assert {name.rsplit("-", 1)[0] for name in experiments} >= {"optimizer", "extractor", "extra_losses", "steps",
-                                                                 "style_weight", "lr"}
-    for name, overrides in experiments.items():
-        settings = settings_from_config(tiny_config(*override_args(overrides)))
-        assert settings.weights is not None, name
-    reference = settings_from_config(tiny_config(*override_args(experiments["preset-1"])))
-    assert (reference.optimizer, reference.lr, reference.steps) == ("lbfgs", 1.0, 500)
+    for profile, reference_steps in (("paper", 500), ("demo", 40)):
+        experiments = read_grid(REPO / "experiments" / "gatys.yaml", profile)
+        assert {name.rsplit("-", 1)[0] for name in experiments} >= {"optimizer", "extractor", "extra_losses", "steps",
+                                                                     "style_weight", "lr"}
+        for name, overrides in experiments.items():
+            settings = settings_from_config(tiny_config(*override_args(overrides)))
+            assert settings.weights is not None, name
+        reference = settings_from_config(tiny_config(*override_args(experiments["preset-1"])))
+        assert (reference.optimizer, reference.lr, reference.steps) == ("lbfgs", 1.0, reference_steps)
 
 
 def test_resnet50_weights_from_a_file(tmp_path):

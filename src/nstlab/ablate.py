@@ -7,7 +7,9 @@ A grid file lists configurations as overrides of params.yaml keys:
       exp2: {lora.r: 32, lora.target_modules: [query, value]}
 
 or, for several one-dimensional sweeps, `grids: {sweep_name: [{key: value}, ...]}` (each entry
-named `<sweep>-<index>`). Every configuration becomes `dvc exp run --queue -S key=value ...`;
+named `<sweep>-<index>`). A `profiles: {demo: {grids: {sweep_name: [...]}}}` block replaces
+whole sweeps (or experiments) under that profile, e.g. a step sweep scaled to the demo's
+budget. Every configuration becomes `dvc exp run --queue -S key=value ...`;
 the queue runs with N workers; configurations whose result already exists (same resolved
 config digest, a FINISHED MLflow run) are skipped unless --force. DVC's run cache makes every
 experiment reuse the stages its overrides do not touch.
@@ -24,12 +26,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from nstlab.checkpoint import run_digest
-from nstlab.config import Config, load_config
+from nstlab.config import PROFILES, Config, load_config
 from nstlab.errors import ConfigError, NstlabError
 
 
-def read_grid(path: Path) -> dict[str, dict]:
-    """Grid file -> {experiment name: {dotted key: value}}; errors name the file and the entry."""
+def read_grid(path: Path, profile: str | None = None) -> dict[str, dict]:
+    """Grid file -> {experiment name: {dotted key: value}}, with `profile`'s replacements laid
+    over; errors name the file and the entry."""
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as error:
@@ -38,17 +41,45 @@ def read_grid(path: Path) -> dict[str, dict]:
         raise ConfigError(f"{path}: not valid YAML") from None
     if not isinstance(raw, dict) or not ({"experiments", "grids"} & set(raw)):
         raise ConfigError(f"{path}: expected a top-level 'experiments:' or 'grids:' mapping")
+    unknown = set(raw) - {"experiments", "grids", "profiles"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}; "
+                          "use experiments:, grids: or profiles:")
+    _experiments(path, raw, "")
+    replacements = raw.get("profiles") or {}
+    if not isinstance(replacements, dict) or set(replacements) - set(PROFILES):
+        raise ConfigError(f"{path}: profiles: must map profile names ({', '.join(PROFILES)}) to grids")
+    for name, block in replacements.items():
+        if not isinstance(block, dict) or set(block) - {"experiments", "grids"}:
+            raise ConfigError(f"{path}: profiles.{name} may only hold experiments: and grids:")
+        for kind in ("experiments", "grids"):
+            extra = set(block.get(kind) or {}) - set(raw.get(kind) or {})
+            if extra:
+                raise ConfigError(f"{path}: profiles.{name}.{kind}.{sorted(extra)[0]} replaces nothing; "
+                                  f"name one of the file's {kind}")
+        _experiments(path, block, f"profiles.{name}.")
+    chosen = replacements.get(profile) or {}
+    # dict merge keeps each replaced sweep where the file lists it, so report tables keep file order
+    merged = {kind: {**(raw.get(kind) or {}), **(chosen.get(kind) or {})} for kind in ("experiments", "grids")}
+    return _experiments(path, merged, "")
+
+
+def _experiments(path: Path, raw: dict, where: str) -> dict[str, dict]:
+    """The experiments: and grids: of one block -> {name: overrides}, validated."""
+    for kind in ("experiments", "grids"):
+        if not isinstance(raw.get(kind) or {}, dict):
+            raise ConfigError(f"{path}: {where}{kind}: must map names to {'overrides' if kind == 'experiments' else 'lists'}")
     experiments: dict[str, dict] = {}
     for name, overrides in (raw.get("experiments") or {}).items():
         experiments[str(name)] = overrides
     for sweep, entries in (raw.get("grids") or {}).items():
         if not isinstance(entries, list):
-            raise ConfigError(f"{path}: grids.{sweep} must be a list of overrides")
+            raise ConfigError(f"{path}: {where}grids.{sweep} must be a list of overrides")
         for index, overrides in enumerate(entries):
             experiments[f"{sweep}-{index}"] = overrides
     for name, overrides in experiments.items():
         if not isinstance(overrides, dict) or not overrides:
-            raise ConfigError(f"{path}: experiment {name} must be a non-empty mapping of key: value")
+            raise ConfigError(f"{path}: {where}experiment {name} must be a non-empty mapping of key: value")
     return experiments
 
 
@@ -103,8 +134,9 @@ def _wait_for_queue(poll_s: float = 5.0) -> dict[str, str]:
 def run_grid(grid: Path, *, jobs: int = 1, force: bool = False, params_path: Path = Path("params.yaml")) -> dict:
     """Queue, run and report one grid; prints a done / queued / failed table."""
     console = Console()
-    experiments = read_grid(grid)
-    done = set() if force else finished_digests(load_config(params_path))
+    base = load_config(params_path)
+    experiments = read_grid(grid, base.profile)
+    done = set() if force else finished_digests(base)
     plan = {}
     for name, overrides in experiments.items():
         args = override_args(overrides)

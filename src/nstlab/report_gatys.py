@@ -170,7 +170,7 @@ def gatys_section(cfg: Config, reports_dir: Path,
     if runs.empty:
         return "", []
     grids: dict[str, list[tuple[str, dict]]] = {}
-    for name, overrides in read_grid(grid_path).items():  # names are '<grid>-<index>', in file order
+    for name, overrides in read_grid(grid_path, cfg.profile).items():  # names are '<grid>-<index>', in file order
         grids.setdefault(name.rpartition("-")[0] or name, []).append((name, overrides))
     tables = grid_tables(cfg, runs, grids)
     (reports_dir / "gatys").mkdir(parents=True, exist_ok=True)

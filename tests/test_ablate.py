@@ -1,0 +1,89 @@
+"""Grid files: sweeps and experiments as data, per-profile replacements, one-line errors."""
+
+from pathlib import Path
+
+import pytest
+
+from nstlab.ablate import methods_touched, override_args, read_grid
+from nstlab.errors import ConfigError
+
+GRID = """
+grids:
+  optimizer:
+    - {baselines.gatys.options.optimizer: lbfgs}
+    - {baselines.gatys.options.optimizer: adam}
+  steps:
+    - {baselines.gatys.iterations: 50}
+    - {baselines.gatys.iterations: 800}
+  lr:
+    - {baselines.gatys.lr: 0.01}
+profiles:
+  demo:
+    grids:
+      steps:
+        - {baselines.gatys.iterations: 10}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_sweeps_are_named_by_grid_and_index(tmp_path):
+    experiments = read_grid(write(tmp_path, GRID))
+    assert list(experiments) == ["optimizer-0", "optimizer-1", "steps-0", "steps-1", "lr-0"]
+    assert experiments["steps-1"] == {"baselines.gatys.iterations": 800}
+
+
+def test_a_profile_replaces_whole_sweeps_in_place(tmp_path):
+    path = write(tmp_path, GRID)
+    demo = read_grid(path, "demo")
+    assert list(demo) == ["optimizer-0", "optimizer-1", "steps-0", "lr-0"]  # steps keeps its place, one point
+    assert demo["steps-0"] == {"baselines.gatys.iterations": 10}
+    assert read_grid(path, "paper") == read_grid(path)
+
+
+def test_the_repository_grids_differ_by_profile_only_where_the_demo_budget_demands():
+    from conftest import REPO
+
+    paper, demo = (read_grid(REPO / "experiments" / "gatys.yaml", profile) for profile in ("paper", "demo"))
+    assert list(paper) == list(demo)
+    changed = {name.rpartition("-")[0] for name in paper if paper[name] != demo[name]}
+    assert changed == {"steps", "preset"}
+    assert [paper[f"steps-{i}"]["baselines.gatys.iterations"] for i in range(5)] == [50, 100, 200, 400, 800]
+    assert max(demo[f"steps-{i}"]["baselines.gatys.iterations"] for i in range(5)) == 160
+
+
+@pytest.mark.parametrize("text, message", [
+    ("grids: [1, 2", "not valid YAML"),
+    ("lora.r: 4", "expected a top-level 'experiments:' or 'grids:'"),
+    ("grids: {a: [{x: 1}]}\nsweeps: {}", "unknown top-level key"),
+    ("grids: {a: {x: 1}}", "grids.a must be a list"),
+    ("grids: [a, b]", "grids: must map names to lists"),
+    ("grids: {a: [{}]}", "experiment a-0 must be a non-empty mapping"),
+    ("grids: {a: [{x: 1}]}\nprofiles: {tiny: {}}", "profiles: must map profile names"),
+    ("grids: {a: [{x: 1}]}\nprofiles: {demo: {grids: {b: [{x: 2}]}}}", "profiles.demo.grids.b replaces nothing"),
+    ("grids: {a: [{x: 1}]}\nprofiles: {demo: {grids: {a: {x: 2}}}}", "profiles.demo.grids.a must be a list"),
+    ("grids: {a: [{x: 1}]}\nprofiles: {demo: {lora: 1}}", "profiles.demo may only hold"),
+])
+def test_bad_grid_files_name_the_file_and_the_entry(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as error:
+        read_grid(path, "demo")
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+
+
+def test_override_args_are_dvc_set_params():
+    assert override_args({"lora.r": 32, "lora.target_modules": ["query", "value"], "x": None}) == [
+        "lora.r=32", "lora.target_modules=[query, value]", "x=null"]
+
+
+@pytest.mark.parametrize("overrides, touched", [
+    ({"lora.r": 8}, ("vit_lora", 2)),
+    ({"baselines.gatys.lr": 0.1}, ("gatys", 0)),
+    ({"profiles.demo.baselines.adain.iterations": 5}, ("adain", 0)),
+])
+def test_an_experiment_is_identified_by_the_method_it_changes(overrides, touched):
+    assert methods_touched(overrides) == touched
