@@ -87,3 +87,14 @@ def test_override_args_are_dvc_set_params():
 ])
 def test_an_experiment_is_identified_by_the_method_it_changes(overrides, touched):
     assert methods_touched(overrides) == touched
+
+
+def test_queue_workers_share_the_cores_unless_the_user_chose(monkeypatch):
+    from nstlab.ablate import worker_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert worker_env(2)["OMP_NUM_THREADS"] == "4" and worker_env(16)["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in worker_env(1)  # one worker: torch's own default
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert worker_env(2)["OMP_NUM_THREADS"] == "3"

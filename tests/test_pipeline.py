@@ -149,3 +149,9 @@ def test_ablate_runs_a_grid_from_the_dvc_queue_and_skips_done_configs(repo):
     again = _run(["nstlab", "ablate", "experiments/small.yaml"], root, env)
     assert "queued" not in again.split("overrides")[-1]
     assert stage2_runs() == before + 2
+    # With an empty MLflow store (say, another machine's), `dvc exp show` still knows b and c;
+    # a ran as an experiment of the commit before, so it is not counted.
+    elsewhere = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'empty.db'}"}
+    plan = _run(["nstlab", "ablate", "experiments/small.yaml", "--dry-run"], root, elsewhere)
+    cells = [[cell.strip() for cell in line.split("│")[1:3]] for line in plan.splitlines() if line.count("│") >= 3]
+    assert dict(cells[1:]) == {"a": "queued", "b": "done", "c": "done"}

@@ -270,3 +270,19 @@ def test_http_settings_fail_fast_only_where_the_user_set_none(monkeypatch):
         assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
         assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+
+
+def test_table2_rows_link_to_their_run_page_on_the_server(server, tiny_config, run_dirs, monkeypatch):
+    from nstlab.report import html_table, table2
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    cfg = tiny_config()
+    with Tracker(cfg.mlflow, "vit_lora-linked", {"model": "vit_lora", "stage": "2"}) as tracker:
+        tracker.log_params({"lora.r": 4, "lora.target_modules": ["query", "value"], "encoder.layers": 2,
+                            "decoder.layers": 1, "parameters.trainable": 100})
+        tracker.log_metrics({"test.paper_content_loss": 1.0, "test.paper_style_loss": 2.0}, step=1)
+    row = table2(cfg).set_index("run_id").loc[tracker.run_id]
+    assert row.mlflow_run_url == tracker.run_url and row.mlflow_run_url.startswith(f"{server.url}/#/experiments/")
+    assert f'<a href="{tracker.run_url}"' in html_table(table2(cfg))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{run_dirs['logs_dir'].parent / 'local.db'}")
+    assert "mlflow_run_url" not in table2(cfg).columns  # a local store has no page to link

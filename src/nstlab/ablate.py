@@ -11,11 +11,13 @@ named `<sweep>-<index>`). A `profiles: {demo: {grids: {sweep_name: [...]}}}` blo
 whole sweeps (or experiments) under that profile, e.g. a step sweep scaled to the demo's
 budget. Every configuration becomes `dvc exp run --queue -S key=value ...`;
 the queue runs with N workers; configurations whose result already exists (same resolved
-config digest, a FINISHED MLflow run) are skipped unless --force. DVC's run cache makes every
+config digest in a FINISHED MLflow run, or a DVC experiment holding its results) are skipped
+unless --force. DVC's run cache makes every
 experiment reuse the stages its overrides do not touch.
 """
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nstlab.checkpoint import run_digest
-from nstlab.config import PROFILES, Config, load_config
+from nstlab.config import PROFILES, Config, load_config, resolve
 from nstlab.errors import ConfigError, NstlabError
 
 
@@ -108,13 +110,51 @@ def finished_digests(cfg: Config) -> set[str]:
     return set(runs["tags.config_digest"].dropna())
 
 
-def _dvc(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(["dvc", *args], capture_output=True, text=True)
+def dvc_experiment_digests(methods: set[tuple[str, int]]) -> set[str]:
+    """Digests of the configurations a DVC experiment (or commit) already holds results for:
+    `dvc exp show` lists their params.yaml, and a completed revision carries the metrics files
+    (a grid run on another machine and pulled with `dvc exp pull` counts as done here).
+    Only `methods` (method, stage) are digested: an experiment's result names its config."""
+    try:
+        shown = json.loads(_dvc("exp", "show", "--json").stdout or "[]")  # HEAD and its experiments
+    except (NstlabError, OSError, json.JSONDecodeError):
+        return set()  # no DVC repository or no dvc: MLflow alone decides
+    digests = set()
+    for baseline in shown:
+        revisions = [baseline] + [rev for group in baseline.get("experiments") or []
+                                  if ((group.get("executor") or {}).get("state") or "success") == "success"
+                                  for rev in group.get("revs", [])]
+        for revision in revisions:
+            data = revision.get("data") or {}
+            params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
+            if revision.get("rev") == "workspace" or not params or not data.get("metrics") or revision.get("error"):
+                continue
+            try:
+                cfg = resolve(params)
+            except ConfigError:
+                continue  # an experiment from an older params schema
+            digests.update(run_digest(cfg, method, stage) for method, stage in methods)
+    return digests
+
+
+def _dvc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(["dvc", *args], capture_output=True, text=True, env=env)
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
         reason = next((line for line in lines if line.startswith("ERROR")), lines[-1])
         raise NstlabError(f"dvc {' '.join(args)} failed: {reason}")
     return result
+
+
+def worker_env(jobs: int) -> dict[str, str]:
+    """The environment the queue workers (and so every stage they run) inherit: each gets its
+    share of the cores. torch's default, every core in each of `jobs` processes, oversubscribes
+    the CPU: two 60-step Gatys runs side by side on 2 cores took 15.3 s with 2 threads each and
+    8.6 s with 1 (reports/benchmarks/README.md). A thread count the user exported is kept."""
+    env = dict(os.environ)
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return env
 
 
 def _wait_for_queue(poll_s: float = 5.0) -> dict[str, str]:
@@ -131,18 +171,39 @@ def _wait_for_queue(poll_s: float = 5.0) -> dict[str, str]:
         time.sleep(poll_s)
 
 
-def run_grid(grid: Path, *, jobs: int = 1, force: bool = False, params_path: Path = Path("params.yaml")) -> dict:
-    """Queue, run and report one grid; prints a done / queued / failed table."""
-    console = Console()
+def plan_grid(grid: Path, *, force: bool = False, params_path: Path = Path("params.yaml")) -> dict[str, tuple[str, list[str]]]:
+    """{experiment name: ("done" | "queued", its -S overrides)}; a bad key fails here, before
+    anything is queued."""
     base = load_config(params_path)
     experiments = read_grid(grid, base.profile)
-    done = set() if force else finished_digests(base)
+    done = set()
+    if not force:  # finished in MLflow, or a DVC experiment holds the result
+        done = finished_digests(base) | dvc_experiment_digests({methods_touched(o) for o in experiments.values()})
     plan = {}
     for name, overrides in experiments.items():
         args = override_args(overrides)
-        cfg = load_config(params_path, args)  # a bad key fails here, before anything is queued
-        digest = run_digest(cfg, *methods_touched(overrides))
+        digest = run_digest(load_config(params_path, args), *methods_touched(overrides))
         plan[name] = ("done" if digest in done else "queued", args)
+    return plan
+
+
+def print_plan(grid: Path, plan: dict[str, tuple[str, list[str]]]) -> None:
+    table = Table(title=f"{grid}: {len(plan)} configurations")
+    for column in ("experiment", "state", "overrides"):
+        table.add_column(column)
+    for name, (state, args) in plan.items():
+        table.add_row(name, state, escape(" ".join(args)))  # [query, value] is not rich markup
+    Console().print(table)
+
+
+def run_grid(grid: Path, *, jobs: int = 1, force: bool = False, dry_run: bool = False,
+             params_path: Path = Path("params.yaml")) -> dict:
+    """Queue, run and report one grid; prints a done / queued / failed table (with dry_run:
+    the plan, and nothing runs)."""
+    plan = plan_grid(grid, force=force, params_path=params_path)
+    if dry_run:
+        print_plan(grid, plan)
+        return {name: state for name, (state, _) in plan.items()}
     prefix = grid.stem
     for name, (state, args) in plan.items():
         if state == "queued":
@@ -150,19 +211,14 @@ def run_grid(grid: Path, *, jobs: int = 1, force: bool = False, params_path: Pat
             # has under a profile block (baselines.gatys.options.*); plain `key=value` must exist.
             _dvc("exp", "run", "--queue", "--name", f"{prefix}-{name}", *[part for arg in args for part in ("-S", f"++{arg}")])
     if any(state == "queued" for state, _ in plan.values()):
-        _dvc("queue", "start", "--jobs", str(jobs))
+        _dvc("queue", "start", "--jobs", str(jobs), env=worker_env(jobs))
         statuses = _wait_for_queue()
         for name, (state, args) in plan.items():
             if state == "queued":
                 final = statuses.get(f"{prefix}-{name}", "Failed")
                 plan[name] = ("done" if final == "Success" else "failed", args)
     subprocess.run(["nstlab", "report", "--params", str(params_path)], check=False)
-    table = Table(title=f"{grid}: {len(plan)} configurations")
-    for column in ("experiment", "state", "overrides"):
-        table.add_column(column)
-    for name, (state, args) in plan.items():
-        table.add_row(name, state, escape(" ".join(args)))  # [query, value] is not rich markup
-    console.print(table)
+    print_plan(grid, plan)
     result = {name: state for name, (state, _) in plan.items()}
     Path("reports").mkdir(exist_ok=True)
     (Path("reports") / f"ablate_{prefix}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -178,11 +178,12 @@ def info(model: Annotated[str, typer.Option("--model", help="method name")] = "v
 def ablate(grid: Annotated[Path, typer.Argument(help="experiments/*.yaml")],
            jobs: Annotated[int, typer.Option(help="parallel DVC queue workers")] = 1,
            force: Annotated[bool, typer.Option(help="rerun configurations already done")] = False,
+           dry_run: Annotated[bool, typer.Option(help="print which configurations are done / would run; run nothing")] = False,
            params: ParamsOption = Path("params.yaml")) -> None:
     """Queue every configuration of a grid as a DVC experiment, run the queue, rebuild the report."""
     from nstlab.ablate import run_grid
 
-    run_grid(grid, jobs=jobs, force=force, params_path=params)
+    run_grid(grid, jobs=jobs, force=force, dry_run=dry_run, params_path=params)
 
 
 @app.command()

@@ -61,12 +61,14 @@ def table1(reports_dir: Path) -> pd.DataFrame:
 
 def table2(cfg: Config) -> pd.DataFrame:
     """One row per ViT-LoRA stage-2 configuration found in MLflow (the newest finished run each)."""
-    from nstlab.tracking import search_runs
+    from nstlab.tracking import resolve_tracking_uri, run_page_url, search_runs
 
     runs = search_runs(cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2' and attributes.status = 'FINISHED'")
+    uri = resolve_tracking_uri(cfg.mlflow)
+    server = uri.startswith(("http://", "https://"))  # then each row links to its run page
     columns = ["r", "targets", "encoder_layers", "decoder_layers", "content_loss", "style_loss", "loss_source",
                "trainable_parameters", "train_seconds", "pairs_per_s", "run_name", "run_id", "dvc_experiment",
-               "paper_reported_content", "paper_reported_style"]
+               *(["mlflow_run_url"] if server else []), "paper_reported_content", "paper_reported_style"]
     rows = []
     for _, run in runs.iterrows():
         targets = canonical_targets(json.loads(run["params.lora.target_modules"].replace("'", '"')))
@@ -81,6 +83,7 @@ def table2(cfg: Config) -> pd.DataFrame:
                      "train_seconds": run.get("metrics.train_seconds"), "pairs_per_s": run.get("metrics.train.pairs_per_s"),
                      "run_name": run.get("tags.mlflow.runName"),
                      "run_id": run["run_id"], "dvc_experiment": run.get("tags.dvc_experiment"),
+                     "mlflow_run_url": run_page_url(uri, run["experiment_id"], run["run_id"]),
                      "paper_reported_content": reference[0], "paper_reported_style": reference[1],
                      "_start": run["start_time"]})
     if not rows:
@@ -239,7 +242,8 @@ def image_grid(frame: pd.DataFrame, reports_dir: Path, pairs_dir: Path, rows_wan
 def html_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "<p><em>no rows yet</em></p>"
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="table")
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="table",
+                         render_links=True)  # mlflow_run_url cells become links
 
 
 def figure_html(path: Path, reports_dir: Path) -> str:

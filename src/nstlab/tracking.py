@@ -42,6 +42,13 @@ def resolve_tracking_uri(cfg: MlflowConfig) -> str:
     return uri
 
 
+def run_page_url(tracking_uri: str, experiment_id: str | None, run_id: str | None) -> str | None:
+    """A run's page in the MLflow UI of a tracking server; None for a local store (no UI to link)."""
+    if run_id and experiment_id and tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return None
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=repo_root(),
@@ -252,9 +259,7 @@ class Tracker:
     @property
     def run_url(self) -> str | None:
         """The run's page on a tracking server; None for a local store or a run without an id."""
-        if self.run_id and self.tracking_uri.startswith(("http://", "https://")):
-            return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
-        return None
+        return run_page_url(self.tracking_uri, self.experiment_id, self.run_id)
 
     def __enter__(self) -> "Tracker":
         if not self.enabled:
