@@ -98,3 +98,18 @@ def test_queue_workers_share_the_cores_unless_the_user_chose(monkeypatch):
     assert "OMP_NUM_THREADS" not in worker_env(1)  # one worker: torch's own default
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert worker_env(2)["OMP_NUM_THREADS"] == "3"
+
+
+def test_spellings_of_one_configuration_share_a_digest(tiny_config):
+    from nstlab.checkpoint import run_digest
+
+    def gatys(*overrides: str) -> str:
+        return run_digest(tiny_config(*overrides), "gatys", 0)
+
+    default = gatys()
+    assert gatys("++baselines.gatys.options.optimizer=adam", "++baselines.gatys.options.style_weight=1000000.0") == default
+    assert gatys("++baselines.gatys.options.optimizer=adamw") != default
+    assert gatys("baselines.gatys.iterations=41") != default
+    lora = [run_digest(tiny_config(f"lora.target_modules={targets}"), "vit_lora", 2)
+            for targets in ("[query, value, key, dense]", "[query, key, value, dense]", "[query, value]")]
+    assert lora[0] == lora[1] != lora[2]

@@ -131,9 +131,9 @@ def dvc_experiment_digests(methods: set[tuple[str, int]]) -> set[str]:
                 continue
             try:
                 cfg = resolve(params)
+                digests.update(run_digest(cfg, method, stage) for method, stage in methods)
             except ConfigError:
                 continue  # an experiment from an older params schema
-            digests.update(run_digest(cfg, method, stage) for method, stage in methods)
     return digests
 
 

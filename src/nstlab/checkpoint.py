@@ -4,6 +4,7 @@ A checkpoint holds only what training changes (trainable parameters and buffers,
 state, step, RNG); frozen backbones are rebuilt from the config, deterministically.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -102,8 +103,19 @@ def digest(data: Any) -> str:
 
 
 def run_digest(cfg, method: str, stage: int) -> str:
-    """Identifies one training (or Gatys evaluation) configuration: resume and `ablate` key on it."""
-    return digest({"method": method, "stage": stage, "config": cfg.flat()})
+    """Identifies one training (or Gatys evaluation) configuration: resume and `ablate` key on it.
+    Spellings of one configuration share a digest, so a grid point that writes out a default is
+    the run that already exists: LoRA targets are a set, and Gatys' free-form options count by
+    the settings they resolve to (`optimizer: adam` is what leaving it out means)."""
+    config = cfg.flat()
+    config["lora.target_modules"] = sorted(config["lora.target_modules"])
+    if method == "gatys":
+        from nstlab.models.gatys import settings_from_config
+
+        options = "baselines.gatys.options."
+        config = {key: value for key, value in config.items() if not key.startswith(options)}
+        config[options.rstrip(".")] = dataclasses.asdict(settings_from_config(cfg))
+    return digest({"method": method, "stage": stage, "config": config})
 
 
 def source_digest() -> str:
