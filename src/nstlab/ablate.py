@@ -149,8 +149,8 @@ def _dvc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 def worker_env(jobs: int) -> dict[str, str]:
     """The environment the queue workers (and so every stage they run) inherit: each gets its
     share of the cores. torch's default, every core in each of `jobs` processes, oversubscribes
-    the CPU: two 60-step Gatys runs side by side on 2 cores took 15.3 s with 2 threads each and
-    8.6 s with 1 (reports/benchmarks/README.md). A thread count the user exported is kept."""
+    the CPU: two Gatys runs side by side on 2 cores each optimised twice as long with 2 threads
+    as with 1 (reports/benchmarks/README.md). A thread count the user exported is kept."""
     env = dict(os.environ)
     if jobs > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
