@@ -61,14 +61,13 @@ def table1(reports_dir: Path) -> pd.DataFrame:
 
 def table2(cfg: Config) -> pd.DataFrame:
     """One row per ViT-LoRA stage-2 configuration found in MLflow (the newest finished run each)."""
-    from nstlab.tracking import resolve_tracking_uri, run_page_url, search_runs
+    from nstlab.tracking import is_server, resolve_tracking_uri, run_page_url, search_runs
 
     runs = search_runs(cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2' and attributes.status = 'FINISHED'")
     uri = resolve_tracking_uri(cfg.mlflow)
-    server = uri.startswith(("http://", "https://"))  # then each row links to its run page
     columns = ["r", "targets", "encoder_layers", "decoder_layers", "content_loss", "style_loss", "loss_source",
                "trainable_parameters", "train_seconds", "pairs_per_s", "run_name", "run_id", "dvc_experiment",
-               *(["mlflow_run_url"] if server else []), "paper_reported_content", "paper_reported_style"]
+               *(["mlflow_run_url"] if is_server(uri) else []), "paper_reported_content", "paper_reported_style"]
     rows = []
     for _, run in runs.iterrows():
         targets = canonical_targets(json.loads(run["params.lora.target_modules"].replace("'", '"')))

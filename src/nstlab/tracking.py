@@ -42,9 +42,14 @@ def resolve_tracking_uri(cfg: MlflowConfig) -> str:
     return uri
 
 
+def is_server(tracking_uri: str) -> bool:
+    """A shared `mlflow server` (it has run pages to link), not a local store."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
 def run_page_url(tracking_uri: str, experiment_id: str | None, run_id: str | None) -> str | None:
     """A run's page in the MLflow UI of a tracking server; None for a local store (no UI to link)."""
-    if run_id and experiment_id and tracking_uri.startswith(("http://", "https://")):
+    if run_id and experiment_id and is_server(tracking_uri):
         return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return None
 
