@@ -1,4 +1,4 @@
-"""ArtFlow: the parameter count (METHODS.md §4), exact invertibility, per-sample WCT, options."""
+"""ArtFlow: parameter count (docs/methods.md#parameter-counts), exact inverse, per-sample WCT, options."""
 
 from types import SimpleNamespace
 

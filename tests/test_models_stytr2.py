@@ -1,4 +1,4 @@
-"""StyTr²: the paper's parameter counts (METHODS.md §4), any input size, losses, option checks."""
+"""StyTr²: parameter counts (docs/methods.md#parameter-counts), any input size, losses, option checks."""
 
 from types import SimpleNamespace
 

@@ -1,4 +1,4 @@
-"""ViT-LoRA: parameter counts of the paper (METHODS.md §4), shapes at any size, what trains when."""
+"""ViT-LoRA: the paper's parameter counts (docs/methods.md#parameter-counts), any size, what trains when."""
 
 import pytest
 import torch

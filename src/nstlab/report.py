@@ -16,7 +16,7 @@ from nstlab.config import Config
 
 MODEL_ORDER = ("vit_lora", "artflow", "iest", "mcc", "sanet", "stytr2", "adain", "gatys")
 
-# METHODS.md §1, the paper's Table 1 (content / style loss on its 352 test pairs).
+# docs/methods.md#paper-results, the paper's Table 1 (content / style loss on its 352 test pairs).
 PAPER_TABLE1 = {"vit_lora": (9.097, 1.514), "artflow": (9.200, 2.745), "iest": (9.206, 2.805),
                 "mcc": (9.204, 2.945), "sanet": (9.687, 2.535)}
 

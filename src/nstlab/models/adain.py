@@ -1,5 +1,5 @@
 """AdaIN: "Arbitrary Style Transfer in Real-time with Adaptive Instance Normalization"
-(Huang & Belongie, ICCV 2017; code naoto0804/pytorch-AdaIN). Numbers: ../shared/METHODS.md §2.
+(Huang & Belongie, ICCV 2017; code naoto0804/pytorch-AdaIN). Numbers: docs/methods.md#adain.
 
     content ─VGG─► relu4_1 ─┐
                             ├─ AdaIN: σ(s)·(c − μ(c))/σ(c) + μ(s) ─► t ─ decoder ─► image

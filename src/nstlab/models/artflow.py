@@ -3,7 +3,7 @@
 A projection flow maps the content and the style image to latents; AdaIN (or WCT) mixes the
 latents; the same flow, run exactly backwards, maps the mixture to pixels. Nothing is lost on
 the way in, so content details survive ("content leak"-free). Every number:
-../shared/METHODS.md §2 (pkuanjie/ArtFlow: glow_adain.py, glow_wct.py, net.py, train.py).
+docs/methods.md#artflow (pkuanjie/ArtFlow: glow_adain.py, glow_wct.py, net.py, train.py).
 
     image (B, 3, H, W) ─ squeeze ─ 8 × flow ─ squeeze ─ 8 × flow ─► latent (B, 48, H/4, W/4)
     flow = ActNorm ─► invertible 1×1 conv (LU) ─► additive coupling

@@ -85,7 +85,7 @@ class StyleDecoder(nn.Module):
 
 # =============================================================================================
 # The AdaIN family (AdaIN, SANet, MCC, IEST): normalised VGG-19 → a feature transform → decoder.
-# Every number: ../shared/METHODS.md §2 and §4.
+# Every number: docs/methods.md#shared-parts-the-adain-family and docs/methods.md#parameter-counts.
 # =============================================================================================
 
 VGG_LAYERS = STYTR2_LAYERS  # relu1_1 … relu5_1

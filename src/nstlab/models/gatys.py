@@ -1,5 +1,5 @@
 """Gatys: "Image Style Transfer Using Convolutional Neural Networks" (Gatys, Ecker & Bethge, CVPR
-2016). No network is trained: the pixels of one image are optimised. Numbers: ../shared/METHODS.md §2.
+2016). No network is trained: the pixels of one image are optimised. Numbers: docs/methods.md#gatys.
 
     image ─extractor─► features ─┬─ content: MSE to the content image's features (relu4_2)
       ▲                          ├─ style: Gram matrices vs the (blended) styles' (relu1_1…relu5_1)

@@ -1,5 +1,5 @@
 """IEST: "Artistic Style Transfer with Internal-external Learning and Contrastive Learning"
-(Chen et al., NeurIPS 2021; code HalbertCH/IEContraAST). Numbers: ../shared/METHODS.md §2.
+(Chen et al., NeurIPS 2021; code HalbertCH/IEContraAST). Numbers: docs/methods.md#iest.
 
 SANet's generator (sanet.py) trained with two more signals:
 - contrastive: projection heads embed the output's relu3_1 (style) and relu4_1 (content); the

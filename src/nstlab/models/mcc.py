@@ -1,5 +1,5 @@
 """MCCNet: "Arbitrary Video Style Transfer via Multi-Channel Correlation" (Deng et al., AAAI 2021;
-code diyiiyiii/MCCNet). Numbers: ../shared/METHODS.md §2.
+code diyiiyiii/MCCNet). Numbers: docs/methods.md#mcc.
 
     content ─VGG─► relu4_1 ─ f(mvn) ───────────────────────┐
     style   ─VGG─► relu4_1 ─ g(mvn) ─ v = Σg²/Σg ─ fc ─────┴─ ⊙ ─ out_conv ─ + Fc ─ decoder ─► image

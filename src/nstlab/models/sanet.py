@@ -1,6 +1,6 @@
 """SANet: "Arbitrary Style Transfer with Style-Attentional Networks" (Park & Lee, CVPR 2019).
 No official release; the reference is GlebSBrykin/SANET (Train.ipynb), whose numbers IEST
-reuses. Numbers: ../shared/METHODS.md §2.
+reuses. Numbers: docs/methods.md#sanet.
 
     content, style ─VGG─► relu4_1 ─ SANet₄ ─────────────────┐
                         ─► relu5_1 ─ SANet₅ ─ ↑ to relu4_1 ─┴─ + ─ merge conv 3×3 ─ decoder ─► image
@@ -34,7 +34,7 @@ class SANetAttention(nn.Module):
         keys = self.g(mvn(style)).flatten(2).transpose(1, 2)  # (B, Ns, C)
         values = self.h(style).flatten(2).transpose(1, 2)  # (B, Ns, C)
         # scale 1: the reference applies no 1/√d. The fused kernel never holds the (Nc × Ns)
-        # attention matrix on GPU, which at relu4_1 of a 1024² image is ~1 GB (METHODS §3).
+        # attention matrix on GPU, which at relu4_1 of a 1024² image is ~1 GB (docs/methods.md#known-traps).
         attended = F.scaled_dot_product_attention(queries[:, None], keys[:, None], values[:, None], scale=1.0)[:, 0]
         return content + self.out_conv(attended.transpose(1, 2).reshape(content.shape))
 

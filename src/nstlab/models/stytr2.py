@@ -3,7 +3,7 @@
 Both images are cut into 8×8 patches; a content and a style transformer encoder read them
 (the content one with the content-aware positional encoding, CAPE, on its queries and keys);
 a transformer decoder lets every content token attend to the style tokens; the AdaIN CNN
-decoder turns the token grid back into pixels. Every number: ../shared/METHODS.md §2
+decoder turns the token grid back into pixels. Every number: docs/methods.md#stytr2
 (diyiiyiii/StyTR-2: models/StyTR.py, models/transformer.py, train.py).
 
     content ─patch 8×8─► (B, d, H/8, W/8) ─┬─ CAPE ─► positions (B, N, d)

@@ -4,7 +4,7 @@ A StyTr²-style transformer whose content and style encoders are two copies of a
 ViT-B/16 (first `encoder.layers` blocks + final LayerNorm, CLS dropped), a 3-layer decoder of
 cross-attention to the style tokens, and a 9-conv CNN decoder back to pixels. Stage 1 trains
 the decoders with the encoders frozen; stage 2 adds LoRA to both encoders and trains LoRA and
-decoders together. Every number: ../shared/METHODS.md §1 (NST-Project `code/`).
+decoders together. Every number: docs/methods.md#vit-lora (NST-Project `code/`).
 
     content ─ViT_c─► tokens_c ─┐                       (B, N, d) + content positions
                                ├─ StyleDecoder ─► (B, N, d) ─► (B, d, H/16, W/16) ─ CNN ─► image
