@@ -102,3 +102,16 @@ def test_links_inside_docs_resolve(doc):
         elif anchor and (linked.suffix != ".md" or anchor not in heading_anchors(linked.read_text(encoding="utf-8"))):
             broken.append(target)
     assert not broken, f"{doc.name}: broken links {broken}"
+
+
+def test_every_parameter_count_in_the_spec_is_a_test_literal():
+    """docs/methods.md#parameter-counts and the tests that assert the counts cannot drift apart."""
+    methods = (REPO / "docs" / "methods.md").read_text(encoding="utf-8")
+    section = methods.split("\n## Parameter counts\n", 1)[1].split("\n## ", 1)[0]
+    documented = {int(number.replace(",", "")) for number in re.findall(r"\b\d{1,3}(?:,\d{3})+\b", section)}
+    in_tests = set()
+    for path in (REPO / "tests").glob("test_*.py"):
+        if path.name != Path(__file__).name:
+            in_tests |= {int(n.replace("_", "")) for n in re.findall(r"\b\d{1,3}(?:_\d{3})+\b", path.read_text())}
+    assert len(documented) >= 25, "the Parameter counts section lost its numbers"
+    assert not documented - in_tests, f"documented but asserted by no test: {sorted(documented - in_tests)}"

@@ -72,6 +72,7 @@ def test_four_layer_decoder_counts(tiny_config):
     from nstlab.models.blocks import StyleDecoder
 
     decoder = StyleDecoder(768, 4, 8, 2048, 0.1)
+    assert sum(p.numel() for p in decoder.parameters()) == 31_513_088
     assert sum(p.numel() for p in decoder.parameters()) + 8_224_323 == 39_737_411
     assert sum(p.numel() for p in CNNDecoder(768).parameters()) == 8_224_323
 
