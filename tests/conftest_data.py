@@ -40,7 +40,7 @@ class FakeMirror:
 
     Faults, consumed one per request: "drop" (send half the body, then hang up), "hang" (send
     half the body, then nothing until the test ends), "stall" (send nothing until the test
-    ends), "500", "corrupt" (flip the first byte), "ignore_range" (answer 200 with the whole
+    ends), "500"/"403"/"410" (that status), "corrupt" (flip the first byte), "ignore_range" (answer 200 with the whole
     file to a Range request). `delay_s` slows every response.
     """
 
@@ -83,8 +83,8 @@ class _MirrorHandler(BaseHTTPRequestHandler):
         if data is None:
             self.send_error(404)
             return
-        if fault == "500":
-            self.send_error(500)
+        if fault in ("500", "403", "410"):
+            self.send_error(int(fault))
             return
         if fault == "stall":
             mirror.released.wait(10)
