@@ -127,7 +127,7 @@ def fake_mirror():
     server.server_close()
 
 
-def serve_coco(mirror: FakeMirror, n_images: int) -> list[str]:
+def serve_coco(mirror: FakeMirror, n_images: int, size: tuple[int, int] = (40, 30)) -> list[str]:
     """A fake COCO tree under coco/: the annotations zip with a tiny captions JSON, and the images."""
     names = [f"COCO_train2014_{image_id:012d}.jpg" for image_id in range(1, n_images + 1)]
     captions = {"images": [{"id": i, "file_name": name} for i, name in enumerate(names, 1)], "annotations": []}
@@ -136,15 +136,20 @@ def serve_coco(mirror: FakeMirror, n_images: int) -> list[str]:
         bundle.writestr("annotations/captions_train2014.json", json.dumps(captions))
     mirror.add("coco/annotations/annotations_trainval2014.zip", archive.getvalue())
     for seed, name in enumerate(names):
-        mirror.add(f"coco/train2014/{name}", image_bytes(seed=seed))
+        mirror.add(f"coco/train2014/{name}", image_bytes(size, seed=seed))
     return names
 
 
-def serve_wikiart(mirror: FakeMirror, n_images: int) -> list[str]:
-    """A fake ArtGAN WikiArt tree under wikiart/: style_train.csv and the images in style folders."""
+def serve_wikiart(mirror: FakeMirror, n_images: int, size: tuple[int, int] = (40, 30), odd_names: bool = False) -> list[str]:
+    """A fake ArtGAN WikiArt tree under wikiart/: style_train.csv and the images in style folders.
+
+    odd_names: file names as real WikiArt has them, with spaces, apostrophes and accents.
+    """
     styles = ("Impressionism", "Cubism", "Ukiyo_e")
-    names = [f"{styles[i % 3]}/artist_painting-{i}.jpg" for i in range(n_images)]
+    titles = ("l'été à Giverny", "the night café", "Ève et l'ange", "señora", "Straße")
+    names = [f"{styles[i % 3]}/" + (f"artist_{titles[i % len(titles)]} {i}.jpg" if odd_names else f"artist_painting-{i}.jpg")
+             for i in range(n_images)]
     mirror.add("wikiart/wikiart_csv/style_train.csv", "".join(f"{name},{i % 3}\n" for i, name in enumerate(names)).encode())
     for seed, name in enumerate(names):
-        mirror.add(f"wikiart/wikiart/{name}", image_bytes(seed=100 + seed))
+        mirror.add(f"wikiart/wikiart/{name}", image_bytes(size, seed=100 + seed))
     return names
