@@ -40,8 +40,8 @@ class FakeMirror:
 
     Faults, consumed one per request: "drop" (send half the body, then hang up), "hang" (send
     half the body, then nothing until the test ends), "stall" (send nothing until the test
-    ends), "500"/"403"/"410" (that status), "corrupt" (flip the first byte), "ignore_range" (answer 200 with the whole
-    file to a Range request). `delay_s` slows every response.
+    ends), "500"/"403"/"410" (that status), "corrupt" (flip the first byte), "ignore_range"
+    (answer 200 with the whole file to a Range request). `delay_s` slows every response.
     """
 
     def __init__(self):
@@ -140,15 +140,16 @@ def serve_coco(mirror: FakeMirror, n_images: int, size: tuple[int, int] = (40, 3
     return names
 
 
-def serve_wikiart(mirror: FakeMirror, n_images: int, size: tuple[int, int] = (40, 30), odd_names: bool = False) -> list[str]:
+def serve_wikiart(mirror: FakeMirror, n_images: int, size: tuple[int, int] = (40, 30),
+                  odd_names: bool = False) -> list[str]:
     """A fake ArtGAN WikiArt tree under wikiart/: style_train.csv and the images in style folders.
 
     odd_names: file names as real WikiArt has them, with spaces, apostrophes and accents.
     """
     styles = ("Impressionism", "Cubism", "Ukiyo_e")
     titles = ("l'été à Giverny", "the night café", "Ève et l'ange", "señora", "Straße")
-    names = [f"{styles[i % 3]}/" + (f"artist_{titles[i % len(titles)]} {i}.jpg" if odd_names else f"artist_painting-{i}.jpg")
-             for i in range(n_images)]
+    stems = [f"{titles[i % len(titles)]} {i}" if odd_names else f"painting-{i}" for i in range(n_images)]
+    names = [f"{styles[i % 3]}/artist_{stem}.jpg" for i, stem in enumerate(stems)]
     mirror.add("wikiart/wikiart_csv/style_train.csv", "".join(f"{name},{i % 3}\n" for i, name in enumerate(names)).encode())
     for seed, name in enumerate(names):
         mirror.add(f"wikiart/wikiart/{name}", image_bytes(size, seed=100 + seed))

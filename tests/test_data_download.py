@@ -129,7 +129,7 @@ def test_a_file_on_disk_never_verified_is_verified_before_it_is_skipped(fake_mir
     data = image_bytes(seed=4)
     fake_mirror.add("a.jpg", data)
     fake_mirror.fail("a.jpg", "corrupt")
-    download_all([RemoteFile(fake_mirror.url("a.jpg"), "a.jpg")], tmp_path, **FAST)  # no verify: bad bytes kept
+    download_all([RemoteFile(fake_mirror.url("a.jpg"), "a.jpg")], tmp_path, **FAST)  # no verify: kept as is
     assert (tmp_path / "a.jpg").read_bytes() != data
     fake_mirror.requests.clear()
     summary = download_all([RemoteFile(fake_mirror.url("a.jpg"), "a.jpg")], tmp_path, verify=decodes, **FAST)

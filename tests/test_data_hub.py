@@ -1,6 +1,7 @@
 """hf: sources, offline: a small parquet dataset built here, streamed through the real `datasets` library."""
 
 import sys
+from functools import partial
 
 import pytest
 
@@ -23,7 +24,7 @@ def offline(monkeypatch):
 
 
 def make_dataset(root, n_rows: int, bad_rows: tuple[int, ...] = ()) -> dict[bytes, int]:
-    """A parquet dataset of `n_rows` images (PNG and JPEG) plus a label; bad rows hold bytes that do not decode."""
+    """A parquet dataset of `n_rows` PNG/JPEG images and a label; bad rows hold bytes that do not decode."""
     rows = [b"not an image at all" * 10 if index in bad_rows
             else image_bytes((40, 32), seed=index, image_format="PNG" if index % 2 else "JPEG")
             for index in range(n_rows)]
@@ -37,29 +38,30 @@ def make_dataset(root, n_rows: int, bad_rows: tuple[int, ...] = ()) -> dict[byte
 
 def test_streams_a_seeded_draw_byte_identical_and_resumes_without_the_network(tmp_path, monkeypatch):
     rows = make_dataset(tmp_path / "hub", 30)
-    source = f"hf:{tmp_path / 'hub'}"
-    paths, summary = fetch_source(source, "style", 6, tmp_path / "raw", seed=0, hub_shuffle_buffer=8, progress=False)
+    draw = partial(fetch_source, f"hf:{tmp_path / 'hub'}", "style", 6, hub_shuffle_buffer=8, progress=False)
+    paths, summary = draw(tmp_path / "raw", seed=0)
     assert len(paths) == 6 and summary.ok and len(summary.downloaded) == 6
     assert list_images(tmp_path / "raw" / "style") == paths
     assert all(path.read_bytes() in rows for path in paths)  # the stored bytes, not a re-encoding
     assert {path.suffix for path in paths} <= {".png", ".jpg"}
     drawn = sorted(rows[path.read_bytes()] for path in paths)
-    again, _ = fetch_source(source, "style", 6, tmp_path / "other", seed=0, hub_shuffle_buffer=8, progress=False)
-    other, _ = fetch_source(source, "style", 6, tmp_path / "third", seed=1, hub_shuffle_buffer=8, progress=False)
+    again, _ = draw(tmp_path / "other", seed=0)
+    other, _ = draw(tmp_path / "third", seed=1)
     assert sorted(rows[path.read_bytes()] for path in again) == drawn
     assert sorted(rows[path.read_bytes()] for path in other) != drawn
 
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: pytest.fail("streamed again"))
-    rerun, summary = fetch_source(source, "style", 6, tmp_path / "raw", seed=0, hub_shuffle_buffer=8, progress=False)
+    rerun, summary = draw(tmp_path / "raw", seed=0)
     assert rerun == paths and summary.skipped == tuple(path.name for path in paths) and not summary.downloaded
 
 
 def test_an_interrupted_draw_keeps_what_it_has_and_writes_only_the_rest(tmp_path):
     make_dataset(tmp_path / "hub", 20)
-    source = f"hf:{tmp_path / 'hub'}"
-    first, _ = fetch_source(source, "content", 3, tmp_path / "raw", seed=5, hub_shuffle_buffer=4, progress=False)
+    draw = partial(fetch_source, f"hf:{tmp_path / 'hub'}", "content", raw_dir=tmp_path / "raw", seed=5,
+                   hub_shuffle_buffer=4, progress=False)
+    first, _ = draw(n_images=3)
     inodes = {path.name: path.stat().st_ino for path in first}
-    paths, summary = fetch_source(source, "content", 7, tmp_path / "raw", seed=5, hub_shuffle_buffer=4, progress=False)
+    paths, summary = draw(n_images=7)
     assert set(summary.skipped) == set(inodes) and len(summary.downloaded) == 4 and len(paths) == 7
     assert all((tmp_path / "raw" / "content" / name).stat().st_ino == inode for name, inode in inodes.items())
 

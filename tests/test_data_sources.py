@@ -80,7 +80,8 @@ def test_files_missing_on_the_mirror_are_replaced_by_the_next_of_the_draw(fake_m
     relative = [path.relative_to(tmp_path / "style").as_posix() for path in paths]
     assert relative == sorted([*order[:1], *order[3:8]])  # the next two of the same draw took their place
     assert sorted(summary.missing) == sorted(lost) and all("HTTP 404" in r for r in summary.missing.values())
-    assert all(path.read_bytes() == fake_mirror.files[f"wikiart/wikiart/{name}"] for path, name in zip(paths, relative))
+    served = fake_mirror.files
+    assert all(path.read_bytes() == served[f"wikiart/wikiart/{name}"] for path, name in zip(paths, relative))
     fake_mirror.requests.clear()
     again, summary = fetch_source("wikiart", "style", 6, tmp_path, seed=0, mirror=fake_mirror.base_url,
                                   max_missing=0.5, **FAST)
@@ -93,8 +94,9 @@ def test_more_missing_than_max_missing_fails_with_one_line(fake_mirror, tmp_path
     names = serve_coco(fake_mirror, 20)
     for name in draw_order(names, 0, "coco-content")[:3]:
         del fake_mirror.files[f"coco/train2014/{name}"]
-    with pytest.raises(DownloadError, match=r"3 of the 10 images drawn are missing.*data.max_missing = 0.2") as error:
-        fetch_source("coco", "content", 10, tmp_path, seed=0, mirror=fake_mirror.base_url, max_missing=0.2, **FAST)
+    with pytest.raises(DownloadError, match=r"3 of the 10 images drawn are missing.*missing = 0.2") as error:
+        fetch_source("coco", "content", 10, tmp_path, seed=0, mirror=fake_mirror.base_url, max_missing=0.2,
+                     **FAST)
     assert "\n" not in str(error.value)
 
 
@@ -136,13 +138,15 @@ def test_a_local_folder_is_drawn_recursively_and_hard_linked(tmp_path):
     source = f"dir:{folder}"
     paths, summary = fetch_source(source, "content", 5, tmp_path / "raw", seed=0, **FAST)
     assert len(paths) == 5 and list_images(tmp_path / "raw" / "content") == paths
-    assert all(os.path.samefile(path, folder / path.relative_to(tmp_path / "raw" / "content")) for path in paths)
+    raw = tmp_path / "raw" / "content"
+    assert all(os.path.samefile(path, folder / path.relative_to(raw)) for path in paths)
     assert summary.describe() == f"5 hard-linked from {folder}"
     again, _ = fetch_source(source, "content", 5, tmp_path / "raw2", seed=0, **FAST)
     other, _ = fetch_source(source, "content", 5, tmp_path / "raw3", seed=1, **FAST)
-    assert [p.name for p in again] == [p.name for p in paths] and [p.name for p in other] != [p.name for p in paths]
+    names = [path.name for path in paths]
+    assert [path.name for path in again] == names and [path.name for path in other] != names
     fewer, _ = fetch_source(source, "content", 2, tmp_path / "raw", seed=0, **FAST)
-    assert list_images(tmp_path / "raw" / "content") == fewer and len(list_images(folder)) == 8  # originals kept
+    assert list_images(raw) == fewer and len(list_images(folder)) == 8  # the originals stay
 
 
 def test_dir_source_works_for_style_too_and_keeps_sub_folders(tmp_path):

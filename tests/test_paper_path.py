@@ -31,8 +31,8 @@ def weights(tmp_path_factory):
     weights, a VGG-19 `features.*` state dict and a vgg_normalised-style state dict."""
     from transformers import ViTConfig, ViTModel
 
-    from nstlab.models.blocks import NormalisedVGG
     from nstlab.losses import _vgg19_features
+    from nstlab.models.blocks import NormalisedVGG
 
     root = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
@@ -52,8 +52,8 @@ def _nstlab(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
         env.pop(name, None)
     quiet = [] if args[0] == "report" else ["--no-progress"]
-    return subprocess.run([sys.executable, "-m", "nstlab", *args, *quiet], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "nstlab", *args, *quiet], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
 
 
 def _ok(result: subprocess.CompletedProcess) -> str:
@@ -84,12 +84,15 @@ def test_paper_profile_through_a_faulty_mirror_to_the_report(fake_mirror, weight
                 *[item for key_value in (
                     "data.n_train=4", "data.n_val=1", "data.n_test=2", "data.max_missing=0.3",
                     "data.download_timeout_s=2", "data.download_workers=4",
-                    f"backbone.vit={weights / 'vit-base-patch16-224-in21k'}", f"backbone.vgg19={weights / 'vgg19.pth'}",
+                    f"backbone.vit={weights / 'vit-base-patch16-224-in21k'}",
+                    f"backbone.vgg19={weights / 'vgg19.pth'}",
                     f"backbone.adain_vgg={weights / 'vgg_normalised.pth'}",
-                    "train.batch_size=2", "train.stage1={epochs: 1}", "train.stage2={epochs: 1}", "train.workers=0",
+                    "train.batch_size=2", "train.stage1={epochs: 1}", "train.stage2={epochs: 1}",
+                    "train.workers=0",
                     "train.log_every=1", "train.val_every=2", "train.max_val_pairs=1", "train.sample_every=2",
                     "eval.max_pairs=2", "eval.gallery_pairs=2") for item in ("-S", key_value)]]
 
+    served_bytes = fake_mirror.files
     output = _ok(_nstlab(["download", *settings], tmp_path))
     assert "2 missing on the server" in output and all(name in output for name in lost)
     for role, folder, drawn, served in (("content", "coco/train2014", coco_drawn, coco),
@@ -97,21 +100,22 @@ def test_paper_profile_through_a_faulty_mirror_to_the_report(fake_mirror, weight
         files = sorted(path for path in (tmp_path / "data/raw" / role).rglob("*.jpg"))
         names = [path.relative_to(tmp_path / "data/raw" / role).as_posix() for path in files]
         assert len(names) == IMAGES_PER_ROLE and set(names) <= set(served)
-        assert all(path.read_bytes() == fake_mirror.files[f"{folder}/{name}"] for path, name in zip(files, names))
+        assert all(path.read_bytes() == served_bytes[f"{folder}/{name}"] for path, name in zip(files, names))
     assert set(lost).isdisjoint(names) and set(art_drawn) - set(lost) <= set(names)
     assert len(fake_mirror.requests_for("coco/annotations/annotations_trainval2014.zip")) == 2
     assert len(fake_mirror.requests_for(f"coco/train2014/{coco_drawn[3]}")) == 2
 
     fake_mirror.requests.clear()
     again = _ok(_nstlab(["download", *settings], tmp_path))  # a rerun: the missing files only are asked again
-    assert sorted(path for path, _ in fake_mirror.requests) == sorted(f"wikiart/wikiart/{name}" for name in lost)
+    assert sorted(path for path, _ in fake_mirror.requests) == sorted(f"wikiart/wikiart/{n}" for n in lost)
     assert "0 downloaded" in again
 
     _ok(_nstlab(["pair", *settings], tmp_path))
     for stage in ("1", "2"):
         log = _ok(_nstlab(["train", "vit_lora", "--stage", stage, *settings], tmp_path))
         vit_lines = [line for line in log.splitlines() if "vit-base-patch16-224-in21k): blocks" in line]
-        assert vit_lines == ["ViT-B/16 (" + str(weights / "vit-base-patch16-224-in21k") + "): blocks 1-6 of 12 loaded"] * 2
+        vit = weights / "vit-base-patch16-224-in21k"
+        assert vit_lines == [f"ViT-B/16 ({vit}): blocks 1-6 of 12 loaded"] * 2
         assert "LOAD REPORT" not in log and "UNEXPECTED" not in log
         assert (tmp_path / f"models/vit_lora_stage{stage}/model.pt").is_file()
     _ok(_nstlab(["evaluate", "vit_lora", *settings], tmp_path))

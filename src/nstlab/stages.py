@@ -30,9 +30,10 @@ def download_stage(cfg: Config, raw_dir: Path, progress: bool = True) -> None:
                                       workers=data.download_workers, retries=data.download_retries,
                                       timeout_s=data.download_timeout_s, max_missing=data.max_missing,
                                       hub_shuffle_buffer=data.hub_shuffle_buffer, progress=progress)
-        replaced = (f"\n  the {len(summary.missing)} missing were replaced by the next images of the seeded draw"
-                    if summary.missing else "")
-        console.print(f"{role} ({source}): {len(paths)} images in {raw_dir / role}; {summary.describe()}{replaced}")
+        replaced = (f"\n  the {len(summary.missing)} missing were replaced by the next images of the seeded "
+                    "draw" if summary.missing else "")
+        console.print(f"{role} ({source}): {len(paths)} images in {raw_dir / role}; "
+                      f"{summary.describe()}{replaced}")
         failures += [f"{name}: {reason}" for name, reason in summary.failed.items()]
     if failures:
         raise DownloadError(f"{len(failures)} downloads failed (first: {failures[0]}); rerun `nstlab download` "

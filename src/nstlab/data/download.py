@@ -10,8 +10,9 @@ retries a file that never verified counts as missing, like one the server answer
 for. `manifest.json` in the target dir records filename → {sha256, size, url} (plus
 `verified: true` when a `verify` accepted it), so a re-run checks files on disk and skips them
 without touching the network (a file with no known checksum and no manifest entry cannot be
-trusted, so it is fetched again; one never verified is verified on disk first). A lock file in the target dir serialises processes that download into
-the same dir: the second waits, then finds the files present and skips them.
+trusted, so it is fetched again; one never verified is verified on disk first). A lock file in
+the target dir serialises processes that download into the same dir: the second waits, then
+finds the files present and skips them.
 """
 
 import hashlib

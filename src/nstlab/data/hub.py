@@ -12,7 +12,6 @@ A row whose image does not decode counts as missing and the next row takes its p
 """
 
 import hashlib
-import io
 import os
 import zlib
 from pathlib import Path
@@ -24,11 +23,12 @@ from nstlab.data.download import DownloadSummary, read_manifest, write_manifest
 from nstlab.data.images import ALLOWED_FORMATS, load_rgb
 from nstlab.errors import ConfigError, DownloadError, NstlabError
 
-_SUFFIX_BY_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+_SUFFIX_BY_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
+                     "TIFF": ".tif"}
 
 
-def fetch_hub(dataset_id: str, role: str, n_images: int, target_dir: Path, *, seed: int, max_missing: float = 0.02,
-              buffer_size: int = 1000, split: str = "train",
+def fetch_hub(dataset_id: str, role: str, n_images: int, target_dir: Path, *, seed: int,
+              max_missing: float = 0.02, buffer_size: int = 1000, split: str = "train",
               progress: bool = True) -> tuple[list[Path], DownloadSummary]:
     """Put the first `n_images` decodable images of the seeded stream of `dataset_id` in `target_dir`."""
     key = f"data.{role}_source=hf:{dataset_id}"
@@ -43,7 +43,8 @@ def fetch_hub(dataset_id: str, role: str, n_images: int, target_dir: Path, *, se
                    if record.get("url", "").startswith(origin + "#")}
     written, skipped, missing, received = [], [], {}, 0
     try:
-        for position, image in enumerate(track(rows, total=n_images, description=f"{role} (hf)", disable=not progress)):
+        counted = track(rows, total=n_images, description=f"{role} (hf)", disable=not progress)
+        for position, image in enumerate(counted):
             if len(written) + len(skipped) == n_images:
                 break
             name = by_position.get(position)
@@ -56,8 +57,8 @@ def fetch_hub(dataset_id: str, role: str, n_images: int, target_dir: Path, *, se
                 missing[f"{position:06d}"] = f"{key}: row {position}: {record}"
                 if len(missing) > max_missing * n_images:
                     raise DownloadError(f"{key}: {len(missing)} of the {n_images} images drawn do not decode "
-                                        f"(first: row {min(missing)}), more than data.max_missing = {max_missing}; "
-                                        "check the dataset, or raise data.max_missing")
+                                        f"(first: row {min(missing)}), more than data.max_missing = "
+                                        f"{max_missing}; check the dataset, or raise data.max_missing")
                 continue
             name, record = record
             manifest[name] = record
@@ -68,8 +69,8 @@ def fetch_hub(dataset_id: str, role: str, n_images: int, target_dir: Path, *, se
     present = sorted((*written, *skipped))
     _remove_others(target_dir, present)
     write_manifest(target_dir, {name: manifest[name] for name in present})
-    return [target_dir / name for name in present], DownloadSummary(tuple(sorted(written)), tuple(sorted(skipped)),
-                                                                    {}, received, missing)
+    summary = DownloadSummary(tuple(sorted(written)), tuple(sorted(skipped)), {}, received, missing)
+    return [target_dir / name for name in present], summary
 
 
 def _stream_seed(seed: int, role: str) -> int:
@@ -82,7 +83,8 @@ def _open_stream(dataset_id: str, split: str, seed: int, buffer_size: int, key: 
     try:
         import datasets
     except ImportError:
-        raise ConfigError(f"{key} needs the Hugging Face `datasets` library: pip install \"nstlab[hub]\"") from None
+        raise ConfigError(f"{key} needs the Hugging Face `datasets` library: "
+                          "pip install \"nstlab[hub]\"") from None
     try:
         stream = datasets.load_dataset(dataset_id, split=split, streaming=True)
         column = _image_column(stream.features, key)
@@ -123,8 +125,8 @@ def _store(data: bytes | None, position: int, target_dir: Path, url: str) -> tup
         return str(error).removeprefix(f"{part}: ").split("; ")[0]
     name = f"{position:06d}{suffix}"
     os.replace(part, target_dir / name)
-    return name, {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "url": url, "position": position,
-                  "verified": True}
+    return name, {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "url": url,
+                  "position": position, "verified": True}
 
 
 def _still_verified(path: Path, record: dict) -> bool:

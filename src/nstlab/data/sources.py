@@ -93,7 +93,8 @@ def _wikiart_file_names(index_file: Path) -> list[str]:
     try:
         with open(index_file, newline="", encoding="utf-8") as handle:
             # ArtGAN's CSV has no header; the suffix test also drops one if a mirror adds it.
-            names = [row[0] for row in csv.reader(handle) if row and Path(row[0]).suffix.lower() in IMAGE_SUFFIXES]
+            names = [row[0] for row in csv.reader(handle)
+                     if row and Path(row[0]).suffix.lower() in IMAGE_SUFFIXES]
     except (UnicodeDecodeError, csv.Error) as error:
         raise DownloadError(f"{index_file}: not ArtGAN's style_train.csv ({error}); fix the mirror") from None
     if not names:
@@ -136,16 +137,20 @@ def fetch_source(name: str, role: str, n_images: int, raw_dir: Path | str, *, se
     if name.startswith("hf:"):
         from nstlab.data.hub import fetch_hub
 
-        return fetch_hub(name.removeprefix("hf:"), role, n_images, target_dir, seed=seed, max_missing=max_missing,
-                         buffer_size=hub_shuffle_buffer, progress=progress)
+        return fetch_hub(name.removeprefix("hf:"), role, n_images, target_dir, seed=seed,
+                         max_missing=max_missing, buffer_size=hub_shuffle_buffer, progress=progress)
     source = _REMOTE_SOURCES[name]
     base = _base_url(name, mirror, base_url)
     options = dict(workers=workers, retries=retries, backoff_s=backoff_s, timeout_s=timeout_s, progress=progress)
-    index_file = _fetch_index(f"{base}/{source.index_path}", Path(raw_dir) / "index" / name, source.read_index,
-                              options)
+    index_file = _fetch_index(f"{base}/{source.index_path}", Path(raw_dir) / "index" / name,
+                              source.read_index, options)
     order = draw_order(source.read_index(index_file), seed, f"{name}-{role}")
-    summary = _download_draw(order, min(n_images, len(order)), lambda file_name: f"{base}/{source.image_dir}/"
-                             f"{quote(file_name)}", target_dir, f"data.{role}_source={name}", max_missing, options)
+
+    def url_of(file_name: str) -> str:
+        return f"{base}/{source.image_dir}/{quote(file_name)}"
+
+    summary = _download_draw(order, min(n_images, len(order)), url_of, target_dir,
+                             f"data.{role}_source={name}", max_missing, options)
     paths = [target_dir / file_name for file_name in sorted((*summary.downloaded, *summary.skipped))]
     _remove_unchosen(target_dir, paths)
     return paths, summary
@@ -167,13 +172,14 @@ def _download_draw(order: list[str], wanted: int, url_of: Callable[[str], str], 
         received += summary.bytes_received
         if len(missing) > max_missing * wanted:
             names = ", ".join(sorted(missing)[:3])
-            raise DownloadError(f"{source}: {len(missing)} of the {wanted} images drawn are missing on the server "
-                                f"({names}{', ...' if len(missing) > 3 else ''}), more than data.max_missing = "
-                                f"{max_missing}; check the mirror, or raise data.max_missing to accept the losses")
+            more = ", ..." if len(missing) > 3 else ""
+            raise DownloadError(f"{source}: {len(missing)} of the {wanted} images drawn are missing on the "
+                                f"server ({names}{more}), more than data.max_missing = {max_missing}; "
+                                "check the mirror, or raise data.max_missing to accept the losses")
         batch = order[cursor:cursor + len(summary.missing)]
         cursor += len(batch)
-    return DownloadSummary(tuple(sorted(downloaded)), tuple(sorted(skipped)), dict(sorted(failed.items())), received,
-                           dict(sorted(missing.items())))
+    return DownloadSummary(tuple(sorted(downloaded)), tuple(sorted(skipped)), dict(sorted(failed.items())),
+                           received, dict(sorted(missing.items())))
 
 
 def _decodes(path: Path) -> None:
@@ -233,12 +239,13 @@ def _link_folder(folder: Path, role: str, n_images: int, target_dir: Path,
         copied += _place(available[file_name], destination)
         paths.append(destination)
     _remove_unchosen(target_dir, paths)
-    how = f"{len(chosen) - copied} hard-linked" + (f", {copied} copied (another filesystem)" if copied else "")
+    how = f"{len(chosen) - copied} hard-linked"
+    how += f", {copied} copied (another filesystem)" if copied else ""
     return paths, DownloadSummary(skipped=tuple(chosen), note=f"{how} from {folder}")
 
 
 def _place(source: Path, destination: Path) -> bool:
-    """Hard-link `source` at `destination` (kept if it already is one); copy across filesystems. True if copied."""
+    """Hard-link `source` at `destination` (kept if it already is one), else copy it; True if copied."""
     if destination.is_file() and os.path.samefile(source, destination):
         return False
     destination.parent.mkdir(parents=True, exist_ok=True)

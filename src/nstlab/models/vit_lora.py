@@ -75,7 +75,7 @@ def load_truncated_vit(source: str, layers: int):
     with _load_report_held_back():
         model, info = ViTModel.from_pretrained(source, num_hidden_layers=layers, add_pooling_layer=False,
                                                output_loading_info=True)
-    dropped = re.compile(rf"(^|\.)(layers?\.(\d+)\.|pooler\.)")
+    dropped = re.compile(r"(^|\.)(layers?\.(\d+)\.|pooler\.)")
 
     def dropped_on_purpose(key: str) -> bool:
         match = dropped.search(key)
@@ -95,7 +95,9 @@ def load_truncated_vit(source: str, layers: int):
 def _vit_name(config) -> str:
     """ViT-B/16 and friends by width (the ViT paper's names), else the plain sizes."""
     size = {192: "Ti", 384: "S", 768: "B", 1024: "L", 1280: "H"}.get(config.hidden_size)
-    return f"ViT-{size}/{config.patch_size}" if size else f"ViT (hidden {config.hidden_size}, patch {config.patch_size})"
+    if size:
+        return f"ViT-{size}/{config.patch_size}"
+    return f"ViT (hidden {config.hidden_size}, patch {config.patch_size})"
 
 
 @contextmanager
