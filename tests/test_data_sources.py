@@ -171,3 +171,23 @@ def test_a_dir_source_overlapping_the_output_is_refused(tmp_path):
     write_image(tmp_path / "raw" / "content" / "a.png")
     with pytest.raises(ConfigError, match="overlaps the output folder"):
         fetch_source(f"dir:{tmp_path / 'raw'}", "content", 3, tmp_path / "raw", seed=0)
+
+
+def test_dir_sources_for_both_roles_feed_the_same_pair_stage(tmp_path):
+    from nstlab.config import load_config
+    from nstlab.stages import download_stage, pair_stage
+
+    from conftest import REPO
+
+    for index in range(6):
+        write_image(tmp_path / "photos" / f"p{index}.jpg", size=(48, 40), seed=index)
+        write_image(tmp_path / "paintings" / "Baroque" / f"l'œuvre {index}.png", size=(40, 48), seed=50 + index)
+    cfg = load_config(REPO / "params.yaml", [f"data.content_source=dir:{tmp_path / 'photos'}",
+                                              f"data.style_source=dir:{tmp_path / 'paintings'}", "data.n_train=3",
+                                              "data.n_val=1", "data.n_test=1", "data.image_size=32"])
+    download_stage(cfg, tmp_path / "raw", progress=False)
+    assert len(list_images(tmp_path / "raw" / "content")) == len(list_images(tmp_path / "raw" / "style")) == 5
+    pair_stage(cfg, tmp_path / "raw", tmp_path / "pairs", cache_dir=tmp_path / "cache", progress=False)
+    train_rows = (tmp_path / "pairs" / "train.csv").read_text().splitlines()
+    assert train_rows[0] == "content,style" and len(train_rows) == 1 + 3
+    assert (tmp_path / "pairs" / "skipped.csv").read_text().splitlines() == ["path,reason"]
