@@ -139,8 +139,8 @@ def download_all(files: Iterable[RemoteFile], target_dir: Path | str, *, workers
     fetched file before the rename, and on a file found on disk that no verify has accepted yet.
 
     A failed file is retried `retries` times, waiting backoff_s, 2·backoff_s, 4·backoff_s, …
-    (capped at 60 s) before each retry; 404 and other final client errors fail at once. `timeout_s` bounds every
-    socket wait, so a stalled server counts as a failed attempt. On Ctrl-C the workers stop at
+    (capped at 60 s) before each retry; 404/410 make a file missing at once, other final client
+    errors fail it at once. `timeout_s` bounds every socket wait, so a stalled server counts as a failed attempt. On Ctrl-C the workers stop at
     their next chunk, `.part` files stay resumable and the manifest keeps the finished files.
     """
     files = list(files)
@@ -202,7 +202,7 @@ def _fetch_or_skip(remote: RemoteFile, target_dir: Path, recorded: dict | None, 
                     policy.verify(final)
                     return {**record, "verified": True}, False
                 except NstlabError:
-                    pass  # never accepted: fetch it again
+                    final.unlink()  # unusable bytes never keep a final name: fetch it again
     return _fetch_with_retries(remote, final, policy, cancel, meter), True
 
 
