@@ -140,8 +140,9 @@ def download_all(files: Iterable[RemoteFile], target_dir: Path | str, *, workers
 
     A failed file is retried `retries` times, waiting backoff_s, 2·backoff_s, 4·backoff_s, …
     (capped at 60 s) before each retry; 404/410 make a file missing at once, other final client
-    errors fail it at once. `timeout_s` bounds every socket wait, so a stalled server counts as a failed attempt. On Ctrl-C the workers stop at
-    their next chunk, `.part` files stay resumable and the manifest keeps the finished files.
+    errors fail it at once. `timeout_s` bounds every socket wait, so a stalled server counts as a
+    failed attempt. On Ctrl-C the workers stop at their next chunk, `.part` files stay resumable
+    and the manifest keeps the finished files.
     """
     files = list(files)
     target_dir = Path(target_dir)
