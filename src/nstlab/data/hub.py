@@ -16,10 +16,16 @@ import os
 import zlib
 from pathlib import Path
 
+from filelock import FileLock
 from PIL import Image
 from rich.progress import track
 
-from nstlab.data.download import DownloadSummary, read_manifest, write_manifest
+from nstlab.data.download import (
+    LOCK_NAME,
+    DownloadSummary,
+    read_manifest,
+    write_manifest,
+)
 from nstlab.data.images import ALLOWED_FORMATS, load_rgb
 from nstlab.errors import ConfigError, DownloadError, NstlabError
 
@@ -30,15 +36,28 @@ _SUFFIX_BY_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gi
 def fetch_hub(dataset_id: str, role: str, n_images: int, target_dir: Path, *, seed: int,
               max_missing: float = 0.02, buffer_size: int = 1000, split: str = "train",
               progress: bool = True) -> tuple[list[Path], DownloadSummary]:
-    """Put the first `n_images` decodable images of the seeded stream of `dataset_id` in `target_dir`."""
-    key = f"data.{role}_source=hf:{dataset_id}"
+    """Put the first `n_images` decodable images of the seeded stream of `dataset_id` in `target_dir`.
+
+    Returns their paths (the caller removes other images from `target_dir`) and a summary whose
+    `missing` lists the rows that did not decode. A lock file serialises two runs on one folder.
+    """
     target_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target_dir / LOCK_NAME)):
+        names, summary = _fetch_locked(dataset_id, role, n_images, target_dir, seed, max_missing, buffer_size,
+                                       split, progress)
+    return [target_dir / name for name in names], summary
+
+
+def _fetch_locked(dataset_id: str, role: str, n_images: int, target_dir: Path, seed: int, max_missing: float,
+                  buffer_size: int, split: str, progress: bool) -> tuple[list[str], DownloadSummary]:
+    key = f"data.{role}_source=hf:{dataset_id}"
+    stream_seed = _stream_seed(seed, role)
     manifest = read_manifest(target_dir)
-    origin = f"hf://{dataset_id}?split={split}&seed={seed}&buffer={buffer_size}"
+    origin = f"hf://{dataset_id}?split={split}&seed={stream_seed}&buffer={buffer_size}"
     kept = _kept_from_manifest(manifest, target_dir, origin, n_images)
     if kept is not None:  # every image of this draw is on disk and verified: no stream at all
-        return [target_dir / name for name in kept], DownloadSummary(skipped=tuple(kept))
-    rows = _open_stream(dataset_id, split, _stream_seed(seed, role), buffer_size, key)
+        return kept, DownloadSummary(skipped=tuple(kept))
+    rows = _open_stream(dataset_id, split, stream_seed, buffer_size, key)
     by_position = {record.get("position"): name for name, record in manifest.items()
                    if record.get("url", "").startswith(origin + "#")}
     written, skipped, missing, received = [], [], {}, 0
@@ -66,11 +85,11 @@ def fetch_hub(dataset_id: str, role: str, n_images: int, target_dir: Path, *, se
             written.append(name)
     finally:
         write_manifest(target_dir, manifest)
+        for part in target_dir.glob(".*.part"):  # a row interrupted between write and rename
+            part.unlink()
     present = sorted((*written, *skipped))
-    _remove_others(target_dir, present)
     write_manifest(target_dir, {name: manifest[name] for name in present})
-    summary = DownloadSummary(tuple(sorted(written)), tuple(sorted(skipped)), {}, received, missing)
-    return [target_dir / name for name in present], summary
+    return present, DownloadSummary(tuple(sorted(written)), tuple(sorted(skipped)), {}, received, missing)
 
 
 def _stream_seed(seed: int, role: str) -> int:
@@ -147,14 +166,3 @@ def _kept_from_manifest(manifest: dict, target_dir: Path, origin: str, n_images:
     if all(_still_verified(target_dir / name, manifest[name]) for name in first):
         return first
     return None
-
-
-def _remove_others(target_dir: Path, keep: list[str]) -> None:
-    from nstlab.data.sources import list_images
-
-    keep_set = {target_dir / name for name in keep}
-    for path in list_images(target_dir):
-        if path not in keep_set:
-            path.unlink()
-    for path in target_dir.glob(".*.part"):
-        path.unlink()

@@ -137,8 +137,10 @@ def fetch_source(name: str, role: str, n_images: int, raw_dir: Path | str, *, se
     if name.startswith("hf:"):
         from nstlab.data.hub import fetch_hub
 
-        return fetch_hub(name.removeprefix("hf:"), role, n_images, target_dir, seed=seed,
-                         max_missing=max_missing, buffer_size=hub_shuffle_buffer, progress=progress)
+        paths, summary = fetch_hub(name.removeprefix("hf:"), role, n_images, target_dir, seed=seed,
+                                   max_missing=max_missing, buffer_size=hub_shuffle_buffer, progress=progress)
+        _remove_unchosen(target_dir, paths)
+        return paths, summary
     source = _REMOTE_SOURCES[name]
     base = _base_url(name, mirror, base_url)
     options = dict(workers=workers, retries=retries, backoff_s=backoff_s, timeout_s=timeout_s, progress=progress)
