@@ -191,3 +191,21 @@ def test_dir_sources_for_both_roles_feed_the_same_pair_stage(tmp_path):
     train_rows = (tmp_path / "pairs" / "train.csv").read_text().splitlines()
     assert train_rows[0] == "content,style" and len(train_rows) == 1 + 3
     assert (tmp_path / "pairs" / "skipped.csv").read_text().splitlines() == ["path,reason"]
+
+
+def test_a_folder_on_another_filesystem_is_copied(tmp_path, monkeypatch):
+    import errno
+
+    from nstlab.data import sources
+
+    for index in range(3):
+        write_image(tmp_path / "photos" / f"p{index}.png", seed=index)
+
+    def cross_device(source, destination):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(sources.os, "link", cross_device)
+    paths, summary = fetch_source(f"dir:{tmp_path / 'photos'}", "content", 3, tmp_path / "raw", seed=0)
+    assert summary.describe() == f"0 hard-linked, 3 copied (another filesystem) from {tmp_path / 'photos'}"
+    assert all(not path.is_symlink() and path.stat().st_ino != (tmp_path / "photos" / path.name).stat().st_ino
+               and path.read_bytes() == (tmp_path / "photos" / path.name).read_bytes() for path in paths)
