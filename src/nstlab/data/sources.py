@@ -248,15 +248,19 @@ def _link_folder(folder: Path, role: str, n_images: int, target_dir: Path,
 
 def _place(source: Path, destination: Path) -> bool:
     """Hard-link `source` at `destination` (kept if it already is one), else copy it; True if copied."""
-    if destination.is_file() and os.path.samefile(source, destination):
-        return False
+    if destination.is_file():
+        if os.path.samefile(source, destination):
+            return False
+        here, there = source.stat(), destination.stat()
+        if (here.st_size, here.st_mtime_ns) == (there.st_size, there.st_mtime_ns):
+            return True  # the copy of an earlier run (copy2 keeps the time stamp)
     destination.parent.mkdir(parents=True, exist_ok=True)
     destination.unlink(missing_ok=True)
     try:
         os.link(source, destination)
         return False
     except OSError:  # EXDEV (another filesystem) or a filesystem without hard links
-        shutil.copyfile(source, destination)
+        shutil.copy2(source, destination)
         return True
 
 
