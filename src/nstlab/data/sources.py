@@ -86,7 +86,7 @@ def _coco_file_names(index_file: Path) -> list[str]:
             return [image["file_name"] for image in json.load(handle)["images"]]
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as error:
         raise DownloadError(f"{index_file}: not the COCO 2014 annotations archive with {member} ({error}); "
-                            "delete it and run again, or fix the mirror") from None
+                            "check the mirror (a damaged copy is fetched again automatically)") from None
 
 
 def _wikiart_file_names(index_file: Path) -> list[str]:
