@@ -40,8 +40,8 @@ class FakeMirror:
 
     Faults, consumed one per request: "drop" (send half the body, then hang up), "hang" (send
     half the body, then nothing until the test ends), "stall" (send nothing until the test
-    ends), "500", "corrupt" (flip the first byte), "ignore_range" (answer 200 with the whole
-    file to a Range request). `delay_s` slows every response.
+    ends), "500"/"403"/"410" (that status), "corrupt" (flip the first byte), "ignore_range"
+    (answer 200 with the whole file to a Range request). `delay_s` slows every response.
     """
 
     def __init__(self):
@@ -83,8 +83,8 @@ class _MirrorHandler(BaseHTTPRequestHandler):
         if data is None:
             self.send_error(404)
             return
-        if fault == "500":
-            self.send_error(500)
+        if fault in ("500", "403", "410"):
+            self.send_error(int(fault))
             return
         if fault == "stall":
             mirror.released.wait(10)
@@ -127,7 +127,7 @@ def fake_mirror():
     server.server_close()
 
 
-def serve_coco(mirror: FakeMirror, n_images: int) -> list[str]:
+def serve_coco(mirror: FakeMirror, n_images: int, size: tuple[int, int] = (40, 30)) -> list[str]:
     """A fake COCO tree under coco/: the annotations zip with a tiny captions JSON, and the images."""
     names = [f"COCO_train2014_{image_id:012d}.jpg" for image_id in range(1, n_images + 1)]
     captions = {"images": [{"id": i, "file_name": name} for i, name in enumerate(names, 1)], "annotations": []}
@@ -136,15 +136,21 @@ def serve_coco(mirror: FakeMirror, n_images: int) -> list[str]:
         bundle.writestr("annotations/captions_train2014.json", json.dumps(captions))
     mirror.add("coco/annotations/annotations_trainval2014.zip", archive.getvalue())
     for seed, name in enumerate(names):
-        mirror.add(f"coco/train2014/{name}", image_bytes(seed=seed))
+        mirror.add(f"coco/train2014/{name}", image_bytes(size, seed=seed))
     return names
 
 
-def serve_wikiart(mirror: FakeMirror, n_images: int) -> list[str]:
-    """A fake ArtGAN WikiArt tree under wikiart/: style_train.csv and the images in style folders."""
+def serve_wikiart(mirror: FakeMirror, n_images: int, size: tuple[int, int] = (40, 30),
+                  odd_names: bool = False) -> list[str]:
+    """A fake ArtGAN WikiArt tree under wikiart/: style_train.csv and the images in style folders.
+
+    odd_names: file names as real WikiArt has them, with spaces, apostrophes and accents.
+    """
     styles = ("Impressionism", "Cubism", "Ukiyo_e")
-    names = [f"{styles[i % 3]}/artist_painting-{i}.jpg" for i in range(n_images)]
+    titles = ("l'été à Giverny", "the night café", "Ève et l'ange", "señora", "Straße")
+    stems = [f"{titles[i % len(titles)]} {i}" if odd_names else f"painting-{i}" for i in range(n_images)]
+    names = [f"{styles[i % 3]}/artist_{stem}.jpg" for i, stem in enumerate(stems)]
     mirror.add("wikiart/wikiart_csv/style_train.csv", "".join(f"{name},{i % 3}\n" for i, name in enumerate(names)).encode())
     for seed, name in enumerate(names):
-        mirror.add(f"wikiart/wikiart/{name}", image_bytes(seed=100 + seed))
+        mirror.add(f"wikiart/wikiart/{name}", image_bytes(size, seed=100 + seed))
     return names

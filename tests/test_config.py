@@ -47,6 +47,11 @@ def test_top_level_key_wins_over_the_profile_block():
         ("baselines.foo.lr=1", "unknown key baselines.foo"),
         ("train.stage2.milestones=[6, 4]", "train.stage2.milestones = [6, 4]: must be strictly increasing"),
         ("profile=both", "profile = 'both': choose one of demo, paper"),
+        ("data.style_source=coco", "data.style_source = 'coco': use one of demo, wikiart, dir:PATH"),
+        ("data.content_source='dir:'", "data.content_source = 'dir:': use one of demo, coco, dir:PATH"),
+        ("data.content_source=imagenet", "hf:DATASET_ID (a Hugging Face dataset)"),
+        ("data.max_missing=1.5", "data.max_missing = 1.5: must be in [0, 1]"),
+        ("data.hub_shuffle_buffer=0", "data.hub_shuffle_buffer = 0: must be in [1, inf]"),
     ],
 )
 def test_bad_values_name_the_key_value_and_allowed_range(override, message):
@@ -96,3 +101,9 @@ def test_cli_prints_one_line_and_exits_2_on_a_bad_override():
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "lora.r = 0: must be in [1, 1024]" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_local_folders_and_hub_datasets_are_sources_for_either_role():
+    cfg = load_config(PARAMS, ["data.content_source=dir:/photos", "data.style_source=hf:huggan/wikiart"])
+    assert (cfg.data.content_source, cfg.data.style_source) == ("dir:/photos", "hf:huggan/wikiart")
+    assert cfg.data.max_missing == 0.02 and cfg.data.hub_shuffle_buffer == 1000

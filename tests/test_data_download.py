@@ -14,6 +14,7 @@ import pytest
 
 from conftest_data import fake_mirror, image_bytes  # noqa: F401 (fixture)
 from nstlab.data.download import MANIFEST_NAME, DownloadSummary, RemoteFile, download_all, extract_archive
+from nstlab.data.images import load_rgb
 from nstlab.errors import DownloadError
 
 FAST = dict(retries=2, backoff_s=0.01, timeout_s=2.0, progress=False)
@@ -85,12 +86,58 @@ def test_persistently_wrong_checksum_is_reported_and_never_kept(fake_mirror, tmp
     assert names_in(tmp_path) == {MANIFEST_NAME, ".download.lock"}
 
 
-def test_404_fails_at_once_without_retries(fake_mirror, tmp_path):
+def test_404_is_missing_at_once_without_retries(fake_mirror, tmp_path):
     summary = download_all([RemoteFile(fake_mirror.url("absent.jpg"), "absent.jpg")], tmp_path, **FAST)
-    assert "HTTP 404" in summary.failed["absent.jpg"] and "absent.jpg" in summary.failed["absent.jpg"]
+    assert "HTTP 404" in summary.missing["absent.jpg"] and "absent.jpg" in summary.missing["absent.jpg"]
+    assert not summary.failed and not summary.ok
     assert len(fake_mirror.requests_for("absent.jpg")) == 1
     assert not (tmp_path / "absent.jpg").exists()
-    assert "1 failed" in summary.describe() and "HTTP 404" in summary.describe()
+    assert "1 missing on the server" in summary.describe() and "HTTP 404" in summary.describe()
+
+
+def test_403_is_a_failure_not_a_missing_file(fake_mirror, tmp_path):
+    fake_mirror.add("secret.jpg", b"x")
+    fake_mirror.fail("secret.jpg", "403")
+    summary = download_all([RemoteFile(fake_mirror.url("secret.jpg"), "secret.jpg")], tmp_path, **FAST)
+    assert "HTTP 403" in summary.failed["secret.jpg"] and not summary.missing
+
+
+def decodes(path):
+    load_rgb(path)
+
+
+def test_bytes_that_do_not_decode_are_refetched_before_the_rename(fake_mirror, tmp_path):
+    data = image_bytes(seed=3)
+    fake_mirror.add("a.jpg", data)
+    fake_mirror.fail("a.jpg", "corrupt")  # same length, no checksum known: only a decode can tell
+    summary = download_all([RemoteFile(fake_mirror.url("a.jpg"), "a.jpg")], tmp_path, verify=decodes, **FAST)
+    assert summary.downloaded == ("a.jpg",) and len(fake_mirror.requests_for("a.jpg")) == 2
+    assert (tmp_path / "a.jpg").read_bytes() == data
+    assert json.loads((tmp_path / MANIFEST_NAME).read_text())["a.jpg"]["verified"] is True
+
+
+def test_bytes_that_never_decode_count_as_missing_and_are_never_kept(fake_mirror, tmp_path):
+    fake_mirror.add("a.jpg", image_bytes(seed=3))
+    fake_mirror.fail("a.jpg", "corrupt", "corrupt", "corrupt")
+    summary = download_all([RemoteFile(fake_mirror.url("a.jpg"), "a.jpg")], tmp_path, verify=decodes, **FAST)
+    assert "unusable bytes" in summary.missing["a.jpg"] and "after 3 attempts" in summary.missing["a.jpg"]
+    assert names_in(tmp_path) == {MANIFEST_NAME, ".download.lock"}
+    assert "a.jpg" not in json.loads((tmp_path / MANIFEST_NAME).read_text())
+
+
+def test_a_file_on_disk_never_verified_is_verified_before_it_is_skipped(fake_mirror, tmp_path):
+    data = image_bytes(seed=4)
+    fake_mirror.add("a.jpg", data)
+    fake_mirror.fail("a.jpg", "corrupt")
+    download_all([RemoteFile(fake_mirror.url("a.jpg"), "a.jpg")], tmp_path, **FAST)  # no verify: kept as is
+    assert (tmp_path / "a.jpg").read_bytes() != data
+    fake_mirror.requests.clear()
+    summary = download_all([RemoteFile(fake_mirror.url("a.jpg"), "a.jpg")], tmp_path, verify=decodes, **FAST)
+    assert summary.downloaded == ("a.jpg",) and (tmp_path / "a.jpg").read_bytes() == data
+    fake_mirror.requests.clear()
+    assert download_all([RemoteFile(fake_mirror.url("a.jpg"), "a.jpg")], tmp_path, verify=decodes,
+                        **FAST).skipped == ("a.jpg",)
+    assert fake_mirror.requests == []
 
 
 def test_server_errors_are_retried_with_backoff(fake_mirror, tmp_path):

@@ -1,5 +1,7 @@
 """ViT-LoRA: the paper's parameter counts (docs/methods.md#parameter-counts), any size, what trains when."""
 
+import warnings
+
 import pytest
 import torch
 from transformers import ViTConfig, ViTModel
@@ -155,3 +157,30 @@ def test_adapters_round_trip_with_save_pretrained(tiny_config, tmp_path):
         expected = model.content_encoder.eval()(pixel_values=pixels).last_hidden_state
         actual = reloaded.eval()(pixel_values=pixels).last_hidden_state
     assert torch.allclose(expected, actual, atol=1e-5)
+
+
+def test_truncated_load_prints_one_line_and_no_load_report(pretrained_tiny, capsys, caplog):
+    from nstlab.models.vit_lora import load_truncated_vit
+
+    with caplog.at_level("WARNING"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # the dropped blocks must not warn
+        load_truncated_vit(pretrained_tiny.backbone.vit, 2)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if "loaded" in line or "REPORT" in line]
+    assert lines == [f"ViT (hidden 32, patch 16) ({pretrained_tiny.backbone.vit}): blocks 1-2 of 4 loaded"]
+    assert "REPORT" not in captured.out + captured.err + caplog.text and "UNEXPECTED" not in caplog.text
+
+
+def test_unexpected_keys_other_than_the_dropped_blocks_still_warn(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from nstlab.models.vit_lora import load_truncated_vit
+
+    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             image_size=32, patch_size=16), add_pooling_layer=False)
+    vit.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["stray.weight"] = torch.zeros(3)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match=r"1 unexpected weight\(s\) in the ViT checkpoint \(stray.weight\)"):
+        load_truncated_vit(str(tmp_path), 1)

@@ -34,6 +34,8 @@ PAPER_TARGETS = {
     "dense": ("o_proj", "fc1", "fc2"),
 }
 NATIVE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
+SOURCES_BY_ROLE = {"content": ("demo", "coco"), "style": ("demo", "wikiart")}
+SOURCE_PREFIXES = ("dir:", "hf:")  # a local folder, a Hugging Face dataset id: either role
 
 
 def _range(low=None, high=None, *, low_open=False) -> dict:
@@ -46,8 +48,8 @@ def _choices(*values) -> dict:
 
 @dataclass(frozen=True)
 class DataConfig:
-    content_source: str = field(metadata=_choices("demo", "coco"))
-    style_source: str = field(metadata=_choices("demo", "wikiart"))
+    content_source: str  # demo | coco | dir:PATH | hf:ID (check_source_name)
+    style_source: str  # demo | wikiart | dir:PATH | hf:ID
     mirror: str | None
     image_size: int = field(metadata=_range(16, 4096))
     n_train: int = field(metadata=_range(1))
@@ -59,6 +61,9 @@ class DataConfig:
     download_timeout_s: float = field(metadata=_range(0, low_open=True))
     max_pixels: int = field(metadata=_range(1))
     min_side: int = field(metadata=_range(1))
+    # the fraction of a draw that may be missing on the server (replaced by the next files drawn)
+    max_missing: float = field(default=0.02, metadata=_range(0, 1))
+    hub_shuffle_buffer: int = field(default=1000, metadata=_range(1))  # hf: sources' seeded shuffle buffer
 
 
 @dataclass(frozen=True)
@@ -262,8 +267,18 @@ def _build(cls, raw: Any, key: str):
     return cls(**values)
 
 
+def check_source_name(name: str, role: str) -> None:
+    """ConfigError unless `name` is a source for `role`: its own names, dir:PATH or hf:ID."""
+    if name in SOURCES_BY_ROLE[role] or (name.startswith(SOURCE_PREFIXES) and name.split(":", 1)[1].strip()):
+        return
+    raise ConfigError(f"data.{role}_source = {name!r}: use one of {', '.join(SOURCES_BY_ROLE[role])}, "
+                      "dir:PATH (a local folder of images) or hf:DATASET_ID (a Hugging Face dataset)")
+
+
 def _check_relations(cfg: Config) -> None:
     """Rules that involve more than one key."""
+    check_source_name(cfg.data.content_source, "content")
+    check_source_name(cfg.data.style_source, "style")
     pretrained = cfg.backbone.vit != "random"
     max_layers = VIT_B_LAYERS if pretrained else cfg.backbone.vit_layers
     if cfg.encoder.layers > max_layers:

@@ -28,8 +28,12 @@ def download_stage(cfg: Config, raw_dir: Path, progress: bool = True) -> None:
     for role, source in zip(ROLES, (data.content_source, data.style_source)):
         paths, summary = fetch_source(source, role, images_to_fetch(cfg), raw_dir, seed=cfg.seed, mirror=data.mirror,
                                       workers=data.download_workers, retries=data.download_retries,
-                                      timeout_s=data.download_timeout_s, progress=progress)
-        console.print(f"{role} ({source}): {len(paths)} images in {raw_dir / role}; {summary.describe()}")
+                                      timeout_s=data.download_timeout_s, max_missing=data.max_missing,
+                                      hub_shuffle_buffer=data.hub_shuffle_buffer, progress=progress)
+        replaced = (f"\n  the {len(summary.missing)} missing were replaced by the next images of the seeded "
+                    "draw" if summary.missing else "")
+        console.print(f"{role} ({source}): {len(paths)} images in {raw_dir / role}; "
+                      f"{summary.describe()}{replaced}")
         failures += [f"{name}: {reason}" for name, reason in summary.failed.items()]
     if failures:
         raise DownloadError(f"{len(failures)} downloads failed (first: {failures[0]}); rerun `nstlab download` "

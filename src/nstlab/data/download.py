@@ -3,12 +3,16 @@
 Uses the standard library's urllib (no extra dependency; one connection per file, which is
 fine for tens of thousands of images over `workers` threads). Per file: bytes go to
 `<name>.part`, which a retry or a later run resumes with an HTTP Range request (a server that
-answers 200 instead of 206 restarts it); the sha256 is checked when known, and only a complete,
-verified file is renamed to its final name. `manifest.json` in the target dir records
-filename → {sha256, size, url}, so a re-run verifies files on disk and skips them without
-touching the network (a file with no known checksum and no manifest entry cannot be trusted,
-so it is fetched again). A lock file in the target dir serialises processes that download into
-the same dir: the second waits, then finds the files present and skips them.
+answers 200 instead of 206 restarts it); the sha256 is checked when known, a `verify` callback
+(the images: a full decode by the safe loader) must accept the bytes, and only then is the
+file renamed to its final name. Bytes that fail either check are fetched again; after the
+retries a file that never verified counts as missing, like one the server answers 404 or 410
+for. `manifest.json` in the target dir records filename → {sha256, size, url} (plus
+`verified: true` when a `verify` accepted it), so a re-run checks files on disk and skips them
+without touching the network (a file with no known checksum and no manifest entry cannot be
+trusted, so it is fetched again; one never verified is verified on disk first). A lock file in
+the target dir serialises processes that download into the same dir: the second waits, then
+finds the files present and skips them.
 """
 
 import hashlib
@@ -17,7 +21,7 @@ import os
 import tarfile
 import threading
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from http.client import HTTPException
@@ -29,7 +33,7 @@ from filelock import FileLock
 from rich.filesize import decimal
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nstlab.errors import DownloadError
+from nstlab.errors import DownloadError, NstlabError
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".download.lock"
@@ -37,6 +41,8 @@ _CHUNK_BYTES = 1 << 20
 _MAX_BACKOFF_S = 60.0
 # Client errors that a later attempt can cure (timeout, rate limit); every other 4xx is final.
 _RETRYABLE_CLIENT_STATUS = {408, 425, 429}
+# The server says the file is not there (a mirror that lost it): the caller may replace it.
+_GONE_STATUS = {404, 410}
 
 
 @dataclass(frozen=True)
@@ -56,15 +62,21 @@ class DownloadSummary:
     skipped: tuple[str, ...] = ()
     failed: Mapping[str, str] = field(default_factory=dict)  # filename → one-line reason
     bytes_received: int = 0  # over the network, retried partial transfers included
+    # filename → reason: the server lacks it (404/410) or its bytes never verified (see module docstring)
+    missing: Mapping[str, str] = field(default_factory=dict)
+    note: str = ""  # what a source that does not download did instead ("20 hard-linked from ...")
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.missing
 
     def describe(self) -> str:
-        head = (f"{len(self.downloaded)} downloaded ({decimal(self.bytes_received)}), "
-                f"{len(self.skipped)} already present, {len(self.failed)} failed")
-        return "\n".join([head, *(f"  {reason}" for reason in self.failed.values())])
+        head = self.note or (f"{len(self.downloaded)} downloaded ({decimal(self.bytes_received)}), "
+                             f"{len(self.skipped)} already present, {len(self.failed)} failed")
+        if self.missing:
+            head += f", {len(self.missing)} missing on the server"
+        reasons = [*self.failed.values(), *self.missing.values()]
+        return "\n".join([head, *(f"  {reason}" for reason in reasons)])
 
 
 class _Retryable(Exception):
@@ -72,7 +84,19 @@ class _Retryable(Exception):
 
 
 class _Permanent(Exception):
-    """A failure retrying cannot cure, such as 404."""
+    """A failure retrying cannot cure, such as 403."""
+
+
+class _Gone(_Permanent):
+    """The server does not hold the file (404, 410)."""
+
+
+class _Unverified(_Retryable):
+    """The bytes arrived whole but `verify` refused them (a corrupted body)."""
+
+
+class _MissingFile(DownloadError):
+    """Reported in DownloadSummary.missing rather than .failed."""
 
 
 class _Cancelled(Exception):
@@ -103,29 +127,35 @@ class _Policy:
     retries: int
     backoff_s: float
     timeout_s: float
+    verify: Callable[[Path], None] | None = None
 
 
 def download_all(files: Iterable[RemoteFile], target_dir: Path | str, *, workers: int = 8, retries: int = 4,
-                 backoff_s: float = 1.0, timeout_s: float = 30.0, progress: bool = True) -> DownloadSummary:
+                 backoff_s: float = 1.0, timeout_s: float = 30.0, progress: bool = True,
+                 verify: Callable[[Path], None] | None = None) -> DownloadSummary:
     """Fetch every file into `target_dir` (see the module docstring for the guarantees).
 
+    `verify(path)` raises an NstlabError when the bytes at `path` are unusable; it runs on every
+    fetched file before the rename, and on a file found on disk that no verify has accepted yet.
+
     A failed file is retried `retries` times, waiting backoff_s, 2·backoff_s, 4·backoff_s, …
-    (capped at 60 s) before each retry; 404 and other final client errors fail at once. `timeout_s` bounds every
-    socket wait, so a stalled server counts as a failed attempt. On Ctrl-C the workers stop at
-    their next chunk, `.part` files stay resumable and the manifest keeps the finished files.
+    (capped at 60 s) before each retry; 404/410 make a file missing at once, other final client
+    errors fail it at once. `timeout_s` bounds every socket wait, so a stalled server counts as a
+    failed attempt. On Ctrl-C the workers stop at their next chunk, `.part` files stay resumable
+    and the manifest keeps the finished files.
     """
     files = list(files)
     target_dir = Path(target_dir)
     target_dir.mkdir(parents=True, exist_ok=True)
     for remote in files:
         _final_path(target_dir, remote.filename)
-    policy = _Policy(retries, backoff_s, timeout_s)
-    downloaded, skipped, failed = [], [], {}
+    policy = _Policy(retries, backoff_s, timeout_s, verify)
+    downloaded, skipped, failed, missing = [], [], {}, {}
     cancel = threading.Event()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[received]}"),
                TimeRemainingColumn())
     with FileLock(str(target_dir / LOCK_NAME)), Progress(*columns, disable=not progress) as bar:
-        manifest = _read_manifest(target_dir)
+        manifest = read_manifest(target_dir)
         meter = _Meter(bar, len(files))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download")
         try:
@@ -136,6 +166,10 @@ def download_all(files: Iterable[RemoteFile], target_dir: Path | str, *, workers
                 meter.file_done()
                 try:
                     record, fetched = future.result()
+                except _MissingFile as error:
+                    missing[remote.filename] = str(error)
+                    manifest.pop(remote.filename, None)
+                    continue
                 except DownloadError as error:
                     failed[remote.filename] = str(error)
                     continue
@@ -146,9 +180,9 @@ def download_all(files: Iterable[RemoteFile], target_dir: Path | str, *, workers
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            _write_manifest(target_dir, manifest)
+            write_manifest(target_dir, manifest)
     return DownloadSummary(tuple(sorted(downloaded)), tuple(sorted(skipped)), dict(sorted(failed.items())),
-                           meter.bytes_received)
+                           meter.bytes_received, dict(sorted(missing.items())))
 
 
 def _fetch_or_skip(remote: RemoteFile, target_dir: Path, recorded: dict | None, policy: _Policy,
@@ -160,7 +194,16 @@ def _fetch_or_skip(remote: RemoteFile, target_dir: Path, recorded: dict | None, 
         if recorded is None or recorded.get("size") == final.stat().st_size:
             digest, size = _sha256(final)
             if digest == expected_sha256:
-                return {"sha256": digest, "size": size, "url": remote.url}, False
+                record = {"sha256": digest, "size": size, "url": remote.url}
+                if policy.verify is None:
+                    return record, False
+                if (recorded or {}).get("verified") and recorded.get("sha256") == digest:
+                    return {**record, "verified": True}, False
+                try:
+                    policy.verify(final)
+                    return {**record, "verified": True}, False
+                except NstlabError:
+                    final.unlink()  # unusable bytes never keep a final name: fetch it again
     return _fetch_with_retries(remote, final, policy, cancel, meter), True
 
 
@@ -168,7 +211,7 @@ def _fetch_with_retries(remote: RemoteFile, final: Path, policy: _Policy, cancel
                         meter: _Meter) -> dict:
     part = final.with_name(final.name + ".part")
     final.parent.mkdir(parents=True, exist_ok=True)
-    reason = ""
+    reason, unverified = "", False
     for attempt in range(policy.retries + 1):
         if attempt and cancel.wait(min(policy.backoff_s * 2 ** (attempt - 1), _MAX_BACKOFF_S)):
             raise _Cancelled
@@ -178,14 +221,32 @@ def _fetch_with_retries(remote: RemoteFile, final: Path, policy: _Policy, cancel
             if remote.sha256 and digest != remote.sha256.lower():
                 part.unlink()
                 raise _Retryable(f"sha256 mismatch (expected {remote.sha256[:12]}…, got {digest[:12]}…)")
+            record = {"sha256": digest, "size": size, "url": remote.url}
+            if policy.verify is not None:
+                _verify_part(part, policy.verify)
+                record["verified"] = True
             os.replace(part, final)
-            return {"sha256": digest, "size": size, "url": remote.url}
+            return record
+        except _Gone as error:
+            raise _MissingFile(f"{final}: {error} from {remote.url} (the server does not hold it)") from None
         except _Permanent as error:
             raise DownloadError(f"{final}: {error} from {remote.url}; check the URL or the mirror") from None
         except _Retryable as error:
-            reason = str(error)
+            reason, unverified = str(error), isinstance(error, _Unverified)
+    if unverified:  # it arrived whole every time and never verified: the server's copy is bad
+        raise _MissingFile(f"{final}: {reason} from {remote.url} after {policy.retries + 1} attempts")
     raise DownloadError(f"{final}: {reason} from {remote.url} after {policy.retries + 1} attempts; "
                         "check the network or the mirror and run again (partial files resume)")
+
+
+def _verify_part(part: Path, verify: Callable[[Path], None]) -> None:
+    """Run `verify` on a complete `.part`; refused bytes are deleted so the next attempt starts afresh."""
+    try:
+        verify(part)
+    except NstlabError as error:
+        part.unlink(missing_ok=True)
+        detail = str(error).removeprefix(f"{part}: ").split("; ")[0]
+        raise _Unverified(f"unusable bytes ({detail})") from None
 
 
 def _transfer(url: str, part: Path, timeout_s: float, cancel: threading.Event, meter: _Meter) -> None:
@@ -218,6 +279,8 @@ def _transfer(url: str, part: Path, timeout_s: float, cancel: threading.Event, m
             raise _Retryable("server refused to resume (HTTP 416)") from None
         if error.code >= 500 or error.code in _RETRYABLE_CLIENT_STATUS:
             raise _Retryable(f"HTTP {error.code} {error.reason}") from None
+        if error.code in _GONE_STATUS:
+            raise _Gone(f"HTTP {error.code} {error.reason}") from None
         raise _Permanent(f"HTTP {error.code} {error.reason}") from None
     except (URLError, HTTPException, OSError) as error:  # refused, reset, timed out, short chunked read
         detail = str(getattr(error, "reason", error)) or type(error).__name__
@@ -250,7 +313,7 @@ def _final_path(target_dir: Path, filename: str) -> Path:
     return path
 
 
-def _read_manifest(target_dir: Path) -> dict[str, dict]:
+def read_manifest(target_dir: Path) -> dict[str, dict]:
     """The manifest, or {} when missing or unreadable (files are then verified or refetched)."""
     try:
         manifest = json.loads((target_dir / MANIFEST_NAME).read_text())
@@ -259,7 +322,7 @@ def _read_manifest(target_dir: Path) -> dict[str, dict]:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def _write_manifest(target_dir: Path, manifest: dict[str, dict]) -> None:
+def write_manifest(target_dir: Path, manifest: dict[str, dict]) -> None:
     path = target_dir / MANIFEST_NAME
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     temp.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")

@@ -1,4 +1,5 @@
-"""Where images come from: the packaged demo set, MS-COCO 2014 train (content), WikiArt (style).
+"""Where images come from: the packaged demo set, MS-COCO 2014 train (content), WikiArt (style),
+a local folder (`dir:PATH`) or a Hugging Face dataset (`hf:ID`, see data/hub.py).
 
 Every source ends in one layout that the pair stage reads: `raw_dir/content/*` and
 `raw_dir/style/*` (WikiArt keeps its `Style/` sub-folders). Remote sources fetch only the N
@@ -13,10 +14,19 @@ those are downloaded.
   images at `{base}/wikiart/<Style/file.jpg>`. WikiArt has no public per-file host, so the base
   URL must be given.
 - `mirror` overrides both: `{mirror}/coco/...` and `{mirror}/wikiart/...`, same sub-layout.
+
+Mirrors lose files: one the index lists but the server lacks (404/410), or whose bytes never
+decode, is replaced by the next name of the same seeded draw order; the draw fails only when
+more than `max_missing` of it is missing. An index that cannot be opened is fetched again.
+
+`dir:PATH` draws N of the images under PATH (recursively, sub-folders kept) with the same
+seeded draw and hard-links them into `raw_dir/role/` (a copy when PATH is on another
+filesystem, where no hard link can reach).
 """
 
 import csv
 import json
+import os
 import random
 import shutil
 import zipfile
@@ -26,12 +36,13 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
+from nstlab.config import check_source_name
 from nstlab.data.download import DownloadSummary, RemoteFile, download_all
+from nstlab.data.images import load_rgb
 from nstlab.errors import ConfigError, DownloadError
 
 COCO_BASE_URL = "http://images.cocodataset.org"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-SOURCES_BY_ROLE = {"content": ("demo", "coco"), "style": ("demo", "wikiart")}
 
 
 def list_images(directory: Path) -> list[Path]:
@@ -52,14 +63,20 @@ def demo_images(role: str) -> list[Path]:
     return list_images(Path(str(resources.files("nstlab.data") / "demo" / role)))
 
 
-def choose_files(names: list[str], n_images: int, seed: int, salt: str) -> list[str]:
-    """A seeded sample of min(n_images, len(names)) names, sorted; a function of (names, n, seed, salt) only.
+def draw_order(names: list[str], seed: int, salt: str) -> list[str]:
+    """Every name once, in a seeded order that is a function of (set of names, seed, salt) only.
 
-    `salt` (the source and role) keeps the content and style draws independent for one seed.
+    A draw of N is the first N; a file lost by the mirror is replaced by the next one. `salt`
+    (the source and role) keeps the content and style draws independent for one seed.
     """
-    population = sorted(set(names))
-    sample = random.Random(f"{salt}:{seed}").sample(population, min(n_images, len(population)))
-    return sorted(sample)
+    order = sorted(set(names))
+    random.Random(f"{salt}:{seed}").shuffle(order)
+    return order
+
+
+def choose_files(names: list[str], n_images: int, seed: int, salt: str) -> list[str]:
+    """The first min(n_images, len(names)) names of the seeded draw order, sorted."""
+    return sorted(draw_order(names, seed, salt)[:n_images])
 
 
 def _coco_file_names(index_file: Path) -> list[str]:
@@ -69,13 +86,20 @@ def _coco_file_names(index_file: Path) -> list[str]:
             return [image["file_name"] for image in json.load(handle)["images"]]
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as error:
         raise DownloadError(f"{index_file}: not the COCO 2014 annotations archive with {member} ({error}); "
-                            "delete it and run again, or fix the mirror") from None
+                            "check the mirror (a damaged copy is fetched again automatically)") from None
 
 
 def _wikiart_file_names(index_file: Path) -> list[str]:
-    with open(index_file, newline="", encoding="utf-8") as handle:
-        # ArtGAN's CSV has no header; the suffix test also drops one if a mirror adds it.
-        return [row[0] for row in csv.reader(handle) if row and Path(row[0]).suffix.lower() in IMAGE_SUFFIXES]
+    try:
+        with open(index_file, newline="", encoding="utf-8") as handle:
+            # ArtGAN's CSV has no header; the suffix test also drops one if a mirror adds it.
+            names = [row[0] for row in csv.reader(handle)
+                     if row and Path(row[0]).suffix.lower() in IMAGE_SUFFIXES]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DownloadError(f"{index_file}: not ArtGAN's style_train.csv ({error}); fix the mirror") from None
+    if not names:
+        raise DownloadError(f"{index_file}: no image rows (Style/file.jpg,label); fix the mirror")
+    return names
 
 
 @dataclass(frozen=True)
@@ -94,28 +118,75 @@ _REMOTE_SOURCES = {
 
 def fetch_source(name: str, role: str, n_images: int, raw_dir: Path | str, *, seed: int, mirror: str | None = None,
                  base_url: str | None = None, workers: int = 8, retries: int = 4, backoff_s: float = 1.0,
-                 timeout_s: float = 30.0, progress: bool = True) -> tuple[list[Path], DownloadSummary]:
+                 timeout_s: float = 30.0, max_missing: float = 0.02, hub_shuffle_buffer: int = 1000,
+                 progress: bool = True) -> tuple[list[Path], DownloadSummary]:
     """Put min(n_images, available) images of source `name` into `raw_dir/role/`.
 
-    Returns the paths that are present (failed downloads are in the summary, which the caller
-    reports). Image files in `raw_dir/role/` that were not chosen are removed, so the folder
-    holds exactly this draw. `base_url` replaces the source's default host; `mirror` wins over both.
+    Returns the paths that are present (failed downloads and the files missing on the server
+    are in the summary, which the caller reports). Image files in `raw_dir/role/` that were not
+    chosen are removed, so the folder holds exactly this draw. `base_url` replaces the source's
+    default host; `mirror` wins over both. More than `max_missing` (a fraction) of the draw
+    missing raises DownloadError.
     """
-    if name not in SOURCES_BY_ROLE.get(role, ()):
-        raise ConfigError(f"data.{role}_source={name}: not a {role} source; use one of {', '.join(SOURCES_BY_ROLE[role])}")
+    check_source_name(name, role)
     target_dir = Path(raw_dir) / role
     if name == "demo":
         return _copy_demo(role, n_images, target_dir, seed)
+    if name.startswith("dir:"):
+        return _link_folder(Path(name.removeprefix("dir:")).expanduser(), role, n_images, target_dir, seed)
+    if name.startswith("hf:"):
+        from nstlab.data.hub import fetch_hub
+
+        paths, summary = fetch_hub(name.removeprefix("hf:"), role, n_images, target_dir, seed=seed,
+                                   max_missing=max_missing, buffer_size=hub_shuffle_buffer, progress=progress)
+        _remove_unchosen(target_dir, paths)
+        return paths, summary
     source = _REMOTE_SOURCES[name]
     base = _base_url(name, mirror, base_url)
     options = dict(workers=workers, retries=retries, backoff_s=backoff_s, timeout_s=timeout_s, progress=progress)
-    index_file = _fetch_index(f"{base}/{source.index_path}", Path(raw_dir) / "index" / name, options)
-    chosen = choose_files(source.read_index(index_file), n_images, seed, f"{name}-{role}")
-    summary = download_all([RemoteFile(f"{base}/{source.image_dir}/{quote(file_name)}", file_name) for file_name in chosen],
-                           target_dir, **options)
-    paths = [target_dir / file_name for file_name in chosen if file_name not in summary.failed]
+    index_file = _fetch_index(f"{base}/{source.index_path}", Path(raw_dir) / "index" / name,
+                              source.read_index, options)
+    order = draw_order(source.read_index(index_file), seed, f"{name}-{role}")
+
+    def url_of(file_name: str) -> str:
+        return f"{base}/{source.image_dir}/{quote(file_name)}"
+
+    summary = _download_draw(order, min(n_images, len(order)), url_of, target_dir,
+                             f"data.{role}_source={name}", max_missing, options)
+    paths = [target_dir / file_name for file_name in sorted((*summary.downloaded, *summary.skipped))]
     _remove_unchosen(target_dir, paths)
     return paths, summary
+
+
+def _download_draw(order: list[str], wanted: int, url_of: Callable[[str], str], target_dir: Path, source: str,
+                   max_missing: float, options: dict) -> DownloadSummary:
+    """Download the first `wanted` names of `order`; each one the server lacks (or that never
+    decodes) is replaced by the next name, until `wanted` are present or `order` runs out."""
+    batch, cursor = order[:wanted], wanted
+    downloaded, skipped, failed, missing, received = [], [], {}, {}, 0
+    while batch:
+        summary = download_all([RemoteFile(url_of(file_name), file_name) for file_name in batch], target_dir,
+                               verify=_decodes, **options)
+        downloaded += summary.downloaded
+        skipped += summary.skipped
+        failed.update(summary.failed)
+        missing.update(summary.missing)
+        received += summary.bytes_received
+        if len(missing) > max_missing * wanted:
+            names = ", ".join(sorted(missing)[:3])
+            more = ", ..." if len(missing) > 3 else ""
+            raise DownloadError(f"{source}: {len(missing)} of the {wanted} images drawn are missing on the "
+                                f"server ({names}{more}), more than data.max_missing = {max_missing}; "
+                                "check the mirror, or raise data.max_missing to accept the losses")
+        batch = order[cursor:cursor + len(summary.missing)]
+        cursor += len(batch)
+    return DownloadSummary(tuple(sorted(downloaded)), tuple(sorted(skipped)), dict(sorted(failed.items())),
+                           received, dict(sorted(missing.items())))
+
+
+def _decodes(path: Path) -> None:
+    """The download check for images: a full decode by the safe loader (sizes are the pair stage's call)."""
+    load_rgb(path, min_side=1)
 
 
 def _base_url(name: str, mirror: str | None, base_url: str | None) -> str:
@@ -130,11 +201,12 @@ def _base_url(name: str, mirror: str | None, base_url: str | None) -> str:
                       "(WikiArt has no public per-file host)")
 
 
-def _fetch_index(url: str, index_dir: Path, options: dict) -> Path:
+def _fetch_index(url: str, index_dir: Path, read_index: Callable[[Path], list[str]], options: dict) -> Path:
+    """The index file, fetched again (up to the retries) until `read_index` can open it."""
     file_name = url.rsplit("/", 1)[-1]
-    summary = download_all([RemoteFile(url, file_name)], index_dir, **options)
+    summary = download_all([RemoteFile(url, file_name)], index_dir, verify=read_index, **options)
     if not summary.ok:
-        raise DownloadError(summary.failed[file_name])
+        raise DownloadError({**summary.failed, **summary.missing}[file_name])
     return index_dir / file_name
 
 
@@ -148,6 +220,48 @@ def _copy_demo(role: str, n_images: int, target_dir: Path, seed: int) -> tuple[l
     paths = [Path(shutil.copyfile(packaged[file_name], target_dir / file_name)) for file_name in chosen]
     _remove_unchosen(target_dir, paths)
     return paths, DownloadSummary(downloaded=tuple(chosen))
+
+
+def _link_folder(folder: Path, role: str, n_images: int, target_dir: Path,
+                 seed: int) -> tuple[list[Path], DownloadSummary]:
+    """A seeded draw of the images under `folder`, hard-linked (else copied) into `target_dir`."""
+    key = f"data.{role}_source=dir:{folder}"
+    if not folder.is_dir():
+        raise ConfigError(f"{key}: no such folder; give a folder of images (searched recursively)")
+    folder, target = folder.resolve(), target_dir.resolve()
+    if folder == target or folder in target.parents or target in folder.parents:
+        raise ConfigError(f"{key}: overlaps the output folder {target_dir}; keep your images outside it")
+    available = {path.relative_to(folder).as_posix(): path for path in list_images(folder)}
+    if not available:
+        raise ConfigError(f"{key}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under it")
+    chosen = choose_files(list(available), n_images, seed, f"dir-{role}")
+    paths, copied = [], 0
+    for file_name in chosen:
+        destination = target_dir / file_name
+        copied += _place(available[file_name], destination)
+        paths.append(destination)
+    _remove_unchosen(target_dir, paths)
+    how = f"{len(chosen) - copied} hard-linked"
+    how += f", {copied} copied (another filesystem)" if copied else ""
+    return paths, DownloadSummary(skipped=tuple(chosen), note=f"{how} from {folder}")
+
+
+def _place(source: Path, destination: Path) -> bool:
+    """Hard-link `source` at `destination` (kept if it already is one), else copy it; True if copied."""
+    if destination.is_file():
+        if os.path.samefile(source, destination):
+            return False
+        here, there = source.stat(), destination.stat()
+        if (here.st_size, here.st_mtime_ns) == (there.st_size, there.st_mtime_ns):
+            return True  # the copy of an earlier run (copy2 keeps the time stamp)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.unlink(missing_ok=True)
+    try:
+        os.link(source, destination)
+        return False
+    except OSError:  # EXDEV (another filesystem) or a filesystem without hard links
+        shutil.copy2(source, destination)
+        return True
 
 
 def _remove_unchosen(target_dir: Path, keep: list[Path]) -> None:

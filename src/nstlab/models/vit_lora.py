@@ -11,7 +11,11 @@ decoders together. Every number: docs/methods.md#vit-lora (NST-Project `code/`).
     style   ─ViT_s─► tokens_s ─┘
 """
 
+import logging
+import re
+import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -49,12 +53,66 @@ def load_vit(cfg: Config):
             torch.manual_seed(cfg.seed)
             return ViTModel(vit_config, add_pooling_layer=False)
     try:
-        return ViTModel.from_pretrained(cfg.backbone.vit, num_hidden_layers=layers, add_pooling_layer=False)
+        return load_truncated_vit(cfg.backbone.vit, layers)
     except OSError as error:
         raise ConfigError(
             f"backbone.vit = {cfg.backbone.vit!r}: cannot load it ({str(error).splitlines()[0]}); "
             "give a local directory saved with save_pretrained, or run where the Hugging Face hub is reachable"
         ) from None
+
+
+def load_truncated_vit(source: str, layers: int):
+    """`from_pretrained` keeping the first `layers` blocks, reported in one line on stderr.
+
+    transformers logs a LOAD REPORT listing every weight of the dropped blocks (and of the
+    pooler) as UNEXPECTED; those are dropped on purpose, so that report is held back for this
+    call and replaced by "ViT-B/16 (<source>): blocks 1-6 of 12 loaded". Any other unexpected,
+    missing or mismatched key still warns.
+    """
+    from transformers import ViTConfig, ViTModel
+
+    total = ViTConfig.from_pretrained(source).num_hidden_layers
+    with _load_report_held_back():
+        model, info = ViTModel.from_pretrained(source, num_hidden_layers=layers, add_pooling_layer=False,
+                                               output_loading_info=True)
+    dropped = re.compile(r"(^|\.)(layers?\.(\d+)\.|pooler\.)")
+
+    def dropped_on_purpose(key: str) -> bool:
+        match = dropped.search(key)
+        return bool(match) and (match.group(3) is None or int(match.group(3)) >= layers)
+
+    surprises = sorted(key for key in info["unexpected_keys"] if not dropped_on_purpose(key))
+    kept = "block 1" if layers == 1 else f"blocks 1-{layers}"
+    print(f"{_vit_name(model.config)} ({source}): {kept} of {total} loaded", file=sys.stderr)
+    for kind, keys in (("unexpected", surprises), ("missing", sorted(info["missing_keys"])),
+                       ("mismatched", sorted(str(entry[0]) for entry in info["mismatched_keys"]))):
+        if keys:
+            warnings.warn(f"{source}: {len(keys)} {kind} weight(s) in the ViT checkpoint "
+                          f"({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})", stacklevel=2)
+    return model
+
+
+def _vit_name(config) -> str:
+    """ViT-B/16 and friends by width (the ViT paper's names), else the plain sizes."""
+    size = {192: "Ti", 384: "S", 768: "B", 1024: "L", 1280: "H"}.get(config.hidden_size)
+    if size:
+        return f"ViT-{size}/{config.patch_size}"
+    return f"ViT (hidden {config.hidden_size}, patch {config.patch_size})"
+
+
+@contextmanager
+def _load_report_held_back():
+    """Drop transformers' LOAD REPORT record (and only it) while the context is open."""
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+
+    def not_a_load_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+    hf_logger.addFilter(not_a_load_report)
+    try:
+        yield
+    finally:
+        hf_logger.removeFilter(not_a_load_report)
 
 
 class CNNDecoder(nn.Sequential):
