@@ -83,7 +83,8 @@ def test_a_run_logs_its_own_params_its_data_version_and_its_source(tiny_config, 
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # The whole resolved config is an artefact: what the params leave out is not lost.
-    config = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text())
+    config_file = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    config = yaml.safe_load(Path(config_file).read_text())
     assert config["lora"]["r"] == 8 and config["baselines"]["iest"]["loss"]["adversarial"] == 5.0
     assert len(search_runs(cfg.mlflow)) == 1
 

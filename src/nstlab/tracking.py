@@ -86,9 +86,12 @@ def source_tags() -> dict[str, str]:
 
 
 # MLflow 3's experiment kind (the UI's `ExperimentKind` enum): training experiments open on
-# their runs table, not on the GenAI overview.
+# their runs table, not on the GenAI overview. MLflow 3.17's UI lets its sidebar switch "GenAI |
+# Model training" (browser storage, GenAI at first) decide instead; a URL with
+# ?workflowType=machine_learning sets that switch, so the links below carry it.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
+MODEL_TRAINING_QUERY = "workflowType=machine_learning"
 # A view the UI loads from the experiment's tag mlflow.sharedViewState.<key> when the URL says
 # ?viewStateShareKey=<key>: Table 2 (stage-2 ViT-LoRA runs, the params experiments/table2.yaml
 # ablates, their test losses). Column keys are the UI's: <params|metrics|attributes>.`name`.
@@ -107,7 +110,8 @@ TABLE2_VIEW = {
 
 def table2_url(ui_url: str, experiment_id: str) -> str:
     """The MLflow UI page that opens Table 2's comparison (ui_url: where `mlflow ui` serves)."""
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={TABLE2_VIEW_KEY}"
+    return (f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_QUERY}"
+            f"&viewStateShareKey={TABLE2_VIEW_KEY}")
 
 
 def experiment_tags() -> dict[str, str]:
