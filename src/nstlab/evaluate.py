@@ -221,26 +221,40 @@ def _log_gatys_run(cfg: Config, summary: dict, outputs_dir: Path, test_pairs) ->
     return tracker.run_id
 
 
+# Models with a content–style trade-off `alpha` (their forward's docstring says how). ViT-LoRA
+# has none: its identity losses are weighted 0, so its content-content path is untrained; Gatys'
+# trade-off is its loss weights (baselines.gatys.options.content_weight / style_weight).
+ALPHA_MODELS = ("adain", "sanet", "mcc", "iest", "artflow", "stytr2")
+
+
 def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list[Path], output_path: Path, *,
                  checkpoint: Path | None = None, max_size: int | None = None, alpha: float = 1.0,
                  style_weights: list[float] | None = None, adapters: list[str] | None = None,
-                 models_dir: Path = Path("models")) -> list[Path]:
-    """`nstlab stylize`: one image, any size; AdaIN extras (alpha, several styles) when asked.
+                 preserve_color: bool = False, models_dir: Path = Path("models")) -> list[Path]:
+    """`nstlab stylize`: one image, any size; the content–style trade-off `alpha` (ALPHA_MODELS),
+    several styles (AdaIN), and `preserve_color` (every model: the style image takes the content's
+    colours first, by CORAL, as pytorch-AdaIN's --preserve_color).
 
     With `adapters` (ViT-LoRA only), one output per adapter: OUT's stem + `_<adapter name>`.
     """
     from nstlab.data.images import save_image
+    from nstlab.functional import coral
     from nstlab.train import pick_device
 
     if not 0.0 <= alpha <= 1.0:
         raise NstlabError(f"--alpha {alpha}: must be in [0, 1]")
-    if (alpha != 1.0 or len(style_paths) > 1) and method != "adain":
-        raise NstlabError("--alpha and several style images are AdaIN features: add --model adain")
+    if alpha != 1.0 and method not in ALPHA_MODELS:
+        raise NstlabError(f"--alpha: {method} has no content–style trade-off; "
+                          f"models with one: {', '.join(ALPHA_MODELS)}")
+    if len(style_paths) > 1 and method != "adain":
+        raise NstlabError("several style images are an AdaIN feature: add --model adain")
     if adapters and (method != "vit_lora" or checkpoint is not None):
         raise NstlabError("--adapter loads LoRA adapters onto ViT-LoRA: use it with --model vit_lora and no --checkpoint")
     limit = max_size or cfg.eval.max_size
     content = _load_tensor(cfg, content_path, limit)
     styles = [_load_tensor(cfg, path, limit) for path in style_paths]
+    if preserve_color:
+        styles = [coral(style, content) for style in styles]
     device = pick_device(cfg)
     if adapters:
         model, decoders = load_adapters(cfg, adapters, models_dir)
@@ -259,7 +273,8 @@ def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list
             output = model(content.to(device), [s.to(device) for s in styles] if len(styles) > 1 else styles[0].to(device),
                            alpha=alpha, style_weights=style_weights)
         else:
-            output = model(content.to(device), styles[0].to(device))
+            trade_off = {"alpha": alpha} if method in ALPHA_MODELS else {}
+            output = model(content.to(device), styles[0].to(device), **trade_off)
     save_image(output[0].float().clamp(0, 1).cpu(), output_path)
     return [output_path]
 
