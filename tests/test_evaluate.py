@@ -104,3 +104,23 @@ def test_alpha_for_a_model_without_a_trade_off_is_one_line_naming_those_with_one
 def test_several_styles_stay_an_adain_feature(cfg, images, tmp_path):
     with pytest.raises(NstlabError, match="several style images are an AdaIN feature"):
         stylize_file(cfg, "sanet", images["content"], [images["style"]] * 2, tmp_path / "out.png")
+
+
+def test_the_command_line_passes_both_options_and_refuses_alpha_in_one_line(cfg, images, tmp_path, capsys,
+                                                                             tiny_overrides):
+    from nstlab.cli import main
+
+    from conftest import REPO
+
+    settings = [item for override in tiny_overrides for item in ("-S", override)]
+    common = [str(images["content"]), str(images["style"]), "--params", str(REPO / "params.yaml"), *settings]
+    checkpoint = _untrained_checkpoint(cfg, "sanet", tmp_path)
+    with pytest.raises(SystemExit) as done:
+        main(["stylize", *common, "--model", "sanet", "--checkpoint", str(checkpoint), "--alpha", "0.5",
+              "--preserve-color", "-o", str(tmp_path / "sanet.png")])
+    assert done.value.code == 0 and Image.open(tmp_path / "sanet.png").size == (48, 40)
+    with pytest.raises(SystemExit) as refused:
+        main(["stylize", *common, "--model", "gatys", "--alpha", "0.5", "-o", str(tmp_path / "gatys.png")])
+    error = capsys.readouterr().err
+    assert refused.value.code == 2 and error.count("\n") == 1
+    assert "gatys has no content–style trade-off" in error
