@@ -1,5 +1,6 @@
 """Data version: DVC's hash of the pairs folder, computed as DVC computes it."""
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -19,8 +20,6 @@ def test_folder_hash_is_the_md5_of_its_sorted_file_listing(tmp_path):
     # md5("x\n") and md5(""), listed by relpath: "b.csv" < "sub/a.csv"
     listing = ('[{"md5": "401b30e3b8b5d629635a5c613cdb7919", "relpath": "b.csv"}, '
                '{"md5": "d41d8cd98f00b204e9800998ecf8427e", "relpath": "sub/a.csv"}]')
-    import hashlib
-
     assert dvc_md5(tmp_path / "pairs") == hashlib.md5(listing.encode()).hexdigest() + ".dir"
     assert dvc_md5(tmp_path / "pairs" / "b.csv") == "401b30e3b8b5d629635a5c613cdb7919"
     with pytest.raises(NstlabError, match="missing: no such file or folder to hash"):
@@ -28,14 +27,14 @@ def test_folder_hash_is_the_md5_of_its_sorted_file_listing(tmp_path):
 
 
 def test_folder_hash_equals_the_one_dvc_writes(tiny_pairs, tmp_path):
-    dvc = Path(sys.executable).with_name("dvc")
-    if not dvc.exists() and shutil.which("dvc") is None:
+    beside_python = Path(sys.executable).with_name("dvc")
+    dvc = str(beside_python) if beside_python.exists() else shutil.which("dvc")
+    if dvc is None:
         pytest.skip("dvc is not installed")
     repo = tmp_path / "repo"
     shutil.copytree(tiny_pairs, repo / "pairs")
-    run = dict(cwd=repo, capture_output=True, text=True, timeout=120, check=True)
-    subprocess.run([str(dvc) if dvc.exists() else "dvc", "init", "--no-scm", "-q"], **run)
-    subprocess.run([str(dvc) if dvc.exists() else "dvc", "add", "-q", "pairs"], **run)
+    for command in (["init", "--no-scm", "-q"], ["add", "-q", "pairs"]):
+        subprocess.run([dvc, *command], cwd=repo, capture_output=True, text=True, timeout=120, check=True)
     written = yaml.safe_load((repo / "pairs.dvc").read_text())["outs"][0]["md5"]
     assert dvc_md5(repo / "pairs") == written
 

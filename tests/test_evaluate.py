@@ -108,9 +108,9 @@ def test_several_styles_stay_an_adain_feature(cfg, images, tmp_path):
 
 def test_the_command_line_passes_both_options_and_refuses_alpha_in_one_line(cfg, images, tmp_path, capsys,
                                                                              tiny_overrides):
-    from nstlab.cli import main
-
     from conftest import REPO
+
+    from nstlab.cli import main
 
     settings = [item for override in tiny_overrides for item in ("-S", override)]
     common = [str(images["content"]), str(images["style"]), "--params", str(REPO / "params.yaml"), *settings]

@@ -316,7 +316,6 @@ def test_an_existing_experiment_is_marked_for_training_unless_its_kind_was_set(s
 
 def test_the_table2_view_shows_the_params_the_table2_grid_ablates():
     import yaml
-
     from conftest import REPO
 
     grid = yaml.safe_load((REPO / "experiments" / "table2.yaml").read_text())["experiments"]
