@@ -325,3 +325,15 @@ def test_the_table2_view_shows_the_params_the_table2_grid_ablates():
     assert tracking.table2_url("http://127.0.0.1:5000/", "1") == (
         "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning"
         "&viewStateShareKey=table2")
+
+
+def test_source_tags_name_the_entry_point_as_the_repository_does(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a queued DVC experiment runs in a temp copy below DVC_ROOT
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path.parent))
+    monkeypatch.setattr(sys, "argv", ["pipeline/train.py", "vit_lora"])
+    tags = tracking.source_tags()
+    assert tags["mlflow.source.name"] == "pipeline/train.py" and tags["mlflow.source.type"] == "LOCAL"
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / ".venv" / "bin" / "nstlab"), "train"])
+    assert tracking.source_tags()["mlflow.source.name"] == "nstlab"
+    assert tracking.repo_path(tmp_path / "data" / "pairs") == "data/pairs"
+    assert tracking.repo_path(Path("/elsewhere/pairs")) == "/elsewhere/pairs"

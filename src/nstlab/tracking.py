@@ -66,16 +66,23 @@ def git_commit() -> str:
     return _git("rev-parse", "HEAD") or "unknown"
 
 
+def repo_path(path: Path) -> str:
+    """A path as the repository names it: relative to the working copy (a queued DVC experiment's
+    temp copy too), else to the repository root, else absolute."""
+    path = Path(path).resolve()
+    for root in (Path.cwd().resolve(), repo_root().resolve()):
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return str(path)
+
+
 def source_tags() -> dict[str, str]:
     """The tags the MLflow UI's Source column and run page read: the entry point (pipeline/train.py
     under DVC, nstlab from a shell), LOCAL, and the git commit, branch and remote when known."""
     import getpass
 
-    entry = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else Path("nstlab")
-    try:
-        name = entry.relative_to(repo_root().resolve()).as_posix()
-    except ValueError:
-        name = entry.name
+    entry = Path(sys.argv[0] if sys.argv and sys.argv[0] else "nstlab")
+    name = repo_path(entry) if entry.suffix == ".py" else entry.name  # a console script: its name
     tags = {"mlflow.source.name": name, "mlflow.source.type": "LOCAL",
             "mlflow.source.git.commit": git_commit(),
             "mlflow.source.git.branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
@@ -438,14 +445,9 @@ class Tracker:
     def log_datasets(self, tables) -> None:
         """The data version as dataset inputs: each `nstlab.data.version.PairsTable` with the DVC hash
         of its folder as digest and its DVC path (and git commit) as source, in its context."""
-        root, commit = repo_root().resolve(), git_commit()
-
-        def shown(path: Path) -> str:
-            path = Path(path).resolve()
-            return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
-
+        commit = git_commit()
         datasets = [{"name": table.name, "digest": table.digest, "source_type": "dvc",
-                     "source": json.dumps({"path": shown(table.path), "dvc_out": shown(table.dvc_out),
+                     "source": json.dumps({"path": repo_path(table.path), "dvc_out": repo_path(table.dvc_out),
                                            "rev": commit}),
                      "profile": json.dumps({"num_rows": table.rows}), "context": table.context}
                     for table in tables]
