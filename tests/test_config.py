@@ -106,9 +106,9 @@ def test_run_params_hold_the_shared_keys_and_only_the_trained_models_block():
     assert not any(key.startswith("baselines.") for key in vit_lora)
     assert vit_lora["lora.r"] == 16 and vit_lora["profile"] == "demo" and vit_lora["seed"] == 324
     assert vit_lora["train.stage2.epochs"] == 3 and vit_lora["data.n_train"] == 120
-    assert {key.split(".")[0] for key in vit_lora} == {"profile", "seed", "data", "backbone", "eval", "encoder",
-                                                       "decoder", "lora", "loss", "train"}
-    assert not any(key.startswith("lora.") for key in run_params(cfg, "vit_lora", 1))  # LoRA trains in stage 2
+    assert {key.split(".")[0] for key in vit_lora} == {"profile", "seed", "data", "backbone", "eval",
+                                                       "encoder", "decoder", "lora", "loss", "train"}
+    assert not any(key.startswith("lora.") for key in run_params(cfg, "vit_lora", 1))  # LoRA: stage 2 only
     sanet = run_params(cfg, "sanet")
     assert sanet["baselines.sanet.lr"] == 1e-3 and sanet["train.workers"] == 0
     assert not any(key.startswith(("baselines.adain", "lora.", "encoder.", "train.batch_size", "train.lr"))

@@ -57,7 +57,8 @@ def test_two_stages_write_weights_logs_adapter_and_an_mlflow_run(tiny_config, ti
     assert {"samples", "adapter", "metrics.json", "config.yaml"} <= artifacts
 
 
-def test_a_run_logs_its_own_params_its_data_version_and_its_source(tiny_config, tiny_pairs, run_dirs, tmp_path):
+def test_a_run_logs_its_own_params_its_data_version_and_its_source(tiny_config, tiny_pairs, run_dirs,
+                                                                   tmp_path):
     import yaml
     from mlflow.tracking import MlflowClient
 

@@ -180,7 +180,8 @@ class Config:
 SHARED_BLOCKS = ("profile", "seed", "data", "backbone", "eval")
 VIT_LORA_BLOCKS = ("encoder", "decoder", "lora", "loss", "train")
 # The train.* keys a baseline's training reads (its schedule lives in baselines.<name>).
-BASELINE_TRAIN_KEYS = ("log_every", "val_every", "max_val_pairs", "sample_every", "precision", "device", "workers")
+BASELINE_TRAIN_KEYS = ("log_every", "val_every", "max_val_pairs", "sample_every", "precision", "device",
+                       "workers")
 
 
 def run_params(cfg: Config, method: str, stage: int = 0) -> dict[str, Any]:
