@@ -267,9 +267,9 @@ class FeatureTransferNet(nn.Module):
     def forward(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
         """content (B, 3, H, W), style (B, 3, H', W') in [0, 1] -> (B, 3, H, W), not clamped.
 
-        alpha < 1 trades style for content as the SANet paper does (§4.4): the decoder gets
-        α·T(Fc, Fs) + (1 − α)·T(Fc, Fc), T(Fc, Fc) being the content-content path the identity
-        losses train; alpha 0 is that reconstruction of the content.
+        alpha < 1 trades style for content as the SANet paper's runtime control does: the decoder
+        gets α·T(Fc, Fs) + (1 − α)·T(Fc, Fc), T(Fc, Fc) being the content-content path the
+        identity losses train; alpha 0 is that reconstruction of the content.
         """
         content, size = pad_for_vgg(content)
         style, _ = pad_for_vgg(style, multiple=1)
