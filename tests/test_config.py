@@ -107,3 +107,40 @@ def test_local_folders_and_hub_datasets_are_sources_for_either_role():
     cfg = load_config(PARAMS, ["data.content_source=dir:/photos", "data.style_source=hf:huggan/wikiart"])
     assert (cfg.data.content_source, cfg.data.style_source) == ("dir:/photos", "hf:huggan/wikiart")
     assert cfg.data.max_missing == 0.02 and cfg.data.hub_shuffle_buffer == 1000
+
+
+def test_run_params_hold_the_shared_keys_and_only_the_trained_models_block():
+    from nstlab.config import run_params
+
+    cfg = load_config(PARAMS)
+    vit_lora = run_params(cfg, "vit_lora", 2)
+    assert not any(key.startswith("baselines.") for key in vit_lora)
+    assert vit_lora["lora.r"] == 16 and vit_lora["profile"] == "demo" and vit_lora["seed"] == 324
+    assert vit_lora["train.stage2.epochs"] == 3 and vit_lora["data.n_train"] == 120
+    assert {key.split(".")[0] for key in vit_lora} == {"profile", "seed", "data", "backbone", "eval",
+                                                       "encoder", "decoder", "lora", "loss", "train"}
+    assert not any(key.startswith("lora.") for key in run_params(cfg, "vit_lora", 1))  # LoRA: stage 2 only
+    sanet = run_params(cfg, "sanet")
+    assert sanet["baselines.sanet.lr"] == 1e-3 and sanet["train.workers"] == 0
+    assert not any(key.startswith(("baselines.adain", "lora.", "encoder.", "train.batch_size", "train.lr"))
+                   for key in sanet)
+    gatys = run_params(cfg, "gatys")
+    assert gatys["baselines.gatys.iterations"] == 40 and gatys["train.device"] == "auto"
+    assert not any(key.startswith(("baselines.sanet", "train.workers")) for key in gatys)
+    assert set(vit_lora) | set(sanet) < set(cfg.flat())
+
+
+def test_run_params_name_an_unknown_model():
+    from nstlab.config import run_params
+
+    with pytest.raises(ConfigError, match="unknown model 'vgg'"):
+        run_params(load_config(PARAMS), "vgg")
+
+
+def test_config_yaml_holds_every_resolved_key():
+    import yaml
+
+    from nstlab.config import config_yaml, flatten
+
+    cfg = load_config(PARAMS, ["lora.r=32"])
+    assert flatten(yaml.safe_load(config_yaml(cfg))) == cfg.flat()

@@ -87,3 +87,40 @@ def test_pad_and_crop_round_trip(size):
 
 def test_plain_std_has_no_eps():
     assert channel_std(torch.zeros(1, 1, 2, 2), eps=0.0).item() == 0.0
+
+
+def test_coral_gives_uncorrelated_channels_the_targets_means_and_stds_by_hand():
+    from nstlab.functional import coral
+
+    # Four pixels; the centred channels (±0.5 patterns) are orthogonal: no correlation to whiten.
+    pattern = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    source = pattern.reshape(1, 3, 2, 2)
+    # Each target channel is a·pattern + b, so the recoloured source must be the target itself:
+    # (x − 0.5)/σ·(a·σ) + (a/2 + b) = a·x + b.
+    scale, shift = torch.tensor([[2.0], [0.5], [0.25]]), torch.tensor([[1.0], [0.25], [0.5]])
+    target = (pattern * scale + shift).reshape(1, 3, 2, 2)
+    assert torch.allclose(coral(source, target), target, atol=1e-4)
+    assert torch.allclose(coral(target, source), source, atol=1e-4)
+
+
+def test_coral_copies_the_targets_colour_statistics_at_any_size():
+    from nstlab.functional import coral
+
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.3, -0.5, 0.8]])  # correlated channels
+    source = torch.rand(2, 3, 20, 30, generator=generator)
+    target = (mixing @ torch.rand(1, 3, 12 * 16, generator=generator) * 0.3 + 0.2).reshape(1, 3, 12, 16)
+    result = coral(source, target)
+    assert result.shape == source.shape and result.dtype == source.dtype
+
+    def stats(images):
+        flat = images.flatten(2).double()
+        centred = flat - flat.mean(dim=2, keepdim=True)
+        return flat.mean(dim=2), centred @ centred.transpose(1, 2) / (flat.shape[2] - 1)
+
+    for image in result:
+        mean, covariance = stats(image[None])
+        target_mean, target_covariance = stats(target)
+        assert torch.allclose(mean, target_mean, atol=1e-5)
+        assert torch.allclose(covariance, target_covariance, atol=1e-4)
+    assert torch.allclose(coral(source, source), source, atol=1e-4)  # its own colours: unchanged

@@ -80,7 +80,13 @@ def test_report_writes_tables_figures_and_a_page_labelled_with_the_profile(store
     assert "DEMO RESULTS" in page and 'src="figures/gallery_grid.png"' in page
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+NO_CHROMIUM = pytest.mark.skipif(shutil.which("chromium") is None,
+                                 reason="Debian's chromium is not installed (.ci/run installs it)")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@NO_CHROMIUM
 def test_gallery_renders_in_a_real_browser_with_every_image_loaded(store, tmp_path):
     reports = tmp_path / "reports"
     _fake_outputs(reports, tmp_path)
@@ -93,8 +99,7 @@ def test_gallery_renders_in_a_real_browser_with_every_image_loaded(store, tmp_pa
         "</script></body>")
     probe = reports / "probe.html"
     probe.write_text(page)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}"]
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chrome'}"]
     dom = subprocess.run(["chromium", *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
     body = dom[dom.find("<body"):dom.find(">", dom.find("<body")) + 1]
@@ -130,3 +135,119 @@ def test_quality_vs_cost_figure_sits_next_to_table2(store, tmp_path):
     rows = table2(store).assign(pairs_per_s=[3.0, 2.0, 1.0])
     assert Image.open(quality_vs_cost(rows, tmp_path / "speed.png", "demo")).width > two_panels  # a pairs/s panel
     assert quality_vs_cost(rows.iloc[0:0], tmp_path / "none.png", "demo") is None
+
+
+# -- the MLflow UI on a store of real runs ----------------------------------------------------
+
+UI_FAST = ["train.batch_size=4", "train.stage1.epochs=1", "train.stage2.epochs=1",
+           "train.stage2.milestones=[]", "train.val_every=2", "train.sample_every=2", "train.max_val_pairs=2",
+           "eval.max_pairs=2", "eval.max_size=32", "baselines.gatys.iterations=2"]
+
+
+@pytest.fixture
+def demo_like_store(tmp_path, tiny_config, tiny_pairs, monkeypatch):
+    """What the demo's repro leaves in MLflow, in small: ViT-LoRA stage 1 and 2 trained and
+    evaluated, and a Gatys evaluation run, logged by the project's own code."""
+    from nstlab.evaluate import evaluate_model
+    from nstlab.train import train
+
+    store = tmp_path / "mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(*UI_FAST)
+    dirs = {"models_dir": tmp_path / "models", "logs_dir": tmp_path / "reports" / "train",
+            "checkpoints_dir": tmp_path / "checkpoints"}
+    for stage in (1, 2):
+        train(cfg, "vit_lora", stage, pairs_dir=tiny_pairs, progress=False, **dirs)
+    for method in ("vit_lora", "gatys"):
+        evaluate_model(cfg, method, pairs_dir=tiny_pairs, models_dir=dirs["models_dir"],
+                       reports_dir=tmp_path / "reports", progress=False)
+    return store
+
+
+@pytest.fixture
+def mlflow_ui(demo_like_store, tmp_path):
+    """`mlflow ui` on that store, on a free port; stopped (its process group) afterwards."""
+    import os
+    import signal
+    import socket
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp_path / "ui.log", "wb")
+    command = [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
+               f"sqlite:///{demo_like_store}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log_text = (tmp_path / "ui.log").read_text()[-2000:]
+                    raise RuntimeError(f"mlflow ui did not start: {log_text}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        log.close()
+
+
+def _page_text(url: str, profile, *extra: str) -> str:
+    """The page's visible text after its scripts ran (chromium --dump-dom, a fresh profile)."""
+    import re
+
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=2400,1000",
+             "--virtual-time-budget=20000"]
+    dom = subprocess.run(["chromium", *flags, *extra, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=180).stdout
+    return " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", dom, flags=re.S)).split())
+
+
+@pytest.mark.slow
+@NO_CHROMIUM
+def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_table2(mlflow_ui, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from nstlab.data.version import dvc_md5
+    from nstlab.tracking import MODEL_TRAINING_QUERY, table2_url
+
+    client = MlflowClient(mlflow_ui)
+    experiment = client.get_experiment_by_name("nstlab")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 3 and experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert all(run.inputs.dataset_inputs for run in runs)
+    assert not [key for run in runs if run.data.tags["model"] == "vit_lora" for key in run.data.params
+                if key.startswith("baselines.")]
+
+    page = f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/runs?{MODEL_TRAINING_QUERY}"
+    text = _page_text(page, tmp_path / "chrome-runs")
+    assert "3 matching runs" in text, text[:2000]
+    for name in ("vit_lora-stage1-e2-d1", "vit_lora-r16-qkvd-e2-d1", "gatys"):
+        assert name in text
+    digest = dvc_md5(tmp_path / "pairs")
+    assert f"pairs/train ({digest})" in text and f"pairs/test ({digest})" in text  # the Dataset column
+    screenshot = tmp_path / "mlflow_runs.png"  # for humans: what the test saw
+    subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chrome-shot'}",
+                    "--window-size=1600,900", "--virtual-time-budget=20000", f"--screenshot={screenshot}",
+                    page],
+                   capture_output=True, timeout=180)
+    assert screenshot.stat().st_size > 20_000
+
+    table2 = _page_text(table2_url(mlflow_ui, experiment.experiment_id), tmp_path / "chrome-table2")
+    assert "1 matching run" in table2 and "vit_lora-r16-qkvd-e2-d1" in table2
+    assert "vit_lora-stage1" not in table2 and "gatys" not in table2
+    for column in ("lora.r", "lora.target_modules", "encoder.layers", "decoder.layers",
+                   "test.paper_style_loss"):
+        assert column in table2

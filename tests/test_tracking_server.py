@@ -205,7 +205,10 @@ def test_an_outage_is_buffered_retried_at_most_every_n_seconds_and_replayed_in_o
     assert MlflowClient().get_run(tracker.run_id).info.status == "FINISHED"
 
 
-def test_a_run_that_could_not_start_is_created_by_sync_with_all_it_logged(store, tmp_path, capsys):
+def test_a_run_that_could_not_start_is_created_by_sync_with_all_it_logged(store, tmp_path, capsys,
+                                                                           tiny_pairs):
+    from nstlab.data.version import pairs_tables
+
     cfg, outage = store
     outage["on"] = True
     artefact = tmp_path / "grid.png"
@@ -213,6 +216,7 @@ def test_a_run_that_could_not_start_is_created_by_sync_with_all_it_logged(store,
     with pytest.warns(UserWarning, match="MLflow start failed"):
         with Tracker(cfg, "offline-run", {"model": "test"}) as tracker:
             tracker.log_params({"lora.r": 16})
+            tracker.log_datasets(pairs_tables(tiny_pairs, ("train", "val")))
             for step in (1, 2, 3):
                 tracker.log_metrics({"loss": 1.0 / step}, step)
             tracker.log_artifact(artefact, "samples")
@@ -228,6 +232,12 @@ def test_a_run_that_could_not_start_is_created_by_sync_with_all_it_logged(store,
     assert run.info.start_time == tracker._start_time_ms and run.info.status == "FINISHED"
     assert run.data.params == {"lora.r": "16"} and _steps(run.info.run_id) == [1, 2, 3]
     assert [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "samples")] == ["samples/grid.png"]
+    datasets = {(item.dataset.name, item.dataset.digest, item.tags[0].value)
+                for item in run.inputs.dataset_inputs}
+    digest = pairs_tables(tiny_pairs, ("train",))[0].digest
+    assert datasets == {("pairs/train", digest, "training"), ("pairs/val", digest, "validation")}
+    experiment = MlflowClient().get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert sync_buffers() == ([], 0)  # idempotent: nothing left, nothing sent twice
     assert len(MlflowClient().search_runs([run.info.experiment_id])) == 1
 
@@ -286,3 +296,44 @@ def test_table2_rows_link_to_their_run_page_on_the_server(server, tiny_config, r
     assert f'<a href="{tracker.run_url}"' in html_table(table2(cfg))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{run_dirs['logs_dir'].parent / 'local.db'}")
     assert "mlflow_run_url" not in table2(cfg).columns  # a local store has no page to link
+
+
+def test_an_existing_experiment_is_marked_for_training_unless_its_kind_was_set(store):
+    cfg, _ = store
+    client = MlflowClient()
+    experiment_id = client.create_experiment(cfg.experiment)  # made before nstlab tagged experiments
+    with Tracker(cfg, "first", {}):
+        pass
+    tags = client.get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(json.loads(tags["mlflow.sharedViewState.table2"])["state"])
+    assert view["searchFilter"] == "tags.model = 'vit_lora' and tags.stage = '2'"
+    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "genai_development")  # a user's choice
+    with Tracker(cfg, "second", {}):
+        pass
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_the_table2_view_shows_the_params_the_table2_grid_ablates():
+    import yaml
+    from conftest import REPO
+
+    grid = yaml.safe_load((REPO / "experiments" / "table2.yaml").read_text())["experiments"]
+    ablated = {key for point in grid.values() for key in point}
+    assert set(tracking.TABLE2_ABLATED) == ablated
+    assert {f"params.`{key}`" for key in ablated} <= set(tracking.TABLE2_VIEW["selectedColumns"])
+    assert tracking.table2_url("http://127.0.0.1:5000/", "1") == (
+        "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning"
+        "&viewStateShareKey=table2")
+
+
+def test_source_tags_name_the_entry_point_as_the_repository_does(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a queued DVC experiment runs in a temp copy below DVC_ROOT
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path.parent))
+    monkeypatch.setattr(sys, "argv", ["pipeline/train.py", "vit_lora"])
+    tags = tracking.source_tags()
+    assert tags["mlflow.source.name"] == "pipeline/train.py" and tags["mlflow.source.type"] == "LOCAL"
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / ".venv" / "bin" / "nstlab"), "train"])
+    assert tracking.source_tags()["mlflow.source.name"] == "nstlab"
+    assert tracking.repo_path(tmp_path / "data" / "pairs") == "data/pairs"
+    assert tracking.repo_path(Path("/elsewhere/pairs")) == "/elsewhere/pairs"

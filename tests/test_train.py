@@ -1,6 +1,7 @@
 """The trainer: a real (tiny) two-stage run, resume equality, MLflow records, failure modes."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,7 +54,40 @@ def test_two_stages_write_weights_logs_adapter_and_an_mlflow_run(tiny_config, ti
     history = client.get_metric_history(run["run_id"], "train.total")
     assert [m.step for m in history] == list(range(1, 9))
     artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
-    assert {"samples", "adapter", "metrics.json"} <= artifacts
+    assert {"samples", "adapter", "metrics.json", "config.yaml"} <= artifacts
+
+
+def test_a_run_logs_its_own_params_its_data_version_and_its_source(tiny_config, tiny_pairs, run_dirs,
+                                                                   tmp_path):
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from nstlab.data.version import dvc_md5
+    from nstlab.tracking import search_runs
+
+    cfg = tiny_config(*FAST, "lora.r=8")
+    train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, **run_dirs)
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id])
+    assert run.data.params["encoder.layers"] == "2" and run.data.params["profile"] == "demo"
+    assert not [key for key in run.data.params if key.startswith(("baselines.", "lora.", "mlflow."))]
+    inputs = {item.dataset.name: item for item in run.inputs.dataset_inputs}
+    assert set(inputs) == {"pairs/train", "pairs/val"}
+    train_input = inputs["pairs/train"]
+    assert train_input.dataset.digest == dvc_md5(tiny_pairs) and train_input.dataset.source_type == "dvc"
+    source = json.loads(train_input.dataset.source)  # relative to the repository root (here tmp_path)
+    assert (source["path"], source["dvc_out"]) == ("pairs/train.csv", "pairs")
+    assert json.loads(train_input.dataset.profile) == {"num_rows": 8}
+    assert [(tag.key, tag.value) for tag in train_input.tags] == [("mlflow.data.context", "training")]
+    assert inputs["pairs/val"].tags[0].value == "validation"
+    assert run.data.tags["mlflow.source.type"] == "LOCAL" and run.data.tags["mlflow.source.name"]
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # The whole resolved config is an artefact: what the params leave out is not lost.
+    config_file = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    config = yaml.safe_load(Path(config_file).read_text())
+    assert config["lora"]["r"] == 8 and config["baselines"]["iest"]["loss"]["adversarial"] == 5.0
+    assert len(search_runs(cfg.mlflow)) == 1
 
 
 def test_stage1_leaves_encoders_untouched_in_the_saved_weights(tiny_config, tiny_pairs, run_dirs):

@@ -93,7 +93,10 @@ def stylize(content: Annotated[Path, typer.Argument(help="content image")],
             model: Annotated[str, typer.Option("--model", help="method name")] = "vit_lora",
             checkpoint: Annotated[Path | None, typer.Option(help="weights (default: models/<model>/model.pt)")] = None,
             size: Annotated[int | None, typer.Option(help="cap the longer side at N px")] = None,
-            alpha: Annotated[float, typer.Option(help="AdaIN content-style trade-off in [0, 1]")] = 1.0,
+            alpha: Annotated[float, typer.Option(help="content-style trade-off in [0, 1], 0 = the content "
+                                                 "(adain, sanet, mcc, iest, artflow, stytr2)")] = 1.0,
+            preserve_color: Annotated[bool, typer.Option(
+                "--preserve-color", help="keep the content's colours (recolour the style first)")] = False,
             weights: Annotated[str | None, typer.Option(help="AdaIN style interpolation weights, e.g. 0.7,0.3")] = None,
             adapter: Annotated[list[str] | None, typer.Option(
                 "--adapter", help="ViT-LoRA stage-2 adapter: its adapter/ folder, an MLflow run id or runs:/<id>/adapter "
@@ -105,7 +108,8 @@ def stylize(content: Annotated[Path, typer.Argument(help="content image")],
 
     style_weights = _parse_weights(weights, len(styles))
     written = stylize_file(_config(params, set_), model, content, styles, output, checkpoint=checkpoint, max_size=size,
-                           alpha=alpha, style_weights=style_weights, adapters=adapter, models_dir=models)
+                           alpha=alpha, style_weights=style_weights, adapters=adapter,
+                           preserve_color=preserve_color, models_dir=models)
     typer.echo("\n".join(str(path) for path in written))
 
 

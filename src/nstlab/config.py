@@ -11,6 +11,7 @@ receives typed objects, never raw dicts.
 """
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -177,6 +178,37 @@ class Config:
     def flat(self) -> dict[str, Any]:
         """The resolved config as dotted keys (`lora.r`, `baselines.sanet.lr`): MLflow params."""
         return flatten(dataclasses.asdict(self))
+
+
+# The blocks that describe one run, beyond the shared ones: MLflow logs only these, so a
+# ViT-LoRA run does not carry the IEST discriminator's settings (config.yaml keeps them all).
+SHARED_BLOCKS = ("profile", "seed", "data", "backbone", "eval")
+VIT_LORA_BLOCKS = ("encoder", "decoder", "lora", "loss", "train")
+# The train.* keys a baseline's training reads (its schedule lives in baselines.<name>).
+BASELINE_TRAIN_KEYS = ("log_every", "val_every", "max_val_pairs", "sample_every", "precision", "device",
+                       "workers")
+
+
+def run_params(cfg: Config, method: str, stage: int = 0) -> dict[str, Any]:
+    """The flattened params of one run of `method`: the shared keys and the trained model's own
+    block. ViT-LoRA: encoder, decoder, loss, train and (stage 2, where LoRA trains) lora; a
+    baseline: baselines.<method> and the train keys its trainer reads; Gatys (nothing trains):
+    baselines.gatys and train.device."""
+    if method == "vit_lora":
+        blocks = [block for block in VIT_LORA_BLOCKS if block != "lora" or stage != 1]
+    elif method in BASELINES:
+        keys = ("device",) if method == "gatys" else BASELINE_TRAIN_KEYS
+        blocks = [f"baselines.{method}", *(f"train.{key}" for key in keys)]
+    else:
+        raise ConfigError(f"unknown model {method!r}: choose vit_lora or one of {', '.join(BASELINES)}")
+    wanted = (*SHARED_BLOCKS, *blocks)
+    return {key: value for key, value in cfg.flat().items()
+            if any(key == block or key.startswith(block + ".") for block in wanted)}
+
+
+def config_yaml(cfg: Config) -> str:
+    """The whole resolved config as YAML (every run's `config.yaml` artefact)."""
+    return yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg))), sort_keys=False)
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:

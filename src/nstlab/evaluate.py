@@ -153,11 +153,14 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
         "peak_memory_mb": _peak_memory_mb(device),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
+    from nstlab.data.version import pairs_tables
+
+    test_pairs = pairs_tables(pairs_dir, ("test",))
     if method == "gatys":  # nothing trains: the evaluation is the run (one per grid point)
         (outputs_dir / "history.json").write_text(json.dumps(histories) + "\n")
-        summary["mlflow_run_id"] = _log_gatys_run(cfg, summary, outputs_dir / "history.json")
+        summary["mlflow_run_id"] = _log_gatys_run(cfg, summary, outputs_dir, test_pairs)
     else:
-        summary["mlflow_run_id"] = _log_test_metrics(cfg, method, reports_dir, summary)
+        summary["mlflow_run_id"] = _log_test_metrics(cfg, method, reports_dir, summary, test_pairs)
     metrics_dir = reports_dir / "metrics"
     metrics_dir.mkdir(parents=True, exist_ok=True)
     (metrics_dir / f"{method}.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -165,8 +168,9 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
     return summary
 
 
-def _log_test_metrics(cfg: Config, method: str, reports_dir: Path, summary: dict) -> str | None:
-    """Attach the test metrics to the model's training run in MLflow (Table 2 reads them there)."""
+def _log_test_metrics(cfg: Config, method: str, reports_dir: Path, summary: dict, test_pairs) -> str | None:
+    """Attach the test metrics and the test pairs (a dataset input) to the model's training run in
+    MLflow (Table 2 reads them there)."""
     from nstlab.tracking import log_to_run
     from nstlab.train import output_key
 
@@ -176,7 +180,7 @@ def _log_test_metrics(cfg: Config, method: str, reports_dir: Path, summary: dict
     run_id = json.loads(train_metrics.read_text()).get("mlflow_run_id")
     if run_id:
         numbers = {f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float) and k != "pairs"}
-        log_to_run(cfg.mlflow, run_id, numbers)
+        log_to_run(cfg.mlflow, run_id, numbers, test_pairs)
     return run_id
 
 
@@ -195,14 +199,20 @@ def _against_adain(output: torch.Tensor, reports_dir: Path, index: int) -> dict[
             "ssim_vs_adain": float(ssim(luminance(output), luminance(reference)).mean())}
 
 
-def _log_gatys_run(cfg: Config, summary: dict, history_path: Path) -> str | None:
-    """One MLflow run per Gatys configuration: its settings, test metrics and step history."""
+def _log_gatys_run(cfg: Config, summary: dict, outputs_dir: Path, test_pairs) -> str | None:
+    """One MLflow run per Gatys configuration: its settings, the test pairs it stylised, test
+    metrics, step history and the whole resolved config."""
     from nstlab.checkpoint import run_digest
+    from nstlab.config import config_yaml, run_params
     from nstlab.tracking import Tracker
 
+    history_path, config_file = outputs_dir / "history.json", outputs_dir / "config.yaml"
+    config_file.write_text(config_yaml(cfg))
     tags = {"model": "gatys", "stage": "0", "profile": cfg.profile, "config_digest": run_digest(cfg, "gatys", 0)}
     with Tracker(cfg.mlflow, "gatys", tags) as tracker:
-        tracker.log_params({k: v for k, v in cfg.flat().items() if k.startswith(("baselines.gatys", "backbone", "seed"))})
+        tracker.log_params(run_params(cfg, "gatys"))
+        tracker.log_datasets(test_pairs)
+        tracker.log_artifact(config_file)
         tracker.log_metrics({f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float) and k != "pairs"}, 0)
         histories = json.loads(history_path.read_text())
         for record in histories[0] if histories else []:
@@ -211,26 +221,40 @@ def _log_gatys_run(cfg: Config, summary: dict, history_path: Path) -> str | None
     return tracker.run_id
 
 
+# Models with a content–style trade-off `alpha` (their forward's docstring says how). ViT-LoRA
+# has none: its identity losses are weighted 0, so its content-content path is untrained; Gatys'
+# trade-off is its loss weights (baselines.gatys.options.content_weight / style_weight).
+ALPHA_MODELS = ("adain", "sanet", "mcc", "iest", "artflow", "stytr2")
+
+
 def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list[Path], output_path: Path, *,
                  checkpoint: Path | None = None, max_size: int | None = None, alpha: float = 1.0,
                  style_weights: list[float] | None = None, adapters: list[str] | None = None,
-                 models_dir: Path = Path("models")) -> list[Path]:
-    """`nstlab stylize`: one image, any size; AdaIN extras (alpha, several styles) when asked.
+                 preserve_color: bool = False, models_dir: Path = Path("models")) -> list[Path]:
+    """`nstlab stylize`: one image, any size; the content–style trade-off `alpha` (ALPHA_MODELS),
+    several styles (AdaIN), and `preserve_color` (every model: the style image takes the content's
+    colours first, by CORAL, as pytorch-AdaIN's --preserve_color).
 
     With `adapters` (ViT-LoRA only), one output per adapter: OUT's stem + `_<adapter name>`.
     """
     from nstlab.data.images import save_image
+    from nstlab.functional import coral
     from nstlab.train import pick_device
 
     if not 0.0 <= alpha <= 1.0:
         raise NstlabError(f"--alpha {alpha}: must be in [0, 1]")
-    if (alpha != 1.0 or len(style_paths) > 1) and method != "adain":
-        raise NstlabError("--alpha and several style images are AdaIN features: add --model adain")
+    if alpha != 1.0 and method not in ALPHA_MODELS:
+        raise NstlabError(f"--alpha: {method} has no content–style trade-off; "
+                          f"models with one: {', '.join(ALPHA_MODELS)}")
+    if len(style_paths) > 1 and method != "adain":
+        raise NstlabError("several style images are an AdaIN feature: add --model adain")
     if adapters and (method != "vit_lora" or checkpoint is not None):
         raise NstlabError("--adapter loads LoRA adapters onto ViT-LoRA: use it with --model vit_lora and no --checkpoint")
     limit = max_size or cfg.eval.max_size
     content = _load_tensor(cfg, content_path, limit)
     styles = [_load_tensor(cfg, path, limit) for path in style_paths]
+    if preserve_color:
+        styles = [coral(style, content) for style in styles]
     device = pick_device(cfg)
     if adapters:
         model, decoders = load_adapters(cfg, adapters, models_dir)
@@ -249,7 +273,8 @@ def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list
             output = model(content.to(device), [s.to(device) for s in styles] if len(styles) > 1 else styles[0].to(device),
                            alpha=alpha, style_weights=style_weights)
         else:
-            output = model(content.to(device), styles[0].to(device))
+            trade_off = {"alpha": alpha} if method in ALPHA_MODELS else {}
+            output = model(content.to(device), styles[0].to(device), **trade_off)
     save_image(output[0].float().clamp(0, 1).cpu(), output_path)
     return [output_path]
 

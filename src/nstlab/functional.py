@@ -120,3 +120,34 @@ def gram_distance(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     first_gram = gram(first) / (first.shape[-2] * first.shape[-1])
     second_gram = gram(second) / (second.shape[-2] * second.shape[-1])
     return F.mse_loss(first_gram, second_gram)
+
+
+def _symmetric_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    """Square root of symmetric positive definite matrices (..., C, C), by eigendecomposition."""
+    values, vectors = torch.linalg.eigh(matrix)
+    return vectors @ torch.diag_embed(values.clamp_min(0).sqrt()) @ vectors.transpose(-1, -2)
+
+
+def coral(source: torch.Tensor, target: torch.Tensor, eps: float = ADAIN_EPS) -> torch.Tensor:
+    """CORAL colour transfer (pytorch-AdaIN's `--preserve_color`): `source` (B, 3, H, W) recoloured
+    so that its per-image channel means, stds and channel correlations are `target`'s (B or 1, 3,
+    H', W'): standardise each channel, whiten with the source's correlation matrix, colour with
+    the target's, restore the target's std and mean.
+
+    pytorch-AdaIN sums the products over pixels and adds I; we average them (unbiased, like the
+    std) and add eps·I, so two images of different sizes get the same result as same-sized ones.
+    """
+    def statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        flat = images.flatten(2).double()  # (B, 3, N); fp64: the whitening inverts a 3×3 matrix
+        mean = flat.mean(dim=2, keepdim=True)
+        std = flat.std(dim=2, keepdim=True).clamp_min(eps)
+        normalised = (flat - mean) / std
+        correlation = normalised @ normalised.transpose(1, 2) / max(flat.shape[2] - 1, 1)
+        correlation = correlation + eps * torch.eye(flat.shape[1], dtype=flat.dtype, device=flat.device)
+        return normalised, mean, std, correlation
+
+    normalised, _, _, source_correlation = statistics(source)
+    _, target_mean, target_std, target_correlation = statistics(target)
+    transform = _symmetric_sqrt(target_correlation) @ torch.linalg.inv(_symmetric_sqrt(source_correlation))
+    recoloured = (transform @ normalised) * target_std + target_mean
+    return recoloured.to(source.dtype).reshape(source.shape)

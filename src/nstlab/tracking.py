@@ -54,12 +54,77 @@ def run_page_url(tracking_uri: str, experiment_id: str | None, run_id: str | Non
     return None
 
 
-def git_commit() -> str:
+def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=repo_root(),
-                              timeout=10).stdout.strip() or "unknown"
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=repo_root(),
+                              timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return ""
+
+
+def git_commit() -> str:
+    return _git("rev-parse", "HEAD") or "unknown"
+
+
+def repo_path(path: Path) -> str:
+    """A path as the repository names it: relative to the working copy (a queued DVC experiment's
+    temp copy too), else to the repository root, else absolute."""
+    path = Path(path).resolve()
+    for root in (Path.cwd().resolve(), repo_root().resolve()):
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return str(path)
+
+
+def source_tags() -> dict[str, str]:
+    """The tags the MLflow UI's Source column and run page read: the entry point (pipeline/train.py
+    under DVC, nstlab from a shell), LOCAL, and the git commit, branch and remote when known."""
+    import getpass
+
+    entry = Path(sys.argv[0] if sys.argv and sys.argv[0] else "nstlab")
+    name = repo_path(entry) if entry.suffix == ".py" else entry.name  # a console script: its name
+    tags = {"mlflow.source.name": name, "mlflow.source.type": "LOCAL",
+            "mlflow.source.git.commit": git_commit(),
+            "mlflow.source.git.branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
+            "mlflow.source.git.repoURL": _git("config", "--get", "remote.origin.url")}
+    with contextlib.suppress(OSError, KeyError):
+        tags["mlflow.user"] = getpass.getuser()
+    return {key: value for key, value in tags.items() if value}
+
+
+# MLflow 3's experiment kind (the UI's `ExperimentKind` enum): training experiments open on
+# their runs table, not on the GenAI overview. MLflow 3.17's UI lets its sidebar switch "GenAI |
+# Model training" (browser storage, GenAI at first) decide instead; a URL with
+# ?workflowType=machine_learning sets that switch, so the links below carry it.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+MODEL_TRAINING_QUERY = "workflowType=machine_learning"
+# A view the UI loads from the experiment's tag mlflow.sharedViewState.<key> when the URL says
+# ?viewStateShareKey=<key>: Table 2 (stage-2 ViT-LoRA runs, the params experiments/table2.yaml
+# ablates, their test losses). Column keys are the UI's: <params|metrics|attributes>.`name`.
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+TABLE2_VIEW_KEY = "table2"
+TABLE2_ABLATED = ("lora.r", "lora.target_modules", "encoder.layers", "decoder.layers")
+TABLE2_VIEW = {
+    "searchFilter": "tags.model = 'vit_lora' and tags.stage = '2'",
+    "orderByKey": "metrics.`test.paper_content_loss`",
+    "orderByAsc": True,
+    "selectedColumns": [*(f"params.`{key}`" for key in TABLE2_ABLATED),
+                        "metrics.`test.paper_content_loss`", "metrics.`test.paper_style_loss`",
+                        "attributes.`Dataset`", "attributes.`Source`"],
+}
+
+
+def table2_url(ui_url: str, experiment_id: str) -> str:
+    """The MLflow UI page that opens Table 2's comparison (ui_url: where `mlflow ui` serves)."""
+    return (f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_QUERY}"
+            f"&viewStateShareKey={TABLE2_VIEW_KEY}")
+
+
+def experiment_tags() -> dict[str, str]:
+    """Tags every nstlab experiment carries: the training kind and the Table 2 view."""
+    envelope = {"name": "Table 2", "createdAt": 0, "updatedAt": 0, "state": json.dumps(TABLE2_VIEW)}
+    return {EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND, SHARED_VIEW_TAG + TABLE2_VIEW_KEY: json.dumps(envelope)}
 
 
 RETRY_SECONDS = 30.0  # while the backend is down, try it again at most this often
@@ -113,12 +178,16 @@ def _create_run(client, header: Mapping[str, Any]):
     """A run in the header's experiment (created if missing). Artefacts go to mlartifacts/ for a
     local sqlite store, and through the server (its --artifacts-destination) for an http(s) one."""
     experiment = client.get_experiment_by_name(header["experiment"])
+    tags = experiment_tags()
     if experiment is None:
         local = header["tracking_uri"].startswith("sqlite")
         artifacts = (repo_root() / "mlartifacts").as_uri() if local else None
-        experiment_id = client.create_experiment(header["experiment"], artifact_location=artifacts)
+        experiment_id = client.create_experiment(header["experiment"], artifact_location=artifacts, tags=tags)
     else:
         experiment_id = experiment.experiment_id
+        for key, value in tags.items():  # an experiment made before these tags; a kind set by hand stays
+            if key not in experiment.tags or (key != EXPERIMENT_KIND_TAG and experiment.tags[key] != value):
+                client.set_experiment_tag(experiment_id, key, value)
     return client.create_run(experiment_id, start_time=header["start_time"], tags=header["tags"],
                              run_name=header["run_name"])
 
@@ -143,8 +212,19 @@ def _deliver(client, run_id: str, record: Mapping[str, Any]) -> None:
             log(run_id, str(path), record["folder"])
         else:
             warnings.warn(f"MLflow artefact {path} is gone; run {run_id} goes without it", stacklevel=2)
+    elif kind == "inputs":  # dataset inputs: [{name, digest, source_type, source, profile, context}]
+        client.log_inputs(run_id, datasets=[_dataset_input(item) for item in record["datasets"]])
     elif kind == "end":
         client.set_terminated(run_id, record["status"], record["end_time"])
+
+
+def _dataset_input(item: Mapping[str, Any]):
+    """A buffered dataset record -> MLflow's DatasetInput, its context as the mlflow.data.context tag."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=item["name"], digest=item["digest"], source_type=item["source_type"],
+                      source=item["source"], profile=item.get("profile"))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", item["context"])])
 
 
 def buffer_dir() -> Path:
@@ -282,6 +362,7 @@ class Tracker:
             "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
             "tracking_uri": self.tracking_uri,
             "mlflow.runName": self.run_name,
+            **source_tags(),
             **self.tags,
         }
         try:
@@ -361,6 +442,17 @@ class Tracker:
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self._send({"op": "artifact", "path": str(Path(path).resolve()), "folder": folder})
 
+    def log_datasets(self, tables) -> None:
+        """The data version as dataset inputs: each `nstlab.data.version.PairsTable` with the DVC hash
+        of its folder as digest and its DVC path (and git commit) as source, in its context."""
+        commit = git_commit()
+        datasets = [{"name": table.name, "digest": table.digest, "source_type": "dvc",
+                     "source": json.dumps({"path": repo_path(table.path), "dvc_out": repo_path(table.dvc_out),
+                                           "rev": commit}),
+                     "profile": json.dumps({"num_rows": table.rows}), "context": table.context}
+                    for table in tables]
+        self._send({"op": "inputs", "datasets": datasets})
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._send({"op": "tags", "tags": {key: str(value) for key, value in tags.items()}})
 
@@ -428,8 +520,9 @@ def _run_row(run) -> dict:
             **{f"tags.{key}": value for key, value in data.tags.items()}}
 
 
-def log_to_run(cfg: MlflowConfig, run_id: str, metrics: Mapping[str, float]) -> None:
-    """Add metrics (e.g. test losses from the evaluate stage) to a finished training run."""
+def log_to_run(cfg: MlflowConfig, run_id: str, metrics: Mapping[str, float], tables=()) -> None:
+    """Add metrics (e.g. test losses from the evaluate stage) and dataset inputs (the test pairs,
+    see Tracker.log_datasets) to a finished training run."""
     tracker = Tracker(cfg, run_name="", tags={})
     try:
         from mlflow.tracking import MlflowClient
@@ -438,6 +531,8 @@ def log_to_run(cfg: MlflowConfig, run_id: str, metrics: Mapping[str, float]) -> 
     tracker._client = MlflowClient(tracker.tracking_uri)
     tracker.run_id = run_id
     tracker.log_metrics(metrics, step=0)
+    if tables:
+        tracker.log_datasets(tables)
     tracker._leave_buffer()
 
 

@@ -30,7 +30,7 @@ from nstlab.checkpoint import (
     source_digest,
     trained_state,
 )
-from nstlab.config import Config
+from nstlab.config import Config, config_yaml, run_params
 from nstlab.errors import NstlabError
 from nstlab.models import build_model
 
@@ -235,6 +235,7 @@ class Trainer:
         from nstlab.data.dataset import PairDataset, make_loader
 
         self.cfg, self.method, self.stage, self.progress = cfg, method, stage, progress
+        self.pairs_dir = pairs_dir
         self.train_set = PairDataset(pairs_dir / "train.csv")
         self.val_set = PairDataset(pairs_dir / "val.csv")
         self.spec = train_spec(cfg, method, stage, len(self.train_set))
@@ -395,9 +396,12 @@ class Trainer:
         step = start_step
         try:
             with Tracker(cfg.mlflow, spec.run_name, tags, enabled=self.tracking and main) as tracker:
-                tracker.log_params({**cfg.flat(), "parameters.trainable": counts["trainable"],
+                tracker.log_params({**run_params(cfg, self.method, spec.stage),
+                                    "parameters.trainable": counts["trainable"],
                                     "parameters.total": counts["total"], "train.total_steps": spec.total_steps,
                                     "train.world_size": self.world_size})
+                if main:
+                    self._log_inputs(tracker)
                 progress = Progress(TextColumn(f"[bold]{spec.run_name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                     TextColumn("{task.fields[loss]}"), TimeRemainingColumn(),
                                     disable=not (self.progress and main))
@@ -441,6 +445,16 @@ class Trainer:
             raise NstlabError(f"interrupted at step {step}; checkpoint saved to {self.checkpoint_path}: "
                               "rerun the same command with --resume to continue") from None
         return distributed.from_main(summary)  # every rank returns rank 0's summary
+
+    def _log_inputs(self, tracker) -> None:
+        """The data version (train and val pairs, with the DVC hash of their folder) and the whole
+        resolved config, as config.yaml beside the weights: the params hold only this run's keys."""
+        from nstlab.data.version import pairs_tables
+
+        tracker.log_datasets(pairs_tables(self.pairs_dir, ("train", "val")))
+        config_file = self.out_dir / "config.yaml"
+        config_file.write_text(config_yaml(self.cfg))
+        tracker.log_artifact(config_file)
 
     def _validate_and_checkpoint(self, step: int, best: float, val_log: CsvLog, tracker) -> float:
         val = self.validate()

@@ -261,11 +261,13 @@ class ArtFlow(nn.Module):
             self.glow = Glow(options["blocks"], options["flows"], options["hidden"])
         self.loss_network = NormalisedVGG(cfg.backbone.adain_vgg, cfg.backbone.vgg_width, cfg.seed)
 
-    def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
         """content, style (B, 3, H, W) in [0, 1] (sizes may differ) -> (B, 3, H, W) like content.
 
         Pads H, W to a multiple of 2**blocks (reflect) and crops back. The flow always runs in fp32,
-        also under autocast: its reverse must undo its forward to ~1e-5.
+        also under autocast: its reverse must undo its forward to ~1e-5. alpha < 1 mixes the
+        transferred latents with the content's own, α·z_cs + (1 − α)·z_c (AdaIN's trade-off in the
+        flow's latent space); alpha 0 gives the content back, as the flow is invertible.
         """
         content, content_size = pad_to_multiple(content, self.multiple)
         style, _ = pad_to_multiple(style, self.multiple)
@@ -276,6 +278,7 @@ class ArtFlow(nn.Module):
                 mixed = adain(content_latents, style_latents)  # glow_adain.py Glow._reverse
             else:
                 mixed = wct(content_latents, style_latents)
+            mixed = alpha * mixed + (1.0 - alpha) * content_latents if alpha != 1.0 else mixed
             output = self.glow.reverse(mixed)
         return crop_to(output, content_size)
 

@@ -264,13 +264,21 @@ class FeatureTransferNet(nn.Module):
         self.encoder = NormalisedVGG(cfg.backbone.adain_vgg, cfg.backbone.vgg_width, cfg.seed)
         self.decoder = AdaINDecoder(cfg.backbone.vgg_width)
 
-    def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """content (B, 3, H, W), style (B, 3, H', W') in [0, 1] -> (B, 3, H, W), not clamped."""
+    def forward(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        """content (B, 3, H, W), style (B, 3, H', W') in [0, 1] -> (B, 3, H, W), not clamped.
+
+        alpha < 1 trades style for content as the SANet paper's runtime control does: the decoder
+        gets α·T(Fc, Fs) + (1 − α)·T(Fc, Fc), T(Fc, Fc) being the content-content path the
+        identity losses train; alpha 0 is that reconstruction of the content.
+        """
         content, size = pad_for_vgg(content)
         style, _ = pad_for_vgg(style, multiple=1)
         content_features = self.encoder(content, self.last_layer)
         style_features = self.encoder(style, self.last_layer)
-        return crop_to(self.decoder(self.transform(content_features, style_features)), size)
+        features = self.transform(content_features, style_features)
+        if alpha != 1.0:
+            features = alpha * features + (1.0 - alpha) * self.transform(content_features, content_features)
+        return crop_to(self.decoder(features), size)
 
     def transfer_step(self, content: torch.Tensor, style: torch.Tensor) -> TransferStep:
         """Stylise and encode everything a loss needs, once. Losses are computed on the padded

@@ -124,10 +124,12 @@ class StyTr2(nn.Module):
         # models/StyTR.py StyTrans: normalised VGG to relu5_1, frozen; mvn content, mean/std style.
         self.loss_network = loss_network("stytr2", cfg)
 
-    def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
         """content, style (B, 3, H, W) in [0, 1] (sizes may differ) -> (B, 3, H, W) like content.
 
-        H, W are reflect-padded to a multiple of 8 and the output cropped back.
+        H, W are reflect-padded to a multiple of 8 and the output cropped back. alpha < 1 (not in
+        StyTr²'s code) trades style for content as SANet does: the CNN decoder gets α·D(c, s) +
+        (1 − α)·D(c, c), D(c, c) being the content-content path the identity losses train (Icc).
         """
         content, content_size = pad_to_multiple(content, PATCH)
         style, _ = pad_to_multiple(style, PATCH)
@@ -139,6 +141,10 @@ class StyTr2(nn.Module):
         style_tokens = self.style_encoder(style_tokens, pos=None)  # the style gets no positions
         content_tokens = self.content_encoder(content_tokens, pos=content_pos)
         mixed = self.transformer_decoder(content_tokens, style_tokens, content_pos)  # (B, N, d)
+        if alpha != 1.0:  # the content as its own style: what self(content, content) decodes
+            content_as_style = self.style_encoder(content_embedding.flatten(2).transpose(1, 2), pos=None)
+            reconstruction = self.transformer_decoder(content_tokens, content_as_style, content_pos)
+            mixed = alpha * mixed + (1.0 - alpha) * reconstruction
         feature_map = mixed.transpose(1, 2).reshape(mixed.shape[0], -1, *grid)
         return crop_to(self.cnn_decoder(feature_map), content_size)
 

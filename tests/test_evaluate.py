@@ -1,0 +1,126 @@
+"""`nstlab stylize`'s options for every model: --preserve-color and the --alpha trade-off."""
+
+import pytest
+import torch
+from PIL import Image
+
+from nstlab import evaluate
+from nstlab.checkpoint import save_atomic, trained_state
+from nstlab.errors import NstlabError
+from nstlab.evaluate import ALPHA_MODELS, stylize_file
+
+MODELS = ("vit_lora", "stytr2", "adain", "sanet", "mcc", "artflow", "iest", "gatys")
+
+
+@pytest.fixture
+def cfg(tiny_config):
+    return tiny_config("baselines.gatys.iterations=2", "eval.max_size=48")
+
+
+@pytest.fixture
+def images(tmp_path):
+    """A warm, smooth content image (40×48) and a cold, noisy style image (36×36)."""
+    rows, columns = torch.meshgrid(torch.linspace(0, 1, 40), torch.linspace(0, 1, 48), indexing="ij")
+    content = torch.stack([0.6 + 0.3 * rows, 0.3 + 0.2 * columns, 0.1 + 0.1 * rows * columns])
+    noise = torch.rand(3, 36, 36, generator=torch.Generator().manual_seed(0))
+    style = noise * torch.tensor([0.2, 0.4, 0.3])[:, None, None]
+    style[2] += 0.6
+    paths = {}
+    for name, image in (("content", content), ("style", style)):
+        paths[name] = tmp_path / f"{name}.png"
+        Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy()).save(paths[name])
+    return paths
+
+
+def _untrained_checkpoint(cfg, method, folder):
+    """The weights training would start from: enough to run the model end to end."""
+    if method == "gatys":
+        return None
+    model = evaluate._build_seeded(cfg, method, lora=method == "vit_lora")
+    path = folder / f"{method}.pt"
+    save_atomic({"model": trained_state(model)}, path)
+    return path
+
+
+def _colour_stats(image: torch.Tensor) -> torch.Tensor:
+    flat = image.flatten(2)[0].double()
+    return torch.cat([flat.mean(dim=1), flat.std(dim=1)])
+
+
+@pytest.mark.parametrize("method", MODELS)
+def test_preserve_color_gives_every_model_a_style_in_the_contents_colours(cfg, images, tmp_path, monkeypatch,
+                                                                           method):
+    seen = {}
+    loader = evaluate.load_model
+
+    def spying_loader(*args, **kwargs):
+        model = loader(*args, **kwargs)
+        forward = model.forward
+
+        def recording(content, style, *rest, **options):
+            seen.update(content=content, style=style)
+            return forward(content, style, *rest, **options)
+
+        model.forward = recording
+        return model
+
+    monkeypatch.setattr(evaluate, "load_model", spying_loader)
+    output = tmp_path / "out.png"
+    written = stylize_file(cfg, method, images["content"], [images["style"]], output, preserve_color=True,
+                           checkpoint=_untrained_checkpoint(cfg, method, tmp_path))
+    assert written == [output] and Image.open(output).size == (48, 40)
+    content_stats, style_stats = _colour_stats(seen["content"]), _colour_stats(seen["style"])
+    assert torch.allclose(style_stats, content_stats, atol=1e-4)  # channel means and stds
+    assert seen["style"].shape[-2:] == (36, 36)  # recoloured, not reshaped: the style's patterns stay
+
+
+@pytest.mark.parametrize("method", ALPHA_MODELS)
+def test_alpha_one_is_the_default_and_alpha_zero_the_contents_own_path(cfg, method):
+    model = evaluate._build_seeded(cfg, method).eval()
+    generator = torch.Generator().manual_seed(1)
+    content = torch.rand(2, 3, 32, 40, generator=generator)
+    style = torch.rand(2, 3, 32, 32, generator=generator)
+    with torch.no_grad():
+        default = model(content, style)
+        assert default.shape == content.shape
+        assert torch.equal(model(content, style, alpha=1.0), default)
+        reconstruction = model(content, style, alpha=0.0)
+        halfway = model(content, style, alpha=0.5)
+        assert reconstruction.shape == halfway.shape == content.shape
+        if method == "artflow":  # an invertible flow: the content's own latents decode to the content
+            assert torch.allclose(reconstruction, content, atol=1e-4)
+        else:  # the content-content path the identity losses train (AdaIN: decoded content features)
+            assert torch.allclose(reconstruction, model(content, content), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["vit_lora", "gatys"])
+def test_alpha_for_a_model_without_a_trade_off_is_one_line_naming_those_with_one(cfg, images, tmp_path,
+                                                                                 method):
+    message = f"--alpha: {method} has no content–style trade-off; models with one: adain, sanet"
+    with pytest.raises(NstlabError, match=message):
+        stylize_file(cfg, method, images["content"], [images["style"]], tmp_path / "out.png", alpha=0.5)
+
+
+def test_several_styles_stay_an_adain_feature(cfg, images, tmp_path):
+    with pytest.raises(NstlabError, match="several style images are an AdaIN feature"):
+        stylize_file(cfg, "sanet", images["content"], [images["style"]] * 2, tmp_path / "out.png")
+
+
+def test_the_command_line_passes_both_options_and_refuses_alpha_in_one_line(cfg, images, tmp_path, capsys,
+                                                                             tiny_overrides):
+    from conftest import REPO
+
+    from nstlab.cli import main
+
+    settings = [item for override in tiny_overrides for item in ("-S", override)]
+    common = [str(images["content"]), str(images["style"]), "--params", str(REPO / "params.yaml"), *settings]
+    checkpoint = _untrained_checkpoint(cfg, "sanet", tmp_path)
+    with pytest.raises(SystemExit) as done:
+        main(["stylize", *common, "--model", "sanet", "--checkpoint", str(checkpoint), "--alpha", "0.5",
+              "--preserve-color", "-o", str(tmp_path / "sanet.png")])
+    assert done.value.code == 0 and Image.open(tmp_path / "sanet.png").size == (48, 40)
+    with pytest.raises(SystemExit) as refused:
+        main(["stylize", *common, "--model", "gatys", "--alpha", "0.5", "-o", str(tmp_path / "gatys.png")])
+    error = capsys.readouterr().err
+    assert refused.value.code == 2 and error.count("\n") == 1
+    assert "gatys has no content–style trade-off" in error
