@@ -96,3 +96,16 @@ def test_cli_prints_one_line_and_exits_2_on_a_bad_override():
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "lora.r = 0: must be in [1, 1024]" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_data_split_has_its_own_seed_that_training_seeds_leave_alone(tiny_config):
+    import yaml
+
+    from conftest import REPO
+
+    assert tiny_config().data.split_seed == 324  # the demo's pairs of before the split seed existed
+    assert tiny_config("seed=1").data.split_seed == 324
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in ("download", "pair"):  # `dvc exp run -S seed=1` retrains, it does not re-pair
+        assert "data.split_seed" in stages[name]["params"] and "seed" not in stages[name]["params"]
+    assert "seed" in stages["train_vit_lora_stage1"]["params"]

@@ -59,6 +59,8 @@ class DataConfig:
     download_timeout_s: float = field(metadata=_range(0, low_open=True))
     max_pixels: int = field(metadata=_range(1))
     min_side: int = field(metadata=_range(1))
+    # The download draw and the train/val/test pairing: fixed while `seed` (training) varies.
+    split_seed: int = field(default=324, metadata=_range(0))
 
 
 @dataclass(frozen=True)

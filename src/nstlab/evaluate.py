@@ -67,10 +67,15 @@ class Scorer(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
+        import dataclasses
+
         from nstlab.losses import loss_network
 
-        self.paper = loss_network("paper", cfg)
-        self.stytr2 = loss_network("stytr2", cfg)
+        # The measuring stick must not move with the training seed: random-init scoring networks
+        # (the demo's) are drawn from the fixed split seed, so every seed is scored alike.
+        fixed = dataclasses.replace(cfg, seed=cfg.data.split_seed)
+        self.paper = loss_network("paper", fixed)
+        self.stytr2 = loss_network("stytr2", fixed)
 
     @torch.no_grad()
     def forward(self, output: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> dict[str, float]:
