@@ -286,3 +286,22 @@ def test_table2_rows_link_to_their_run_page_on_the_server(server, tiny_config, r
     assert f'<a href="{tracker.run_url}"' in html_table(table2(cfg))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{run_dirs['logs_dir'].parent / 'local.db'}")
     assert "mlflow_run_url" not in table2(cfg).columns  # a local store has no page to link
+
+
+def test_a_buffered_seed_run_nests_under_its_configuration_when_synced(store, tiny_config):
+    from nstlab.tracking import seed_group
+
+    cfg, outage = store
+    outage["on"] = True
+    with pytest.warns(UserWarning, match="MLflow start failed"):
+        with Tracker(cfg, "offline-seed", {"model": "test"},
+                     group=seed_group(tiny_config("seed=7"), "vit_lora", 2, "offline-seed")) as tracker:
+            tracker.log_params({"seed": 7})
+    outage["on"] = False
+    assert sync_buffers()[1] == 0
+    client = MlflowClient()
+    runs = {run.info.run_id: run for run in client.search_runs([client.get_experiment_by_name(cfg.experiment)
+                                                                  .experiment_id])}
+    (child,) = [run for run in runs.values() if run.data.tags.get("model") == "test"]
+    parent = runs[child.data.tags["mlflow.parentRunId"]]
+    assert parent.data.tags["seed_group"] == child.data.tags["config_family"] and child.data.params["seed"] == "7"

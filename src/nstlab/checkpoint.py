@@ -102,12 +102,15 @@ def digest(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_digest(cfg, method: str, stage: int) -> str:
+def run_digest(cfg, method: str, stage: int, *, with_seed: bool = True) -> str:
     """Identifies one training (or Gatys evaluation) configuration: resume and `ablate` key on it.
     Spellings of one configuration share a digest, so a grid point that writes out a default is
     the run that already exists: LoRA targets are a set, and Gatys' free-form options count by
-    the settings they resolve to (`optimizer: adam` is what leaving it out means)."""
+    the settings they resolve to (`optimizer: adam` is what leaving it out means).
+    with_seed=False names the configuration across training seeds (its MLflow parent run)."""
     config = cfg.flat()
+    if not with_seed:
+        del config["seed"]
     config["lora.target_modules"] = sorted(config["lora.target_modules"])
     if method == "gatys":
         from nstlab.models.gatys import settings_from_config

@@ -203,10 +203,10 @@ def _against_adain(output: torch.Tensor, reports_dir: Path, index: int) -> dict[
 def _log_gatys_run(cfg: Config, summary: dict, history_path: Path) -> str | None:
     """One MLflow run per Gatys configuration: its settings, test metrics and step history."""
     from nstlab.checkpoint import run_digest
-    from nstlab.tracking import Tracker
+    from nstlab.tracking import Tracker, seed_group
 
     tags = {"model": "gatys", "stage": "0", "profile": cfg.profile, "config_digest": run_digest(cfg, "gatys", 0)}
-    with Tracker(cfg.mlflow, "gatys", tags) as tracker:
+    with Tracker(cfg.mlflow, "gatys", tags, group=seed_group(cfg, "gatys", 0, "gatys")) as tracker:
         tracker.log_params({k: v for k, v in cfg.flat().items() if k.startswith(("baselines.gatys", "backbone", "seed"))})
         tracker.log_metrics({f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float) and k != "pairs"}, 0)
         histories = json.loads(history_path.read_text())
