@@ -73,3 +73,16 @@ def test_the_seed_stays_out_of_the_configuration_digest_only(tiny_config):
     assert run_digest(one, "vit_lora", 2, with_seed=False) == run_digest(two, "vit_lora", 2, with_seed=False)
     assert seed_group(one, "vit_lora", 2, "x")["digest"] != seed_group(tiny_config("seed=1", "lora.r=4"),
                                                                         "vit_lora", 2, "x")["digest"]
+
+
+def test_a_baselines_seeds_share_a_parent_across_grid_experiments_that_differ_in_lora_keys(tiny_config):
+    from nstlab.checkpoint import run_digest
+
+    def family(method: str, stage: int, *overrides: str) -> str:
+        return run_digest(tiny_config(*overrides), method, stage, with_seed=False)
+
+    assert family("sanet", 0, "lora.r=4", "seed=1") == family("sanet", 0, "lora.r=32", "seed=2")
+    assert family("sanet", 0) != family("sanet", 0, "baselines.sanet.lr=0.5")
+    assert family("sanet", 0) == family("sanet", 0, "baselines.adain.lr=0.5")
+    assert family("vit_lora", 1, "lora.r=4") == family("vit_lora", 1, "lora.r=32")
+    assert family("vit_lora", 2, "lora.r=4") != family("vit_lora", 2, "lora.r=32")

@@ -107,10 +107,10 @@ def run_digest(cfg, method: str, stage: int, *, with_seed: bool = True) -> str:
     Spellings of one configuration share a digest, so a grid point that writes out a default is
     the run that already exists: LoRA targets are a set, and Gatys' free-form options count by
     the settings they resolve to (`optimizer: adam` is what leaving it out means).
-    with_seed=False names the configuration across training seeds (its MLflow parent run)."""
+    with_seed=False names the configuration across training seeds (its MLflow parent run): the
+    seed and the blocks this training does not read (as dvc.yaml's params) are left out, so one
+    baseline's seeds, trained in grid experiments that differ in LoRA keys, share a parent."""
     config = cfg.flat()
-    if not with_seed:
-        del config["seed"]
     config["lora.target_modules"] = sorted(config["lora.target_modules"])
     if method == "gatys":
         from nstlab.models.gatys import settings_from_config
@@ -118,7 +118,19 @@ def run_digest(cfg, method: str, stage: int, *, with_seed: bool = True) -> str:
         options = "baselines.gatys.options."
         config = {key: value for key, value in config.items() if not key.startswith(options)}
         config[options.rstrip(".")] = dataclasses.asdict(settings_from_config(cfg))
+    if not with_seed:
+        foreign = _foreign_blocks(method, stage)
+        config = {key: value for key, value in config.items() if key != "seed" and not key.startswith(foreign)}
     return digest({"method": method, "stage": stage, "config": config})
+
+
+def _foreign_blocks(method: str, stage: int) -> tuple[str, ...]:
+    """Key prefixes of the other methods' settings."""
+    from nstlab.config import BASELINES
+
+    if method == "vit_lora":
+        return ("baselines.", "lora.") if stage == 1 else ("baselines.",)
+    return ("lora.", "encoder.", "decoder.", "loss.", *(f"baselines.{name}." for name in BASELINES if name != method))
 
 
 def source_digest() -> str:
