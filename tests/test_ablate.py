@@ -137,15 +137,18 @@ def test_seeds_plan_each_configuration_under_each_seed_and_skip_the_done_points(
     grid = write(tmp_path, "experiments:\n  a: {lora.r: 8}\n  b: {lora.r: 4}\nseeds: 2\n")
     plan = plan_grid(grid, params_path=params)
     assert [(name, point.state, point.seed) for name, point in plan.items()] == [  # configuration-major
-        ("a-s324", "queued", 324), ("a-s325", "done", 325), ("b-s324", "queued", 324), ("b-s325", "queued", 325)]
+        ("a-s324", "queued", 324), ("a-s325", "done", 325),
+        ("b-s324", "queued", 324), ("b-s325", "queued", 325)]
     assert plan["a-s325"].args == ["lora.r=8", "seed=325"]
-    assert [point.seed for point in plan_grid(grid, params_path=params, seeds=3).values()][:3] == [324, 325, 326]
+    three = plan_grid(grid, params_path=params, seeds=3)
+    assert [point.seed for point in three.values()][:3] == [324, 325, 326]
     assert plan_grid(grid, params_path=params, force=True)["a-s325"].state == "queued"
     listed = write(tmp_path, "experiments:\n  a: {lora.r: 8}\nseeds: [325, 7]\n")
     assert {name: point.state for name, point in plan_grid(listed, params_path=params).items()} == {
         "a-s325": "done", "a-s7": "queued"}
     single = write(tmp_path, "experiments:\n  a: {lora.r: 8}\n")
-    assert {name: (point.args, point.seed) for name, point in plan_grid(single, params_path=params).items()} == {
+    one = plan_grid(single, params_path=params)
+    assert {name: (point.args, point.seed) for name, point in one.items()} == {
         "a": (["lora.r=8"], 324)}  # no seeds asked for: one run at params.yaml's seed, named as before
 
 
@@ -162,12 +165,13 @@ def test_dry_run_with_seeds_prints_every_configuration_seed_pair(tmp_path, empty
     rows = [[cell.strip() for cell in line.split("│")[1:4]] for line in result.output.splitlines()
             if line.count("│") >= 4]
     assert [row for row in rows if row[0] != "experiment"] == [
-        ["a-s324", "queued", "324"], ["a-s325", "queued", "325"], ["b-s324", "queued", "324"], ["b-s325", "queued", "325"]]
+        ["a-s324", "queued", "324"], ["a-s325", "queued", "325"],
+        ["b-s324", "queued", "324"], ["b-s325", "queued", "325"]]
     assert "2 configurations × 2 seeds" in " ".join(result.output.split())  # the title may wrap
     assert CliRunner().invoke(app, ["ablate", str(grid), "--seeds", "0", "--dry-run"]).exit_code == 2
 
 
-@pytest.mark.parametrize("seeds", ["0", "[]", "[1, 1]", "[-1]", "two", "true", "[1.5]"])
+@pytest.mark.parametrize("seeds", ["0", "[]", "[1, 1]", "[-1]", "two", "true", "[1.5]", "[{a: 1}]"])
 def test_bad_seeds_name_the_file_and_the_key(tmp_path, seeds):
     from nstlab.ablate import grid_seeds
 

@@ -1,6 +1,7 @@
 """Report: Table 2 from a real MLflow sqlite store, Table 1 from metrics files, the HTML page."""
 
 import json
+import math
 import shutil
 import subprocess
 
@@ -169,10 +170,12 @@ def test_table2_gives_mean_std_and_n_over_the_seeds_of_each_configuration(seeded
     cfg, _ = seeded_store
     frame = table2(cfg).set_index("r")
     assert frame.loc[16, "n"] == 3 and frame.loc[16, "seeds"] == "1,2,3"
-    assert frame.loc[16, "content_loss"] == pytest.approx(1.2) and frame.loc[16, "content_loss_std"] == pytest.approx(0.2)
-    assert frame.loc[32, "n"] == 2 and frame.loc[32, "content_loss"] == pytest.approx(1.25)  # 1.15 and the newer 1.35
+    assert frame.loc[16, "content_loss"] == pytest.approx(1.2)
+    assert frame.loc[16, "content_loss_std"] == pytest.approx(0.2)
+    assert frame.loc[32, "n"] == 2
+    assert frame.loc[32, "content_loss"] == pytest.approx(1.25)  # 1.15 and the newer 1.35
     assert frame.loc[32, "style_loss_std"] == pytest.approx(0.1414, abs=1e-4)
-    assert frame.loc[64, "n"] == 1 and frame.loc[64, "content_loss_std"] != frame.loc[64, "content_loss_std"]  # NaN
+    assert frame.loc[64, "n"] == 1 and math.isnan(frame.loc[64, "content_loss_std"])
     # content: best r=16 (1.2 ± 0.2); r=32 is 0.05 away (< 0.2): within spread; r=64 is 0.8 away
     assert list(frame["content_loss_within_spread"]) == [False, True, False]
     # style: best r=64 (0.4, n=1, no spread); r=16 (0.5 ± 0) is 0.1 away, more than its spread 0
@@ -201,7 +204,8 @@ def test_table1_reads_every_seed_of_a_models_configuration_from_mlflow(seeded_st
     (reports / "metrics" / "adain.json").write_text(json.dumps(
         {"model": "adain", "paper_content_loss": 3.0, "mlflow_run_id": None, **common}))
     frame = table1(reports, cfg).set_index("model")
-    assert frame.loc["vit_lora", "n"] == 3 and frame.loc["vit_lora", "paper_content_loss"] == pytest.approx(1.2)
+    assert frame.loc["vit_lora", "n"] == 3
+    assert frame.loc["vit_lora", "paper_content_loss"] == pytest.approx(1.2)
     assert frame.loc["vit_lora", "latency_ms"] == 3.0  # the workspace's own run for everything else
     assert frame.loc["adain", "n"] == 1 and frame.loc["adain", "paper_content_loss"] == 3.0
     assert table1(reports).loc[0, "n"] == 1  # without a store: the metrics files alone

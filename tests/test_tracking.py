@@ -5,7 +5,7 @@ import pytest
 from nstlab.tracking import Tracker, find_or_create_parent, search_runs, seed_group
 
 pytest.importorskip("mlflow")
-from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.tracking import MlflowClient
 
 
 @pytest.fixture

@@ -304,4 +304,5 @@ def test_a_buffered_seed_run_nests_under_its_configuration_when_synced(store, ti
                                                                   .experiment_id])}
     (child,) = [run for run in runs.values() if run.data.tags.get("model") == "test"]
     parent = runs[child.data.tags["mlflow.parentRunId"]]
-    assert parent.data.tags["seed_group"] == child.data.tags["config_family"] and child.data.params["seed"] == "7"
+    assert parent.data.tags["seed_group"] == child.data.tags["config_family"]
+    assert child.data.params["seed"] == "7"

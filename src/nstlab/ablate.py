@@ -99,7 +99,8 @@ def grid_seeds(path: Path, base_seed: int, count: int | None = None) -> list[int
         if count is None:
             return None
         if isinstance(count, list):
-            if not count or len(set(count)) != len(count) or not all(_whole(seed) and seed >= 0 for seed in count):
+            distinct = all(_whole(seed) and seed >= 0 for seed in count) and len(set(count)) == len(count)
+            if not count or not distinct:
                 raise ConfigError(f"{path}: seeds: {count!r} must list distinct whole numbers >= 0")
             return list(count)
     if not _whole(count) or count < 1:
@@ -222,7 +223,8 @@ def plan_grid(grid: Path, *, force: bool = False, params_path: Path = Path("para
         for seed in chosen or [base.seed]:
             args = override_args(overrides) + ([f"seed={seed}"] if chosen else [])
             digest = run_digest(load_config(params_path, args), *methods_touched(overrides))
-            plan[f"{name}-s{seed}" if chosen else name] = Point("done" if digest in done else "queued", args, seed)
+            state = "done" if digest in done else "queued"
+            plan[f"{name}-s{seed}" if chosen else name] = Point(state, args, seed)
     return plan
 
 
@@ -233,7 +235,8 @@ def print_plan(grid: Path, plan: dict[str, Point]) -> None:
     for column in ("experiment", "state", "seed", "overrides"):
         table.add_column(column)
     for name, point in plan.items():
-        table.add_row(name, point.state, str(point.seed), escape(" ".join(point.args)))  # [query, value] is not markup
+        # escape: [query, value] is not rich markup
+        table.add_row(name, point.state, str(point.seed), escape(" ".join(point.args)))
     Console().print(table)
 
 

@@ -120,7 +120,8 @@ def run_digest(cfg, method: str, stage: int, *, with_seed: bool = True) -> str:
         config[options.rstrip(".")] = dataclasses.asdict(settings_from_config(cfg))
     if not with_seed:
         foreign = _foreign_blocks(method, stage)
-        config = {key: value for key, value in config.items() if key != "seed" and not key.startswith(foreign)}
+        config = {key: value for key, value in config.items()
+                  if key != "seed" and not key.startswith(foreign)}
     return digest({"method": method, "stage": stage, "config": config})
 
 
@@ -130,7 +131,8 @@ def _foreign_blocks(method: str, stage: int) -> tuple[str, ...]:
 
     if method == "vit_lora":
         return ("baselines.", "lora.") if stage == 1 else ("baselines.",)
-    return ("lora.", "encoder.", "decoder.", "loss.", *(f"baselines.{name}." for name in BASELINES if name != method))
+    others = tuple(f"baselines.{name}." for name in BASELINES if name != method)
+    return ("lora.", "encoder.", "decoder.", "loss.", *others)
 
 
 def source_digest() -> str:

@@ -34,7 +34,8 @@ def within_spread(means: list[float], stds: list[float]) -> list[bool]:
     marks = []
     for index, mean in enumerate(means):
         spreads = [s for s in (stds[index], stds[best]) if not _missing(s)]
-        marks.append(index != best and index in finite and bool(spreads) and mean - means[best] < max(spreads))
+        closer = bool(spreads) and mean - means[best] < max(spreads)
+        marks.append(index != best and index in finite and closer)
     return marks
 
 
@@ -58,7 +59,7 @@ def display(frame: pd.DataFrame, spread: list[str], marked: list[str]) -> pd.Dat
     with the best / within-spread markers; std and flag columns folded in."""
     shown = frame.copy()
     for metric in spread:
-        cells = [cell(mean, std, n) for mean, std, n in zip(frame[metric], frame[f"{metric}_std"], frame["n"])]
+        cells = [cell(*values) for values in zip(frame[metric], frame[f"{metric}_std"], frame["n"])]
         if metric in marked:
             valid = frame[metric].dropna()
             best = valid.idxmin() if len(valid) else None

@@ -123,7 +123,8 @@ def _create_run(client, header: Mapping[str, Any]):
     tags = dict(header["tags"])
     if header.get("group"):  # a buffer replayed by `nstlab sync` nests its run the same way
         tags["mlflow.parentRunId"] = find_or_create_parent(client, experiment_id, header["group"])
-    return client.create_run(experiment_id, start_time=header["start_time"], tags=tags, run_name=header["run_name"])
+    return client.create_run(experiment_id, start_time=header["start_time"], tags=tags,
+                             run_name=header["run_name"])
 
 
 def seed_group(cfg, method: str, stage: int, run_name: str) -> dict:
@@ -131,8 +132,9 @@ def seed_group(cfg, method: str, stage: int, run_name: str) -> dict:
     seed, the stage, and the parent run's name, tags and params (the config less the seed)."""
     from nstlab.checkpoint import run_digest
 
-    return {"digest": run_digest(cfg, method, stage, with_seed=False), "stage": str(stage), "run_name": run_name,
-            "seed": str(cfg.seed), "tags": {"seed_group_model": method, "profile": cfg.profile},
+    return {"digest": run_digest(cfg, method, stage, with_seed=False), "stage": str(stage),
+            "run_name": run_name, "seed": str(cfg.seed),
+            "tags": {"seed_group_model": method, "profile": cfg.profile},
             "params": {key: str(value)[:6000] for key, value in cfg.flat().items() if key != "seed"}}
 
 
@@ -154,7 +156,8 @@ def find_or_create_parent(client, experiment_id: str, group: Mapping[str, Any]) 
     if found:
         return found
     tags = {**group["tags"], "seed_group": group["digest"], "seed_group_stage": group["stage"]}
-    run_id = client.create_run(experiment_id, start_time=_now_ms(), tags=tags, run_name=group["run_name"]).info.run_id
+    run_id = client.create_run(experiment_id, start_time=_now_ms(), tags=tags,
+                               run_name=group["run_name"]).info.run_id
     params = [Param(key, value) for key, value in group["params"].items()]
     for start in range(0, len(params), 100):  # MLflow's batch limit
         client.log_batch(run_id, params=params[start:start + 100])

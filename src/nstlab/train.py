@@ -395,7 +395,8 @@ class Trainer:
         step = start_step
         try:
             group = seed_group(cfg, self.method, self.stage, spec.run_name)  # the run nests under its config
-            with Tracker(cfg.mlflow, spec.run_name, tags, enabled=self.tracking and main, group=group) as tracker:
+            with Tracker(cfg.mlflow, spec.run_name, tags, enabled=self.tracking and main,
+                         group=group) as tracker:
                 tracker.log_params({**cfg.flat(), "parameters.trainable": counts["trainable"],
                                     "parameters.total": counts["total"], "train.total_steps": spec.total_steps,
                                     "train.world_size": self.world_size})
