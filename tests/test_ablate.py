@@ -113,3 +113,69 @@ def test_spellings_of_one_configuration_share_a_digest(tiny_config):
     lora = [run_digest(tiny_config(f"lora.target_modules={targets}"), "vit_lora", 2)
             for targets in ("[query, value, key, dense]", "[query, key, value, dense]", "[query, value]")]
     assert lora[0] == lora[1] != lora[2]
+
+
+@pytest.fixture
+def empty_store(tmp_path, monkeypatch):
+    """An empty sqlite MLflow store, and a working directory that is no DVC repository."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.chdir(tmp_path)
+
+
+def test_seeds_plan_each_configuration_under_each_seed_and_skip_the_done_points(tmp_path, empty_store):
+    from conftest import REPO
+
+    from nstlab.ablate import plan_grid
+    from nstlab.checkpoint import run_digest
+    from nstlab.config import load_config
+    from nstlab.tracking import Tracker
+
+    params = REPO / "params.yaml"
+    finished = load_config(params, ["lora.r=8", "seed=325"])  # a, seed 325 ran already
+    with Tracker(finished.mlflow, "a", {"config_digest": run_digest(finished, "vit_lora", 2)}):
+        pass
+    grid = write(tmp_path, "experiments:\n  a: {lora.r: 8}\n  b: {lora.r: 4}\nseeds: 2\n")
+    plan = plan_grid(grid, params_path=params)
+    assert [(name, point.state, point.seed) for name, point in plan.items()] == [  # configuration-major
+        ("a-s324", "queued", 324), ("a-s325", "done", 325),
+        ("b-s324", "queued", 324), ("b-s325", "queued", 325)]
+    assert plan["a-s325"].args == ["lora.r=8", "seed=325"]
+    three = plan_grid(grid, params_path=params, seeds=3)
+    assert [point.seed for point in three.values()][:3] == [324, 325, 326]
+    assert plan_grid(grid, params_path=params, force=True)["a-s325"].state == "queued"
+    listed = write(tmp_path, "experiments:\n  a: {lora.r: 8}\nseeds: [325, 7]\n")
+    assert {name: point.state for name, point in plan_grid(listed, params_path=params).items()} == {
+        "a-s325": "done", "a-s7": "queued"}
+    single = write(tmp_path, "experiments:\n  a: {lora.r: 8}\n")
+    one = plan_grid(single, params_path=params)
+    assert {name: (point.args, point.seed) for name, point in one.items()} == {
+        "a": (["lora.r=8"], 324)}  # no seeds asked for: one run at params.yaml's seed, named as before
+
+
+def test_dry_run_with_seeds_prints_every_configuration_seed_pair(tmp_path, empty_store):
+    from typer.testing import CliRunner
+
+    from conftest import REPO
+    from nstlab.cli import app
+
+    grid = write(tmp_path, "experiments:\n  a: {lora.r: 8}\n  b: {lora.r: 4}\n")
+    result = CliRunner().invoke(app, ["ablate", str(grid), "--seeds", "2", "--dry-run", "--params",
+                                      str(REPO / "params.yaml")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = [[cell.strip() for cell in line.split("│")[1:4]] for line in result.output.splitlines()
+            if line.count("│") >= 4]
+    assert [row for row in rows if row[0] != "experiment"] == [
+        ["a-s324", "queued", "324"], ["a-s325", "queued", "325"],
+        ["b-s324", "queued", "324"], ["b-s325", "queued", "325"]]
+    assert "2 configurations × 2 seeds" in " ".join(result.output.split())  # the title may wrap
+    assert CliRunner().invoke(app, ["ablate", str(grid), "--seeds", "0", "--dry-run"]).exit_code == 2
+
+
+@pytest.mark.parametrize("seeds", ["0", "[]", "[1, 1]", "[-1]", "two", "true", "[1.5]", "[{a: 1}]"])
+def test_bad_seeds_name_the_file_and_the_key(tmp_path, seeds):
+    from nstlab.ablate import grid_seeds
+
+    path = write(tmp_path, f"experiments:\n  a: {{lora.r: 8}}\nseeds: {seeds}\n")
+    with pytest.raises(ConfigError, match="seeds: ") as error:
+        grid_seeds(path, 324)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)

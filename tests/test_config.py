@@ -144,3 +144,16 @@ def test_config_yaml_holds_every_resolved_key():
 
     cfg = load_config(PARAMS, ["lora.r=32"])
     assert flatten(yaml.safe_load(config_yaml(cfg))) == cfg.flat()
+
+
+def test_the_data_split_has_its_own_seed_that_training_seeds_leave_alone(tiny_config):
+    import yaml
+
+    from conftest import REPO
+
+    assert tiny_config().data.split_seed == 324  # the demo's pairs of before the split seed existed
+    assert tiny_config("seed=1").data.split_seed == 324
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in ("download", "pair"):  # `dvc exp run -S seed=1` retrains, it does not re-pair
+        assert "data.split_seed" in stages[name]["params"] and "seed" not in stages[name]["params"]
+    assert "seed" in stages["train_vit_lora_stage1"]["params"]

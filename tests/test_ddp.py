@@ -118,7 +118,7 @@ def test_torchrun_writes_one_run_and_matches_one_process_on_the_same_global_batc
     ddp = {"models_dir": ddp_root / "models", "logs_dir": ddp_root / "reports" / "train",
            "checkpoints_dir": ddp_root / "checkpoints"}
 
-    runs = search_runs(cfg.mlflow)
+    runs = search_runs(cfg.mlflow, "tags.model = 'vit_lora'")  # the run (its seed-group parent aside)
     assert len(runs) == 1 and list(runs["status"]) == ["FINISHED"]
     assert runs["params.train.world_size"][0] == "2"
     metrics = json.loads((ddp["logs_dir"] / "vit_lora_stage1" / "metrics.json").read_text())

@@ -1,4 +1,5 @@
-"""`nstlab stylize`'s options for every model: --preserve-color and the --alpha trade-off."""
+"""Evaluation and `nstlab stylize`: the options for every model (--preserve-color, the --alpha
+trade-off), and what moves with the training seed and what must not."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from PIL import Image
 from nstlab import evaluate
 from nstlab.checkpoint import save_atomic, trained_state
 from nstlab.errors import NstlabError
-from nstlab.evaluate import ALPHA_MODELS, stylize_file
+from nstlab.evaluate import ALPHA_MODELS, Scorer, stylize_file
 
 MODELS = ("vit_lora", "stytr2", "adain", "sanet", "mcc", "artflow", "iest", "gatys")
 
@@ -124,3 +125,11 @@ def test_the_command_line_passes_both_options_and_refuses_alpha_in_one_line(cfg,
     error = capsys.readouterr().err
     assert refused.value.code == 2 and error.count("\n") == 1
     assert "gatys has no content–style trade-off" in error
+
+
+def test_random_init_scoring_networks_do_not_move_with_the_training_seed(tiny_config):
+    one, other = Scorer(tiny_config("seed=1")), Scorer(tiny_config("seed=2"))
+    moved = Scorer(tiny_config("seed=1", "++data.split_seed=5"))
+    for name, tensor in one.state_dict().items():
+        assert torch.equal(tensor, other.state_dict()[name]), name
+    assert any(not torch.equal(tensor, moved.state_dict()[name]) for name, tensor in one.state_dict().items())

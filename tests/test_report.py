@@ -1,6 +1,7 @@
 """Report: Table 2 from a real MLflow sqlite store, Table 1 from metrics files, the HTML page."""
 
 import json
+import math
 import shutil
 import subprocess
 
@@ -251,3 +252,95 @@ def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_table2(mlfl
     for column in ("lora.r", "lora.target_modules", "encoder.layers", "decoder.layers",
                    "test.paper_style_loss"):
         assert column in table2
+
+
+def _seed_run(cfg, content: float, style: float) -> str:
+    """A stage-2 run as the trainer logs it (nested under its configuration, every param), with
+    the test losses the evaluate stage adds."""
+    from nstlab.tracking import seed_group
+
+    name = f"vit_lora-r{cfg.lora.r}"
+    with Tracker(cfg.mlflow, name, {"model": "vit_lora", "stage": "2"},
+                 group=seed_group(cfg, "vit_lora", 2, name)) as tracker:
+        tracker.log_params({**cfg.flat(), "parameters.trainable": 1000 * cfg.lora.r})
+        tracker.log_metrics({"test.paper_content_loss": content, "test.paper_style_loss": style}, step=1)
+    return tracker.run_id
+
+
+@pytest.fixture
+def seeded_store(tmp_path, tiny_config, monkeypatch):
+    """r=16: an older run of another params family (left out), then seeds 1, 2, 3; r=32: seeds
+    1 and 2, and seed 2 run twice (the newer counts); r=64: one seed."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+
+    def cfg(r: int, seed: int, *extra: str):
+        return tiny_config(f"lora.r={r}", f"seed={seed}", "lora.target_modules=[query, value]", *extra)
+
+    _seed_run(cfg(16, 1, "lora.alpha=8"), 9.0, 9.0)
+    runs = {seed: _seed_run(cfg(16, seed), content, 0.5) for seed, content in ((1, 1.0), (2, 1.2), (3, 1.4))}
+    _seed_run(cfg(32, 1), 1.15, 0.9)
+    _seed_run(cfg(32, 2), 7.0, 0.9)
+    _seed_run(cfg(32, 2), 1.35, 1.1)
+    _seed_run(cfg(64, 1), 2.0, 0.4)
+    return cfg(16, 1), runs
+
+
+def test_table2_gives_mean_std_and_n_over_the_seeds_of_each_configuration(seeded_store, tmp_path):
+    cfg, _ = seeded_store
+    frame = table2(cfg).set_index("r")
+    assert frame.loc[16, "n"] == 3 and frame.loc[16, "seeds"] == "1,2,3"
+    assert frame.loc[16, "content_loss"] == pytest.approx(1.2)
+    assert frame.loc[16, "content_loss_std"] == pytest.approx(0.2)
+    assert frame.loc[32, "n"] == 2
+    assert frame.loc[32, "content_loss"] == pytest.approx(1.25)  # 1.15 and the newer 1.35
+    assert frame.loc[32, "style_loss_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert frame.loc[64, "n"] == 1 and math.isnan(frame.loc[64, "content_loss_std"])
+    # content: best r=16 (1.2 ± 0.2); r=32 is 0.05 away (< 0.2): within spread; r=64 is 0.8 away
+    assert list(frame["content_loss_within_spread"]) == [False, True, False]
+    # style: best r=64 (0.4, n=1, no spread); r=16 (0.5 ± 0) is 0.1 away, more than its spread 0
+    assert not frame["style_loss_within_spread"].any()
+    build_report(cfg, reports_dir=tmp_path / "reports")
+    text = (tmp_path / "reports" / "table2.md").read_text()
+    cells = {int(line.split("|")[1]): [cell.strip() for cell in line.split("|")[5:8]]
+             for line in text.splitlines() if line.startswith("|") and line.split("|")[1].strip().isdigit()}
+    assert cells == {16: ["1.2 ± 0.2 (best)", "0.5 ± 0", "3"], 32: ["1.25 ± 0.14 †", "1 ± 0.14", "2"],
+                     64: ["2", "0.4 (best)", "1"]}  # n = 1: the value alone
+    assert "†: differs from the best by less than the seed spread" in text
+    csv_row = next(line for line in (tmp_path / "reports" / "table2.csv").read_text().splitlines()
+                   if line.startswith("32,"))
+    assert ",1.25,0.141421," in csv_row  # the CSV keeps the numbers
+
+
+def test_table1_reads_every_seed_of_a_models_configuration_from_mlflow(seeded_store, tmp_path):
+    from nstlab.report import table1
+
+    cfg, runs = seeded_store
+    reports = tmp_path / "reports"
+    (reports / "metrics").mkdir(parents=True)
+    common = {"profile": "demo", "pairs": 2, "paper_style_loss": 0.5, "latency_ms": 3.0}
+    (reports / "metrics" / "vit_lora.json").write_text(json.dumps(
+        {"model": "vit_lora", "paper_content_loss": 1.0, "mlflow_run_id": runs[1], **common}))
+    (reports / "metrics" / "adain.json").write_text(json.dumps(
+        {"model": "adain", "paper_content_loss": 3.0, "mlflow_run_id": None, **common}))
+    frame = table1(reports, cfg).set_index("model")
+    assert frame.loc["vit_lora", "n"] == 3
+    assert frame.loc["vit_lora", "paper_content_loss"] == pytest.approx(1.2)
+    assert frame.loc["vit_lora", "latency_ms"] == 3.0  # the workspace's own run for everything else
+    assert frame.loc["adain", "n"] == 1 and frame.loc["adain", "paper_content_loss"] == 3.0
+    assert table1(reports).loc[0, "n"] == 1  # without a store: the metrics files alone
+
+
+def test_quality_vs_cost_draws_the_seed_spread_as_error_bars(seeded_store, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from nstlab.report import quality_vs_cost
+
+    cfg, _ = seeded_store
+    rows = table2(cfg)
+    spread = np.asarray(Image.open(quality_vs_cost(rows, tmp_path / "spread.png", "demo")).convert("L"))
+    flat = rows.assign(content_loss_std=float("nan"), style_loss_std=float("nan"))
+    none = np.asarray(Image.open(quality_vs_cost(flat, tmp_path / "flat.png", "demo")).convert("L"))
+    assert spread.shape == none.shape and (spread < 128).sum() > (none < 128).sum()  # bars and a legend entry

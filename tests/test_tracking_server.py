@@ -337,3 +337,23 @@ def test_source_tags_name_the_entry_point_as_the_repository_does(tmp_path, monke
     assert tracking.source_tags()["mlflow.source.name"] == "nstlab"
     assert tracking.repo_path(tmp_path / "data" / "pairs") == "data/pairs"
     assert tracking.repo_path(Path("/elsewhere/pairs")) == "/elsewhere/pairs"
+
+
+def test_a_buffered_seed_run_nests_under_its_configuration_when_synced(store, tiny_config):
+    from nstlab.tracking import seed_group
+
+    cfg, outage = store
+    outage["on"] = True
+    with pytest.warns(UserWarning, match="MLflow start failed"):
+        with Tracker(cfg, "offline-seed", {"model": "test"},
+                     group=seed_group(tiny_config("seed=7"), "vit_lora", 2, "offline-seed")) as tracker:
+            tracker.log_params({"seed": 7})
+    outage["on"] = False
+    assert sync_buffers()[1] == 0
+    client = MlflowClient()
+    runs = {run.info.run_id: run for run in client.search_runs([client.get_experiment_by_name(cfg.experiment)
+                                                                  .experiment_id])}
+    (child,) = [run for run in runs.values() if run.data.tags.get("model") == "test"]
+    parent = runs[child.data.tags["mlflow.parentRunId"]]
+    assert parent.data.tags["seed_group"] == child.data.tags["config_family"]
+    assert child.data.params["seed"] == "7"

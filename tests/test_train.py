@@ -42,9 +42,11 @@ def test_two_stages_write_weights_logs_adapter_and_an_mlflow_run(tiny_config, ti
     lr = cfg.train.lr
     assert lrs[:4] == [lr] * 4 and lrs[4:] == pytest.approx([lr * 0.3] * 4)  # MultiStepLR at epoch 1
 
-    runs = search_runs(cfg.mlflow)
-    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
+    runs = search_runs(cfg.mlflow).set_index("run_id", drop=False)
+    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}  # per stage: its config's parent, its run
     run = runs[runs["tags.stage"] == "2"].iloc[0]
+    assert runs.loc[run["tags.mlflow.parentRunId"], "tags.seed_group_stage"] == "2"
+    assert run["params.seed"] == "324"
     assert run["tags.mlflow.runName"] == "vit_lora-r16-qkvd-e2-d1"
     assert run["params.lora.r"] == "16" and run["params.encoder.layers"] == "2"
     assert int(run["params.parameters.trainable"]) == second["parameters_trainable"]

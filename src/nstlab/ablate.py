@@ -9,7 +9,8 @@ A grid file lists configurations as overrides of params.yaml keys:
 or, for several one-dimensional sweeps, `grids: {sweep_name: [{key: value}, ...]}` (each entry
 named `<sweep>-<index>`). A `profiles: {demo: {grids: {sweep_name: [...]}}}` block replaces
 whole sweeps (or experiments) under that profile, e.g. a step sweep scaled to the demo's
-budget. Every configuration becomes `dvc exp run --queue -S key=value ...`;
+budget. A top-level `seeds:` (K, or a list of seeds; `--seeds K` wins) runs every configuration
+under each seed, config × seed. Every point becomes `dvc exp run --queue -S key=value ...`;
 the queue runs with N workers; configurations whose result already exists (same resolved
 config digest in a FINISHED MLflow run, or a DVC experiment holding its results) are skipped
 unless --force. DVC's run cache makes every
@@ -21,6 +22,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 from rich.console import Console
@@ -43,10 +45,10 @@ def read_grid(path: Path, profile: str | None = None) -> dict[str, dict]:
         raise ConfigError(f"{path}: not valid YAML") from None
     if not isinstance(raw, dict) or not ({"experiments", "grids"} & set(raw)):
         raise ConfigError(f"{path}: expected a top-level 'experiments:' or 'grids:' mapping")
-    unknown = set(raw) - {"experiments", "grids", "profiles"}
+    unknown = set(raw) - {"experiments", "grids", "profiles", "seeds"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}; "
-                          "use experiments:, grids: or profiles:")
+                          "use experiments:, grids:, profiles: or seeds:")
     _experiments(path, raw, "")
     replacements = raw.get("profiles") or {}
     if not isinstance(replacements, dict) or set(replacements) - set(PROFILES):
@@ -83,6 +85,31 @@ def _experiments(path: Path, raw: dict, where: str) -> dict[str, dict]:
         if not isinstance(overrides, dict) or not overrides:
             raise ConfigError(f"{path}: {where}experiment {name} must be a non-empty mapping of key: value")
     return experiments
+
+
+def grid_seeds(path: Path, base_seed: int, count: int | None = None) -> list[int] | None:
+    """The training seeds to run each configuration under: `count` (--seeds K) or the file's
+    `seeds:` (K, or an explicit list); K seeds are params.yaml's seed and the K-1 after it, so
+    the runs `dvc repro` made count. None when neither is given: one run at params.yaml's seed."""
+    if count is None:
+        try:
+            count = (yaml.safe_load(path.read_text()) or {}).get("seeds")
+        except (OSError, yaml.YAMLError, AttributeError):
+            return None  # read_grid reports an unreadable or malformed file
+        if count is None:
+            return None
+        if isinstance(count, list):
+            distinct = all(_whole(seed) and seed >= 0 for seed in count) and len(set(count)) == len(count)
+            if not count or not distinct:
+                raise ConfigError(f"{path}: seeds: {count!r} must list distinct whole numbers >= 0")
+            return list(count)
+    if not _whole(count) or count < 1:
+        raise ConfigError(f"{path}: seeds: {count!r} must be a number of seeds >= 1 or a list of seeds")
+    return [base_seed + index for index in range(count)]
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def override_args(overrides: dict) -> list[str]:
@@ -171,41 +198,58 @@ def _wait_for_queue(poll_s: float = 5.0) -> dict[str, str]:
         time.sleep(poll_s)
 
 
-def plan_grid(grid: Path, *, force: bool = False, params_path: Path = Path("params.yaml")) -> dict[str, tuple[str, list[str]]]:
-    """{experiment name: ("done" | "queued", its -S overrides)}; a bad key fails here, before
-    anything is queued."""
+class Point(NamedTuple):
+    """One (configuration, seed) of a grid: its state and the -S overrides that run it."""
+
+    state: str  # done | queued | failed
+    args: list[str]
+    seed: int
+
+
+def plan_grid(grid: Path, *, force: bool = False, params_path: Path = Path("params.yaml"),
+              seeds: int | None = None) -> dict[str, Point]:
+    """{point name: Point}, configuration-major: `exp1` with one seed, `exp1-s325` with several
+    (so two queue workers start on two seeds of one configuration, not on the stage 1 and
+    baselines of one new seed twice). A point is done when its digest, seed included, is;
+    a bad key fails here, before anything is queued."""
     base = load_config(params_path)
     experiments = read_grid(grid, base.profile)
+    chosen = grid_seeds(grid, base.seed, seeds)
     done = set()
     if not force:  # finished in MLflow, or a DVC experiment holds the result
         done = finished_digests(base) | dvc_experiment_digests({methods_touched(o) for o in experiments.values()})
     plan = {}
     for name, overrides in experiments.items():
-        args = override_args(overrides)
-        digest = run_digest(load_config(params_path, args), *methods_touched(overrides))
-        plan[name] = ("done" if digest in done else "queued", args)
+        for seed in chosen or [base.seed]:
+            args = override_args(overrides) + ([f"seed={seed}"] if chosen else [])
+            digest = run_digest(load_config(params_path, args), *methods_touched(overrides))
+            state = "done" if digest in done else "queued"
+            plan[f"{name}-s{seed}" if chosen else name] = Point(state, args, seed)
     return plan
 
 
-def print_plan(grid: Path, plan: dict[str, tuple[str, list[str]]]) -> None:
-    table = Table(title=f"{grid}: {len(plan)} configurations")
-    for column in ("experiment", "state", "overrides"):
+def print_plan(grid: Path, plan: dict[str, Point]) -> None:
+    seeds = sorted({point.seed for point in plan.values()})
+    table = Table(title=f"{grid}: {len(plan)} runs ({len(plan) // len(seeds) if plan else 0} configurations "
+                        f"× {len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
+    for column in ("experiment", "state", "seed", "overrides"):
         table.add_column(column)
-    for name, (state, args) in plan.items():
-        table.add_row(name, state, escape(" ".join(args)))  # [query, value] is not rich markup
+    for name, point in plan.items():
+        # escape: [query, value] is not rich markup
+        table.add_row(name, point.state, str(point.seed), escape(" ".join(point.args)))
     Console().print(table)
 
 
 def run_grid(grid: Path, *, jobs: int = 1, force: bool = False, dry_run: bool = False,
-             params_path: Path = Path("params.yaml")) -> dict:
+             params_path: Path = Path("params.yaml"), seeds: int | None = None) -> dict:
     """Queue, run and report one grid; prints a done / queued / failed table (with dry_run:
     the plan, and nothing runs)."""
-    plan = plan_grid(grid, force=force, params_path=params_path)
+    plan = plan_grid(grid, force=force, params_path=params_path, seeds=seeds)
     if dry_run:
         print_plan(grid, plan)
-        return {name: state for name, (state, _) in plan.items()}
+        return {name: point.state for name, point in plan.items()}
     prefix = grid.stem
-    for name, (state, args) in plan.items():
+    for name, (state, args, _) in plan.items():
         if state == "queued":
             # `++key=value`: add or override (Hydra grammar), as a grid may set a key params.yaml only
             # has under a profile block (baselines.gatys.options.*); plain `key=value` must exist.
@@ -213,13 +257,13 @@ def run_grid(grid: Path, *, jobs: int = 1, force: bool = False, dry_run: bool = 
     if any(state == "queued" for state, _ in plan.values()):
         _dvc("queue", "start", "--jobs", str(jobs), env=worker_env(jobs))
         statuses = _wait_for_queue()
-        for name, (state, args) in plan.items():
-            if state == "queued":
+        for name, point in plan.items():
+            if point.state == "queued":
                 final = statuses.get(f"{prefix}-{name}", "Failed")
-                plan[name] = ("done" if final == "Success" else "failed", args)
+                plan[name] = point._replace(state="done" if final == "Success" else "failed")
     subprocess.run(["nstlab", "report", "--params", str(params_path)], check=False)
     print_plan(grid, plan)
-    result = {name: state for name, (state, _) in plan.items()}
+    result = {name: point.state for name, point in plan.items()}
     Path("reports").mkdir(exist_ok=True)
     (Path("reports") / f"ablate_{prefix}.json").write_text(json.dumps(result, indent=2) + "\n")
     if any(state == "failed" for state in result.values()):

@@ -102,11 +102,14 @@ def digest(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_digest(cfg, method: str, stage: int) -> str:
+def run_digest(cfg, method: str, stage: int, *, with_seed: bool = True) -> str:
     """Identifies one training (or Gatys evaluation) configuration: resume and `ablate` key on it.
     Spellings of one configuration share a digest, so a grid point that writes out a default is
     the run that already exists: LoRA targets are a set, and Gatys' free-form options count by
-    the settings they resolve to (`optimizer: adam` is what leaving it out means)."""
+    the settings they resolve to (`optimizer: adam` is what leaving it out means).
+    with_seed=False names the configuration across training seeds (its MLflow parent run): the
+    seed and the blocks this training does not read (as dvc.yaml's params) are left out, so one
+    baseline's seeds, trained in grid experiments that differ in LoRA keys, share a parent."""
     config = cfg.flat()
     config["lora.target_modules"] = sorted(config["lora.target_modules"])
     if method == "gatys":
@@ -115,7 +118,21 @@ def run_digest(cfg, method: str, stage: int) -> str:
         options = "baselines.gatys.options."
         config = {key: value for key, value in config.items() if not key.startswith(options)}
         config[options.rstrip(".")] = dataclasses.asdict(settings_from_config(cfg))
+    if not with_seed:
+        foreign = _foreign_blocks(method, stage)
+        config = {key: value for key, value in config.items()
+                  if key != "seed" and not key.startswith(foreign)}
     return digest({"method": method, "stage": stage, "config": config})
+
+
+def _foreign_blocks(method: str, stage: int) -> tuple[str, ...]:
+    """Key prefixes of the other methods' settings."""
+    from nstlab.config import BASELINES
+
+    if method == "vit_lora":
+        return ("baselines.", "lora.") if stage == 1 else ("baselines.",)
+    others = tuple(f"baselines.{name}." for name in BASELINES if name != method)
+    return ("lora.", "encoder.", "decoder.", "loss.", *others)
 
 
 def source_digest() -> str:

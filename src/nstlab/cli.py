@@ -183,11 +183,14 @@ def ablate(grid: Annotated[Path, typer.Argument(help="experiments/*.yaml")],
            jobs: Annotated[int, typer.Option(help="parallel DVC queue workers")] = 1,
            force: Annotated[bool, typer.Option(help="rerun configurations already done")] = False,
            dry_run: Annotated[bool, typer.Option(help="print which configurations are done / would run; run nothing")] = False,
+           seeds: Annotated[int | None, typer.Option(
+               min=1, help="run each configuration under K training seeds (params.yaml's seed, the K-1 after)"
+           )] = None,
            params: ParamsOption = Path("params.yaml")) -> None:
     """Queue every configuration of a grid as a DVC experiment, run the queue, rebuild the report."""
     from nstlab.ablate import run_grid
 
-    run_grid(grid, jobs=jobs, force=force, dry_run=dry_run, params_path=params)
+    run_grid(grid, jobs=jobs, force=force, dry_run=dry_run, params_path=params, seeds=seeds)
 
 
 @app.command()

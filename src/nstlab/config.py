@@ -65,6 +65,8 @@ class DataConfig:
     # the fraction of a draw that may be missing on the server (replaced by the next files drawn)
     max_missing: float = field(default=0.02, metadata=_range(0, 1))
     hub_shuffle_buffer: int = field(default=1000, metadata=_range(1))  # hf: sources' seeded shuffle buffer
+    # The download draw and the train/val/test pairing: fixed while `seed` (training) varies.
+    split_seed: int = field(default=324, metadata=_range(0))
 
 
 @dataclass(frozen=True)

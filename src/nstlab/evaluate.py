@@ -67,10 +67,15 @@ class Scorer(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
+        import dataclasses
+
         from nstlab.losses import loss_network
 
-        self.paper = loss_network("paper", cfg)
-        self.stytr2 = loss_network("stytr2", cfg)
+        # The measuring stick must not move with the training seed: random-init scoring networks
+        # (the demo's) are drawn from the fixed split seed, so every seed is scored alike.
+        fixed = dataclasses.replace(cfg, seed=cfg.data.split_seed)
+        self.paper = loss_network("paper", fixed)
+        self.stytr2 = loss_network("stytr2", fixed)
 
     @torch.no_grad()
     def forward(self, output: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> dict[str, float]:
@@ -204,12 +209,12 @@ def _log_gatys_run(cfg: Config, summary: dict, outputs_dir: Path, test_pairs) ->
     metrics, step history and the whole resolved config."""
     from nstlab.checkpoint import run_digest
     from nstlab.config import config_yaml, run_params
-    from nstlab.tracking import Tracker
+    from nstlab.tracking import Tracker, seed_group
 
     history_path, config_file = outputs_dir / "history.json", outputs_dir / "config.yaml"
     config_file.write_text(config_yaml(cfg))
     tags = {"model": "gatys", "stage": "0", "profile": cfg.profile, "config_digest": run_digest(cfg, "gatys", 0)}
-    with Tracker(cfg.mlflow, "gatys", tags) as tracker:
+    with Tracker(cfg.mlflow, "gatys", tags, group=seed_group(cfg, "gatys", 0, "gatys")) as tracker:
         tracker.log_params(run_params(cfg, "gatys"))
         tracker.log_datasets(test_pairs)
         tracker.log_artifact(config_file)

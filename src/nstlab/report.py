@@ -48,24 +48,75 @@ def canonical_targets(targets: list[str]) -> str:
     return "".join(letter for letter in "qkvd" if letter in letters)
 
 
-def table1(reports_dir: Path) -> pd.DataFrame:
+# Table 1's loss columns (lower is better) get the best / within-spread marks; all six get mean ± std.
+TABLE1_MARKED = ["paper_content_loss", "paper_style_loss", "stytr2_content_loss", "stytr2_style_loss"]
+TABLE1_SPREAD = [*TABLE1_MARKED, "ssim_content", "gram_distance"]
+
+
+def table1(reports_dir: Path, cfg: Config | None = None) -> pd.DataFrame:
+    """One row per model from reports/metrics/*.json (the pipeline's single seed). With `cfg`, the
+    quality columns are mean ± std over every seed of the same configuration that MLflow holds
+    (the sibling runs of the model's run, e.g. from `nstlab ablate --seeds K`); else n = 1."""
     rows = []
     for path in sorted((reports_dir / "metrics").glob("*.json")):
         metrics = json.loads(path.read_text())
         reference = PAPER_TABLE1.get(metrics["model"], (None, None))
-        rows.append({**metrics, "paper_reported_content": reference[0], "paper_reported_style": reference[1]})
-    frame = pd.DataFrame(rows, columns=TABLE1_COLUMNS)
+        rows.append({**metrics, "paper_reported_content": reference[0], "paper_reported_style": reference[1],
+                     "_start": pd.NaT, "_family": metrics["model"], "_seed": None})  # NaT sorts last: newest
+    spread = [column for metric in TABLE1_SPREAD for column in (metric, f"{metric}_std")]
+    columns = [*TABLE1_COLUMNS[:3], *spread, *TABLE1_COLUMNS[9:], "n", "seeds",
+               *[f"{metric}_within_spread" for metric in TABLE1_MARKED]]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    siblings = _seed_runs(cfg, rows) if cfg is not None else []
+    frame = seed_summary(pd.DataFrame(rows + siblings), ["model"], TABLE1_SPREAD, TABLE1_MARKED)
     rank = {name: index for index, name in enumerate(MODEL_ORDER)}
-    return frame.sort_values("model", key=lambda column: column.map(lambda m: rank.get(m, 99))).reset_index(drop=True)
+    frame = frame.sort_values("model", key=lambda column: column.map(lambda m: rank.get(m, 99)))
+    return frame.reindex(columns=columns).reset_index(drop=True)
+
+
+def _seed_runs(cfg: Config, rows: list[dict]) -> list[dict]:
+    """The MLflow runs that are seeds of each metrics file's configuration (children of its run's
+    parent, with test metrics), as Table 1 rows of that model; each file's row (in `rows`) is
+    given its family and seed, so it stands for its own seed."""
+    from nstlab.tracking import search_runs
+
+    runs = search_runs(cfg.mlflow, "attributes.status = 'FINISHED'")
+    if runs.empty or not {"tags.mlflow.parentRunId", "metrics.test.paper_content_loss"} <= set(runs):
+        return []
+    runs = runs.set_index("run_id", drop=False)
+    found = []
+    for row in rows:
+        run_id = row.get("mlflow_run_id")
+        if run_id not in runs.index or not isinstance(runs.loc[run_id, "tags.mlflow.parentRunId"], str):
+            continue
+        parent = runs.loc[run_id, "tags.mlflow.parentRunId"]
+        row.update(_family=parent, _seed=_seed_columns(runs.loc[run_id])["_seed"])
+        tested = runs["metrics.test.paper_content_loss"].notna()
+        siblings = runs[(runs["tags.mlflow.parentRunId"] == parent) & tested]
+        for _, sibling in siblings.iterrows():
+            found.append({"model": row["model"], "_start": sibling["start_time"], "_family": parent,
+                          "_seed": _seed_columns(sibling)["_seed"],
+                          **{metric: sibling.get(f"metrics.test.{metric}") for metric in TABLE1_SPREAD}})
+    return found
+
+
+TABLE2_KEY = ["r", "targets", "encoder_layers", "decoder_layers"]
+TABLE2_SPREAD = ["content_loss", "style_loss"]
 
 
 def table2(cfg: Config) -> pd.DataFrame:
-    """One row per ViT-LoRA stage-2 configuration found in MLflow (the newest finished run each)."""
+    """One row per ViT-LoRA stage-2 configuration found in MLflow: its losses as mean, standard
+    deviation and n over the seeds of that configuration (spread.py). The newest finished run of
+    each configuration picks its config family (the parent run's digest, so runs of an older
+    params.yaml are not mixed in) and the newest run of each of the family's seeds counts; the
+    run columns (run_id, ...) are the newest run's."""
     from nstlab.tracking import is_server, resolve_tracking_uri, run_page_url, search_runs
 
     runs = search_runs(cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2' and attributes.status = 'FINISHED'")
     uri = resolve_tracking_uri(cfg.mlflow)
-    columns = ["r", "targets", "encoder_layers", "decoder_layers", "content_loss", "style_loss", "loss_source",
+    columns = [*TABLE2_KEY, "content_loss", "content_loss_std", "style_loss", "style_loss_std", "n", "seeds",
+               "content_loss_within_spread", "style_loss_within_spread", "loss_source",
                "trainable_parameters", "train_seconds", "pairs_per_s", "run_name", "run_id", "dvc_experiment",
                *(["mlflow_run_url"] if is_server(uri) else []), "paper_reported_content", "paper_reported_style"]
     rows = []
@@ -84,11 +135,37 @@ def table2(cfg: Config) -> pd.DataFrame:
                      "run_id": run["run_id"], "dvc_experiment": run.get("tags.dvc_experiment"),
                      "mlflow_run_url": run_page_url(uri, run["experiment_id"], run["run_id"]),
                      "paper_reported_content": reference[0], "paper_reported_style": reference[1],
-                     "_start": run["start_time"]})
+                     "_start": run["start_time"], **_seed_columns(run)})
     if not rows:
         return pd.DataFrame(columns=columns)
-    frame = pd.DataFrame(rows).sort_values("_start").drop_duplicates(["r", "targets", "encoder_layers", "decoder_layers"], keep="last")
-    return frame.sort_values(["targets", "r", "encoder_layers", "decoder_layers"])[columns].reset_index(drop=True)
+    return seed_summary(pd.DataFrame(rows), TABLE2_KEY, TABLE2_SPREAD, TABLE2_SPREAD)[columns].sort_values(
+        ["targets", "r", "encoder_layers", "decoder_layers"]).reset_index(drop=True)
+
+
+def _seed_columns(run: pd.Series) -> dict:
+    """_family (the configuration across seeds: the parent run's digest; a run from before seeds
+    were tracked is its own family) and _seed of one MLflow run row."""
+    family, seed = run.get("tags.config_family"), run.get("params.seed")
+    return {"_family": family if isinstance(family, str) else run["run_id"],
+            "_seed": seed if isinstance(seed, str) else None}
+
+
+def seed_summary(runs: pd.DataFrame, key: list[str], spread: list[str], marked: list[str]) -> pd.DataFrame:
+    """Runs (one row each, with _start, _family and _seed) -> one row per `key`: the newest run's
+    columns, `spread` as mean/std/n over the newest run of each seed of its family, the seeds
+    used, and the within-spread flags of the `marked` columns."""
+    from nstlab import spread as seed_spread
+
+    runs = runs.reindex(columns=[*runs.columns, *[m for m in spread if m not in runs]])  # old files lack some
+    runs[spread] = runs[spread].astype(float)  # None (a metric a run did not log) -> NaN
+    runs = runs.sort_values("_start", kind="stable")
+    newest = runs.drop_duplicates(key, keep="last").set_index(key)
+    runs = runs.merge(newest["_family"].rename("_newest_family"), left_on=key, right_index=True)
+    runs = runs[runs["_family"] == runs["_newest_family"]].drop_duplicates([*key, "_seed"], keep="last")
+    summary = seed_spread.summarise(runs, key, spread).set_index(key)
+    seeds = runs.groupby(key, sort=False)["_seed"].agg(lambda s: ",".join(sorted(str(v) for v in s.dropna())))
+    rows = newest.drop(columns=spread).join(summary).assign(seeds=seeds).reset_index()
+    return seed_spread.mark(rows, marked)
 
 
 def adapters_table(cfg: Config) -> pd.DataFrame:
@@ -109,11 +186,17 @@ def adapters_table(cfg: Config) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def write_table(frame: pd.DataFrame, stem: Path, title: str, profile: str) -> None:
-    """stem.csv and stem.md (title + profile note + markdown table)."""
+def write_table(frame: pd.DataFrame, stem: Path, title: str, profile: str,
+                shown: pd.DataFrame | None = None) -> None:
+    """stem.csv (every column, numbers) and stem.md (title + profile note + `shown`, the table
+    as displayed with mean ± std cells, and the note on seed spread)."""
+    from nstlab.spread import SPREAD_NOTE
+
     frame.to_csv(stem.with_suffix(".csv"), index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g")
-    body = frame.to_markdown(index=False, floatfmt=".4g") if len(frame) else "_no rows yet_"
-    stem.with_suffix(".md").write_text(f"# {title}\n\n{profile_note(profile)}\n\n{body}\n")
+    shown = frame if shown is None else shown
+    body = shown.to_markdown(index=False, floatfmt=".4g") if len(shown) else "_no rows yet_"
+    note = f"\n\n{SPREAD_NOTE}" if "n" in shown and len(shown) else ""
+    stem.with_suffix(".md").write_text(f"# {title}\n\n{profile_note(profile)}\n\n{body}{note}\n")
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -180,7 +263,8 @@ def pareto_front(costs: list[float], losses: list[float]) -> list[bool]:
 
 def quality_vs_cost(t2: pd.DataFrame, path: Path, profile: str) -> Path | None:
     """Table 2 as a trade-off: content and style loss against trainable parameters (one labelled
-    point per configuration, Pareto front joined), and training pairs/s when the runs logged it."""
+    point per configuration, ± one standard deviation over its seeds as error bars, Pareto front
+    of the means joined), and training pairs/s when the runs logged it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,6 +283,10 @@ def quality_vs_cost(t2: pd.DataFrame, path: Path, profile: str) -> Path | None:
     for axis, (column, title) in zip(axes[0], panels):
         values = rows[column]
         axis.scatter(params_m, values, color="tab:blue", zorder=2)
+        spread = rows.get(f"{column}_std")
+        if spread is not None and spread.notna().any():  # n = 1 rows get no bar
+            axis.errorbar(params_m, values, yerr=spread.fillna(0), fmt="none", ecolor="tab:blue", capsize=3,
+                          zorder=1, label="± 1 std over seeds")
         for x, y, label in zip(params_m, values, labels):
             axis.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if column != "pairs_per_s":  # speed is context; the front is over quality and size
@@ -252,6 +340,8 @@ def figure_html(path: Path, reports_dir: Path) -> str:
 
 def write_html(cfg: Config, reports_dir: Path, t1: pd.DataFrame, t2: pd.DataFrame, figures: list[Path],
                gatys_html: str = "", table2_figure: Path | None = None) -> Path:
+    from nstlab.spread import SPREAD_NOTE
+
     images = "\n".join(figure_html(p, reports_dir) for p in figures)
     trade_off = figure_html(table2_figure, reports_dir) if table2_figure else ""
     page = f"""<!doctype html>
@@ -270,6 +360,7 @@ figure {{ margin: 1em 0; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
 <div id="table1">{html_table(t1)}</div>
 <h2>Table 2: ViT-LoRA ablation (from MLflow)</h2>
 <div id="table2">{html_table(t2)}</div>
+<p>{html.escape(SPREAD_NOTE)}</p>
 {trade_off}
 {gatys_html}
 <h2>Figures and gallery</h2>
@@ -285,10 +376,15 @@ def build_report(cfg: Config, reports_dir: Path = Path("reports"), pairs_dir: Pa
     """Write tables, figures and index.html; returns the paths written."""
     figures_dir = reports_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
-    t1 = table1(reports_dir)
+    from nstlab.spread import display
+
+    t1 = table1(reports_dir, cfg)
     t2 = table2(cfg)
-    write_table(t1, reports_dir / "table1", "Table 1: style transfer models on the test pairs", cfg.profile)
-    write_table(t2, reports_dir / "table2", "Table 2: ViT-LoRA ablation (LoRA rank, targets, layers)", cfg.profile)
+    shown1, shown2 = display(t1, TABLE1_SPREAD, TABLE1_MARKED), display(t2, TABLE2_SPREAD, TABLE2_SPREAD)
+    write_table(t1, reports_dir / "table1", "Table 1: style transfer models on the test pairs", cfg.profile,
+                shown1)
+    write_table(t2, reports_dir / "table2", "Table 2: ViT-LoRA ablation (LoRA rank, targets, layers)",
+                cfg.profile, shown2)
     figures = [
         image_grid(t1, reports_dir, pairs_dir, cfg.eval.gallery_pairs, figures_dir / "gallery_grid.png"),
         loss_curves(reports_dir / "train", figures_dir / "loss_curves.png"),
@@ -299,6 +395,6 @@ def build_report(cfg: Config, reports_dir: Path = Path("reports"), pairs_dir: Pa
 
     trade_off = quality_vs_cost(t2, figures_dir / "quality_vs_cost.png", cfg.profile)
     gatys_html, gatys_figures = gatys_section(cfg, reports_dir)
-    page = write_html(cfg, reports_dir, t1, t2, figures, gatys_html, trade_off)
+    page = write_html(cfg, reports_dir, shown1, shown2, figures, gatys_html, trade_off)
     figures += gatys_figures + ([trade_off] if trade_off else [])
     return {"table1": len(t1), "table2": len(t2), "figures": [str(p) for p in figures], "html": str(page)}

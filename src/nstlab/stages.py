@@ -26,7 +26,8 @@ def download_stage(cfg: Config, raw_dir: Path, progress: bool = True) -> None:
     data = cfg.data
     failures = []
     for role, source in zip(ROLES, (data.content_source, data.style_source)):
-        paths, summary = fetch_source(source, role, images_to_fetch(cfg), raw_dir, seed=cfg.seed, mirror=data.mirror,
+        paths, summary = fetch_source(source, role, images_to_fetch(cfg), raw_dir, seed=data.split_seed,
+                                      mirror=data.mirror,
                                       workers=data.download_workers, retries=data.download_retries,
                                       timeout_s=data.download_timeout_s, max_missing=data.max_missing,
                                       hub_shuffle_buffer=data.hub_shuffle_buffer, progress=progress)
@@ -47,7 +48,8 @@ def pair_stage(cfg: Config, raw_dir: Path, out_dir: Path, cache_dir: Path = Path
 
     data = cfg.data
     summary = build_pairs(list_images(raw_dir / "content"), list_images(raw_dir / "style"), n_train=data.n_train,
-                          n_val=data.n_val, n_test=data.n_test, seed=cfg.seed, image_size=data.image_size,
+                          n_val=data.n_val, n_test=data.n_test, seed=data.split_seed,
+                          image_size=data.image_size,
                           cache_dir=cache_dir, out_dir=out_dir, test_max_side=data.test_max_side,
                           max_pixels=data.max_pixels, min_side=data.min_side, progress=progress,
                           group_of={"content": source_group(data.content_source),

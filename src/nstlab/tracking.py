@@ -175,8 +175,9 @@ def _describe(error: Exception) -> str:
 
 
 def _create_run(client, header: Mapping[str, Any]):
-    """A run in the header's experiment (created if missing). Artefacts go to mlartifacts/ for a
-    local sqlite store, and through the server (its --artifacts-destination) for an http(s) one."""
+    """A run in the header's experiment (created if missing), nested under its configuration's
+    parent when the header names a seed group. Artefacts go to mlartifacts/ for a local sqlite
+    store, and through the server (its --artifacts-destination) for an http(s) one."""
     experiment = client.get_experiment_by_name(header["experiment"])
     tags = experiment_tags()
     if experiment is None:
@@ -188,8 +189,54 @@ def _create_run(client, header: Mapping[str, Any]):
         for key, value in tags.items():  # an experiment made before these tags; a kind set by hand stays
             if key not in experiment.tags or (key != EXPERIMENT_KIND_TAG and experiment.tags[key] != value):
                 client.set_experiment_tag(experiment_id, key, value)
-    return client.create_run(experiment_id, start_time=header["start_time"], tags=header["tags"],
+    run_tags = dict(header["tags"])
+    if header.get("group"):  # a buffer replayed by `nstlab sync` nests its run the same way
+        run_tags["mlflow.parentRunId"] = find_or_create_parent(client, experiment_id, header["group"])
+    return client.create_run(experiment_id, start_time=header["start_time"], tags=run_tags,
                              run_name=header["run_name"])
+
+
+def seed_group(cfg, method: str, stage: int, run_name: str) -> dict:
+    """What names one configuration across training seeds (`cfg` a Config): its digest without the
+    seed, the stage, and the parent run's name, tags and params (the config less the seed)."""
+    from nstlab.checkpoint import run_digest
+    from nstlab.config import run_params
+
+    return {"digest": run_digest(cfg, method, stage, with_seed=False), "stage": str(stage),
+            "run_name": run_name, "seed": str(cfg.seed),
+            "tags": {"seed_group_model": method, "profile": cfg.profile},
+            "params": {key: str(value)[:6000] for key, value in run_params(cfg, method, stage).items()
+                       if key != "seed"}}
+
+
+def find_or_create_parent(client, experiment_id: str, group: Mapping[str, Any]) -> str:
+    """The id of the parent run of one configuration (experiment, digest without seed, stage),
+    created if missing: the seeds' runs, from any DVC experiment, nest under it. It holds the
+    configuration's params and ends FINISHED at once (it only groups). It carries no `model` tag,
+    so searches for trained runs never see it. Two processes that create it at once both keep the
+    oldest, and the other one is deleted."""
+    from mlflow.entities import Param
+
+    query = f"tags.seed_group = '{group['digest']}' and tags.seed_group_stage = '{group['stage']}'"
+
+    def oldest() -> str | None:
+        runs = client.search_runs([experiment_id], query, max_results=1000)
+        return min(runs, key=lambda run: (run.info.start_time, run.info.run_id)).info.run_id if runs else None
+
+    found = oldest()
+    if found:
+        return found
+    tags = {**group["tags"], "seed_group": group["digest"], "seed_group_stage": group["stage"]}
+    run_id = client.create_run(experiment_id, start_time=_now_ms(), tags=tags,
+                               run_name=group["run_name"]).info.run_id
+    params = [Param(key, value) for key, value in group["params"].items()]
+    for start in range(0, len(params), 100):  # MLflow's batch limit
+        client.log_batch(run_id, params=params[start:start + 100])
+    client.set_terminated(run_id, "FINISHED")
+    kept = oldest()
+    if kept != run_id:
+        client.delete_run(run_id)
+    return kept
 
 
 def _deliver(client, run_id: str, record: Mapping[str, Any]) -> None:
@@ -330,8 +377,10 @@ class Tracker:
     waits for `nstlab sync`.
     """
 
-    def __init__(self, cfg: MlflowConfig, run_name: str, tags: Mapping[str, str], enabled: bool = True):
+    def __init__(self, cfg: MlflowConfig, run_name: str, tags: Mapping[str, str], enabled: bool = True,
+                 group: Mapping[str, Any] | None = None):
         self.cfg, self.run_name, self.tags = cfg, run_name, dict(tags)
+        self.group = group  # seed_group(): nest this run under its configuration's parent
         self.enabled = enabled
         self.run_id: str | None = None
         self.experiment_id: str | None = None
@@ -363,6 +412,7 @@ class Tracker:
             "tracking_uri": self.tracking_uri,
             "mlflow.runName": self.run_name,
             **source_tags(),
+            **({"seed": self.group["seed"], "config_family": self.group["digest"]} if self.group else {}),
             **self.tags,
         }
         try:
@@ -383,7 +433,7 @@ class Tracker:
     def _header(self) -> dict:
         return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "experiment_id": self.experiment_id,
                 "experiment": self.cfg.experiment, "run_name": self.run_name, "tags": self.tags,
-                "start_time": self._start_time_ms}
+                "start_time": self._start_time_ms, "group": self.group}
 
     def _send(self, record: Mapping[str, Any]) -> None:
         """Deliver one call, or buffer it while the backend is down."""

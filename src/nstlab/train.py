@@ -372,7 +372,7 @@ class Trainer:
     def run(self, resume: str = "auto") -> dict:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from nstlab.tracking import Tracker
+        from nstlab.tracking import Tracker, seed_group
 
         cfg, spec = self.cfg, self.spec
         start_step, best = self._try_resume(resume)
@@ -395,7 +395,9 @@ class Trainer:
         pairs_seen = 0
         step = start_step
         try:
-            with Tracker(cfg.mlflow, spec.run_name, tags, enabled=self.tracking and main) as tracker:
+            group = seed_group(cfg, self.method, self.stage, spec.run_name)  # the run nests under its config
+            with Tracker(cfg.mlflow, spec.run_name, tags, enabled=self.tracking and main,
+                         group=group) as tracker:
                 tracker.log_params({**run_params(cfg, self.method, spec.stage),
                                     "parameters.trainable": counts["trainable"],
                                     "parameters.total": counts["total"], "train.total_steps": spec.total_steps,
