@@ -5,7 +5,6 @@ Every table and page states the profile; demo numbers are never shown as the pap
 paper's own values sit in their own, labelled columns for reference.
 """
 
-import csv
 import html
 import json
 from pathlib import Path
@@ -13,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from nstlab.config import Config
+from nstlab.report_gatys import gatys_section
+from nstlab.report_tables import figure_html, html_table, profile_note, write_table
 
 MODEL_ORDER = ("vit_lora", "artflow", "iest", "mcc", "sanet", "stytr2", "adain", "gatys")
 
@@ -30,14 +31,6 @@ PAPER_TABLE2 = {
 TABLE1_COLUMNS = ["model", "profile", "pairs", "paper_content_loss", "paper_style_loss", "stytr2_content_loss",
                   "stytr2_style_loss", "ssim_content", "gram_distance", "latency_ms", "peak_memory_mb",
                   "paper_reported_content", "paper_reported_style"]
-
-
-def profile_note(profile: str) -> str:
-    if profile == "demo":
-        return ("Profile: demo. DEMO RESULTS: embedded toy data, random-init backbones of reduced size, a few "
-                "dozen steps per model on a CPU, so most outputs are still flat colours. They check the pipeline; "
-                "they are not the paper's numbers and not comparable to the reference columns.")
-    return "Profile: paper (COCO + WikiArt, pretrained ViT-B/16 and VGG-19, the paper's schedule)."
 
 
 def canonical_targets(targets: list[str]) -> str:
@@ -107,13 +100,6 @@ def adapters_table(cfg: Config) -> pd.DataFrame:
              "test_style_loss": run.get("metrics.test.paper_style_loss"), "adapter": f"runs:/{run['run_id']}/adapter"}
             for _, run in runs.iterrows()]
     return pd.DataFrame(rows, columns=columns)
-
-
-def write_table(frame: pd.DataFrame, stem: Path, title: str, profile: str) -> None:
-    """stem.csv and stem.md (title + profile note + markdown table)."""
-    frame.to_csv(stem.with_suffix(".csv"), index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g")
-    body = frame.to_markdown(index=False, floatfmt=".4g") if len(frame) else "_no rows yet_"
-    stem.with_suffix(".md").write_text(f"# {title}\n\n{profile_note(profile)}\n\n{body}\n")
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -238,18 +224,6 @@ def image_grid(frame: pd.DataFrame, reports_dir: Path, pairs_dir: Path, rows_wan
 # -- HTML ---------------------------------------------------------------------------------------
 
 
-def html_table(frame: pd.DataFrame) -> str:
-    if frame.empty:
-        return "<p><em>no rows yet</em></p>"
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="table",
-                         render_links=True)  # mlflow_run_url cells become links
-
-
-def figure_html(path: Path, reports_dir: Path) -> str:
-    return (f'<figure><img src="{html.escape(str(path.relative_to(reports_dir)))}" alt="{html.escape(path.stem)}">'
-            f"<figcaption>{html.escape(path.stem)}</figcaption></figure>")
-
-
 def write_html(cfg: Config, reports_dir: Path, t1: pd.DataFrame, t2: pd.DataFrame, figures: list[Path],
                gatys_html: str = "", table2_figure: Path | None = None) -> Path:
     images = "\n".join(figure_html(p, reports_dir) for p in figures)
@@ -295,8 +269,6 @@ def build_report(cfg: Config, reports_dir: Path = Path("reports"), pairs_dir: Pa
         metric_bars(t1, figures_dir / "metrics.png", cfg.profile),
     ]
     figures = [path for path in figures if path is not None]
-    from nstlab.report_gatys import gatys_section  # report_gatys imports this module
-
     trade_off = quality_vs_cost(t2, figures_dir / "quality_vs_cost.png", cfg.profile)
     gatys_html, gatys_figures = gatys_section(cfg, reports_dir)
     page = write_html(cfg, reports_dir, t1, t2, figures, gatys_html, trade_off)

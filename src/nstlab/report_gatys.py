@@ -19,7 +19,7 @@ import yaml
 
 from nstlab.ablate import read_grid
 from nstlab.config import Config
-from nstlab.report import html_table, write_table
+from nstlab.report_tables import html_table, write_table
 from nstlab.tracking import metric_history, search_runs
 
 OPTIONS = "baselines.gatys.options."
