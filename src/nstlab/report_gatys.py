@@ -51,7 +51,7 @@ def param_value(raw: Any) -> Any:
 def _preset_defaults(preset: str) -> dict[str, Any]:
     import dataclasses
 
-    from nstlab.models.gatys import settings_from_options
+    from nstlab.gatys_settings import settings_from_options
 
     return dataclasses.asdict(settings_from_options({"preset": preset}))
 

@@ -17,10 +17,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nstlab.encoders import NormalisedVGG
 from nstlab.errors import ConfigError
 from nstlab.functional import adain, crop_to, pad_to_multiple
 from nstlab.losses import mean_std_style_loss
-from nstlab.models.blocks import NormalisedVGG, method_settings, part_counts
+from nstlab.models.blocks import method_settings, part_counts
 
 # train.py defaults: --n_block 2, --n_flow 8, AffineCoupling(filter_size=512), --operator adain.
 DEFAULT_OPTIONS = {"blocks": 2, "flows": 8, "hidden": 512, "transfer": "adain"}

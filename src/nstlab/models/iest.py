@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nstlab.encoders import scaled_channels
 from nstlab.errors import ConfigError
-from nstlab.models.blocks import scaled_channels
 from nstlab.models.sanet import SANet
 
 

@@ -16,10 +16,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nstlab.encoders import pad_for_vgg
 from nstlab.errors import ConfigError
 from nstlab.functional import crop_to, pad_to_multiple
-from nstlab.losses import loss_network
-from nstlab.models.blocks import AdaINDecoder, StyleDecoder, method_settings, pad_for_vgg, part_counts
+from nstlab.losses import identity_terms, loss_network
+from nstlab.models.blocks import AdaINDecoder, StyleDecoder, method_settings, part_counts
 
 PATCH = 8  # PatchEmbed(patch_size=8); the AdaIN decoder's three ×2 upsamplings undo it exactly
 CAPE_GRID = 18  # transformer.py: nn.AdaptiveAvgPool2d(18)
@@ -89,7 +90,7 @@ class ContentAwarePositionalEncoding(nn.Module):
 
 
 def _check_options(options: dict) -> None:
-    # d_model >= 4: the CNN decoder never narrows a layer below 4 channels (blocks.scaled_channels).
+    # d_model >= 4: the CNN decoder never narrows a layer below 4 channels (encoders.scaled_channels).
     minimums = {"d_model": 4, "heads": 1, "ffn": 1, "encoder_layers": 1, "decoder_layers": 1}
     for name, minimum in minimums.items():
         value = options[name]
@@ -161,13 +162,8 @@ class StyTr2(nn.Module):
                 terms["content"] = net.content_loss(output_features, content_features)
             if weights["style"]:
                 terms["style"] = net.style_loss(output_features, style_features)
-        if weights["identity1"] or weights["identity2"]:
-            content_identity, style_identity = self(content, content), self(style, style)
-            if weights["identity1"]:
-                terms["identity1"] = F.mse_loss(content_identity, content) + F.mse_loss(style_identity, style)
-            if weights["identity2"]:
-                terms["identity2"] = (net.identity_loss(net(content_identity), content_features)
-                                      + net.identity_loss(net(style_identity), style_features))
+        terms.update(identity_terms(weights, (content, style), (content_features, style_features),
+                                    lambda: (self(content, content), self(style, style)), net))
         return terms
 
     def parameter_counts(self) -> dict[str, int]:

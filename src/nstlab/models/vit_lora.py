@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from nstlab.config import Config, lora_modules
 from nstlab.errors import ConfigError
-from nstlab.functional import crop_to, pad_to_multiple
-from nstlab.losses import imagenet_denormalize, imagenet_normalize, loss_network
+from nstlab.functional import crop_to, imagenet_denormalize, imagenet_normalize, pad_to_multiple
+from nstlab.losses import identity_terms, loss_network
 from nstlab.models.blocks import StyleDecoder, part_counts
 
 PATCH = 16
@@ -171,7 +170,7 @@ class ViTLoRA(nn.Module):
 
     # -- training ----------------------------------------------------------------------------
     def losses(self, content: torch.Tensor, style: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Unweighted terms; identity passes run only when their weight is non-zero."""
+        """Unweighted terms; the identity passes run only when an identity weight is non-zero."""
         output = self(content, style)
         net = self.loss_network
         output_features, content_features, style_features = net(output), net(content), net(style)
@@ -179,11 +178,8 @@ class ViTLoRA(nn.Module):
             "content": net.content_loss(output_features, content_features),
             "style": net.style_loss(output_features, style_features),
         }
-        if self.loss_weights["identity1"] or self.loss_weights["identity2"]:
-            content_identity, style_identity = self(content, content), self(style, style)
-            terms["identity1"] = F.mse_loss(content_identity, content) + F.mse_loss(style_identity, style)
-            terms["identity2"] = (net.identity_loss(net(content_identity), content_features)
-                                  + net.identity_loss(net(style_identity), style_features))
+        terms.update(identity_terms(self.loss_weights, (content, style), (content_features, style_features),
+                                    lambda: (self(content, content), self(style, style)), net))
         return terms
 
     def parameter_counts(self) -> dict[str, int]:
