@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from nstlab.cli import app, main
 from nstlab.config import load_config
-from nstlab.evaluate import load_adapters, load_model
+from nstlab.adapters import load_adapters
+from nstlab.evaluate import load_model
 from nstlab.models.vit_lora import ViTLoRA
 from nstlab.train import train
 

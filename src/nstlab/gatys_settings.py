@@ -24,7 +24,7 @@ MIN_SIDE = 16  # VGG-19's relu5_1 is 1/16 of the input
 @dataclass(frozen=True)
 class GatysSettings:
     """One Gatys run. The defaults are the "default" preset; `settings_from_options` fills in the
-    chosen preset and validates. Layer names depend on the extractor (see extractors.py);
+    chosen preset and validates. Layer names depend on the extractor (see nstlab.layer_names);
     None = the extractor's defaults. style_layer_weights: one number per style layer, "1/C^2",
     or None = the preset's (seed weights for VGG-19's default layers, else 1.0 each)."""
 

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from nstlab.config import Config
+from nstlab.config import Config, canonical_targets
+from nstlab.registry import method_names
 from nstlab.report_gatys import gatys_section
 from nstlab.report_tables import figure_html, html_table, profile_note, write_table
-
-MODEL_ORDER = ("vit_lora", "artflow", "iest", "mcc", "sanet", "stytr2", "adain", "gatys")
 
 # METHODS.md §1, the paper's Table 1 (content / style loss on its 352 test pairs).
 PAPER_TABLE1 = {"vit_lora": (9.097, 1.514), "artflow": (9.200, 2.745), "iest": (9.206, 2.805),
@@ -33,14 +32,6 @@ TABLE1_COLUMNS = ["model", "profile", "pairs", "paper_content_loss", "paper_styl
                   "paper_reported_content", "paper_reported_style"]
 
 
-def canonical_targets(targets: list[str]) -> str:
-    """Any spelling of the LoRA targets -> the paper's short form, e.g. 'qkvd'."""
-    order = {"query": "q", "q_proj": "q", "key": "k", "k_proj": "k", "value": "v", "v_proj": "v",
-             "dense": "d", "o_proj": "d", "fc1": "d", "fc2": "d"}
-    letters = {order.get(name, name) for name in targets}
-    return "".join(letter for letter in "qkvd" if letter in letters)
-
-
 def table1(reports_dir: Path) -> pd.DataFrame:
     rows = []
     for path in sorted((reports_dir / "metrics").glob("*.json")):
@@ -48,7 +39,7 @@ def table1(reports_dir: Path) -> pd.DataFrame:
         reference = PAPER_TABLE1.get(metrics["model"], (None, None))
         rows.append({**metrics, "paper_reported_content": reference[0], "paper_reported_style": reference[1]})
     frame = pd.DataFrame(rows, columns=TABLE1_COLUMNS)
-    rank = {name: index for index, name in enumerate(MODEL_ORDER)}
+    rank = {name: index for index, name in enumerate(method_names())}
     return frame.sort_values("model", key=lambda column: column.map(lambda m: rank.get(m, 99))).reset_index(drop=True)
 
 

@@ -71,6 +71,4 @@ class AdaIN(FeatureTransferNet):
 
 
 def build(cfg) -> AdaIN:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return AdaIN(cfg)
+    return AdaIN(cfg)

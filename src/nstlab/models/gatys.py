@@ -12,7 +12,7 @@ Two presets (`preset`), every field overridable:
   content image, Adam lr 0.003, 2,000 steps, styles resized to the content's size. The report
   taps torchvision's `features` by index 0, 5, 10, 19, 21, 28 ("conv1_1 … conv5_1, conv4_2"),
   but with its in-place ReLUs those tensors hold relu1_1 … relu5_1 and relu4_2 by the time the
-  loss reads them, so we tap the ReLU outputs by name (out-of-place ReLUs, nstlab.losses).
+  loss reads them, so we tap the ReLU outputs by name (out-of-place ReLUs, nstlab.encoders).
 - "reference", pystiche's reading of Gatys 2016: relu4_2 content, style layer weights 1/C²,
   G = F·Fᵀ/(h·w) and mean((G_o − G_s)²) per layer, β 1e3, L-BFGS lr 1, 500 steps, the short edge
   capped at 512 (styles keep their aspect, short edge matched).

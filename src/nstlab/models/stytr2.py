@@ -114,14 +114,12 @@ class StyTr2(nn.Module):
         options = method_settings("stytr2", "options", block.options, DEFAULT_OPTIONS)
         _check_options(options)
         d_model, heads, ffn, dropout = options["d_model"], options["heads"], options["ffn"], float(options["dropout"])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            self.patch_embedding = nn.Conv2d(3, d_model, PATCH, stride=PATCH)  # StyTR.py PatchEmbed.proj
-            self.cape = ContentAwarePositionalEncoding(d_model)
-            self.content_encoder = Encoder(d_model, options["encoder_layers"], heads, ffn, dropout)
-            self.style_encoder = Encoder(d_model, options["encoder_layers"], heads, ffn, dropout)
-            self.transformer_decoder = StyleDecoder(d_model, options["decoder_layers"], heads, ffn, dropout)
-            self.cnn_decoder = AdaINDecoder(d_model / FULL_WIDTH)  # StyTR.py `decoder`: input d channels
+        self.patch_embedding = nn.Conv2d(3, d_model, PATCH, stride=PATCH)  # StyTR.py PatchEmbed.proj
+        self.cape = ContentAwarePositionalEncoding(d_model)
+        self.content_encoder = Encoder(d_model, options["encoder_layers"], heads, ffn, dropout)
+        self.style_encoder = Encoder(d_model, options["encoder_layers"], heads, ffn, dropout)
+        self.transformer_decoder = StyleDecoder(d_model, options["decoder_layers"], heads, ffn, dropout)
+        self.cnn_decoder = AdaINDecoder(d_model / FULL_WIDTH)  # StyTR.py `decoder`: input d channels
         # models/StyTR.py StyTrans: normalised VGG to relu5_1, frozen; mvn content, mean/std style.
         self.loss_network = loss_network("stytr2", cfg)
 
