@@ -53,7 +53,7 @@ def _resolve_adapter(cfg: Config, reference: str, models_dir: Path, scratch: Pat
         run_id, artifact = reference, "adapter"
     else:
         raise NstlabError(f"--adapter {reference}: no such directory, and not an MLflow run id or runs:/<run id>/<path>")
-    from nstlab.tracking import download_artifact
+    from nstlab.tracking_queries import download_artifact
 
     folder = download_artifact(cfg.mlflow, run_id, artifact.strip("/") or "adapter", scratch / run_id)
     logged = folder / "model.pt"  # runs log their stage-2 weights with the adapter; older ones did not

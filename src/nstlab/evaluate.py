@@ -162,7 +162,7 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
 
 def _log_test_metrics(cfg: Config, method: str, reports_dir: Path, summary: dict) -> str | None:
     """Attach the test metrics to the model's training run in MLflow (Table 2 reads them there)."""
-    from nstlab.tracking import log_to_run
+    from nstlab.tracking_queries import log_to_run
 
     train_metrics = reports_dir / "train" / final_output_key(method) / "metrics.json"
     if not train_metrics.is_file():

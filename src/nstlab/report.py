@@ -45,7 +45,8 @@ def table1(reports_dir: Path) -> pd.DataFrame:
 
 def table2(cfg: Config) -> pd.DataFrame:
     """One row per ViT-LoRA stage-2 configuration found in MLflow (the newest finished run each)."""
-    from nstlab.tracking import is_server, resolve_tracking_uri, run_page_url, search_runs
+    from nstlab.tracking import is_server, resolve_tracking_uri, run_page_url
+    from nstlab.tracking_queries import search_runs
 
     runs = search_runs(cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2' and attributes.status = 'FINISHED'")
     uri = resolve_tracking_uri(cfg.mlflow)
@@ -78,7 +79,7 @@ def table2(cfg: Config) -> pd.DataFrame:
 def adapters_table(cfg: Config) -> pd.DataFrame:
     """`nstlab adapters`: every ViT-LoRA stage-2 run that logged an adapter, newest first, with its
     LoRA config and test losses (NaN until `evaluate` logs them into the run)."""
-    from nstlab.tracking import runs_with_artifact
+    from nstlab.tracking_queries import runs_with_artifact
 
     runs = runs_with_artifact(cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2'", "adapter")
     columns = ["run_id", "run_name", "status", "r", "alpha", "target_modules", "encoder_layers", "decoder_layers",

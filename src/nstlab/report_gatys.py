@@ -20,7 +20,7 @@ import yaml
 from nstlab.ablate import read_grid
 from nstlab.config import Config
 from nstlab.report_tables import html_table, write_table
-from nstlab.tracking import metric_history, search_runs
+from nstlab.tracking_queries import metric_history, search_runs
 
 OPTIONS = "baselines.gatys.options."
 STEPS_GRID = "steps"  # its one key, baselines.gatys.iterations, is the table's `iterations` column
