@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from nstlab.cli import app, main
 from nstlab.config import load_config
-from nstlab.evaluate import load_adapters, load_model
+from nstlab.adapters import load_adapters
+from nstlab.evaluate import load_model
 from nstlab.models.vit_lora import ViTLoRA
 from nstlab.train import train
 
@@ -141,7 +142,7 @@ def test_an_mlflow_run_id_alone_stylises_with_the_decoders_logged_beside_its_ada
 
 
 def test_adapters_lists_each_logged_adapter_with_its_lora_config_and_test_losses(store):
-    from nstlab.tracking import log_to_run
+    from nstlab.tracking_queries import log_to_run
 
     log_to_run(store["cfg"].mlflow, store["runs"]["a"], {"test.paper_content_loss": 2.5, "test.paper_style_loss": 0.5})
     result = CliRunner().invoke(app, _cli(store, "adapters", "--json"))

@@ -99,7 +99,7 @@ def test_methods_ddp_cannot_train_and_batches_that_do_not_split_are_refused():
 
 def test_torchrun_writes_one_run_and_matches_one_process_on_the_same_global_batch(tiny_config, tiny_overrides,
                                                                                    tiny_pairs, tmp_path, monkeypatch):
-    from nstlab.tracking import search_runs
+    from nstlab.tracking_queries import search_runs
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     cfg = tiny_config(*RUN)

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 
 from nstlab.errors import ConfigError, NstlabError
 from nstlab.functional import adain
+from nstlab.losses import mean_std_style_loss
 from nstlab.models import build_model
 from nstlab.models.adain import STYLE_LAYERS
-from nstlab.models.blocks import mean_std_style_loss
 
 from test_models_blocks_cnn import assert_any_size, assert_training_reduces_loss, cnn_config
 

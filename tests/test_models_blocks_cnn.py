@@ -1,4 +1,4 @@
-"""The AdaIN family's shared parts (models/blocks.py): normalised VGG, AdaIN decoder, padding,
+"""The AdaIN family's shared parts (models/blocks.py, encoders.py): normalised VGG, AdaIN decoder, padding,
 loss helpers and settings validation. Also holds `cnn_config`, the config stand-in the other
 CNN-baseline tests import."""
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from nstlab.encoders import VGG_LAYERS, NormalisedVGG, pad_for_vgg
 from nstlab.errors import ConfigError
-from nstlab.models.blocks import (VGG_LAYERS, AdaINDecoder, NormalisedVGG, count_parameters, mean_std_style_loss,
-                                  method_settings, normalised_content_loss, pad_for_vgg)
+from nstlab.losses import mean_std_style_loss, normalised_content_loss
+from nstlab.models.blocks import AdaINDecoder, count_parameters, method_settings
 
 CNN_METHODS = ("adain", "sanet", "mcc", "iest")
 

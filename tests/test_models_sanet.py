@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nstlab.encoders import VGG_LAYERS
 from nstlab.errors import ConfigError
 from nstlab.functional import mvn
 from nstlab.models import build_model
-from nstlab.models.blocks import VGG_LAYERS
 from nstlab.models.sanet import SANetAttention
 
 from test_models_blocks_cnn import assert_any_size, assert_training_reduces_loss, cnn_config

@@ -672,7 +672,7 @@ def _fail_at_step(monkeypatch, error: BaseException, at_step: int = 3) -> None:
 
 
 def test_an_exception_in_a_training_stage_ends_the_run_as_failed(tiny_config, tiny_pairs, tracked, monkeypatch):
-    from nstlab.tracking import search_runs
+    from nstlab.tracking_queries import search_runs
 
     cfg = tiny_config(*SCHEDULE)
     _fail_at_step(monkeypatch, RuntimeError("simulated fault"))
@@ -683,7 +683,7 @@ def test_an_exception_in_a_training_stage_ends_the_run_as_failed(tiny_config, ti
 
 
 def test_ctrl_c_in_a_training_stage_ends_the_run_as_killed(tiny_config, tiny_pairs, tracked, monkeypatch):
-    from nstlab.tracking import search_runs
+    from nstlab.tracking_queries import search_runs
 
     cfg = tiny_config(*SCHEDULE)
     _fail_at_step(monkeypatch, KeyboardInterrupt())

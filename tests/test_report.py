@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from nstlab.report import build_report, canonical_targets, table2
+from nstlab.config import canonical_targets
+from nstlab.report import build_report, table2
 from nstlab.tracking import Tracker
 
 CONFIGS = [  # (r, targets, encoder layers, decoder layers, test content, test style)

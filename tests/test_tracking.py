@@ -2,7 +2,8 @@
 
 import pytest
 
-from nstlab.tracking import Tracker, find_or_create_parent, search_runs, seed_group
+from nstlab.tracking import Tracker, find_or_create_parent, seed_group
+from nstlab.tracking_queries import search_runs
 
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient

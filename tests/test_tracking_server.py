@@ -283,7 +283,8 @@ def test_http_settings_fail_fast_only_where_the_user_set_none(monkeypatch):
 
 
 def test_table2_rows_link_to_their_run_page_on_the_server(server, tiny_config, run_dirs, monkeypatch):
-    from nstlab.report import html_table, table2
+    from nstlab.report import table2
+    from nstlab.report_tables import html_table
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     cfg = tiny_config()

@@ -129,7 +129,7 @@ def methods_touched(overrides: dict) -> tuple[str, int]:
 
 
 def finished_digests(cfg: Config) -> set[str]:
-    from nstlab.tracking import search_runs
+    from nstlab.tracking_queries import search_runs
 
     runs = search_runs(cfg.mlflow, "attributes.status = 'FINISHED'")
     if runs.empty or "tags.config_digest" not in runs:

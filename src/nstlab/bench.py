@@ -47,7 +47,8 @@ def run_benchmark(cfg: Config, what: str, *, steps: int = 10, warmup: int = 3, s
     """Returns a JSON-able dict: seconds per step/image, throughput, peak memory, TFLOP/s, config."""
     from nstlab.errors import NstlabError
     from nstlab.models import build_model
-    from nstlab.train import autocast, autocast_dtype, pick_device, train_step
+    from nstlab.runtime import autocast, autocast_dtype, pick_device
+    from nstlab.train import train_step
 
     if what not in ("train", "stylize"):
         raise NstlabError(f"bench {what!r}: choose train or stylize")

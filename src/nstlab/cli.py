@@ -13,11 +13,15 @@ from typing import Annotated
 import typer
 
 from nstlab.errors import NstlabError
+from nstlab.registry import OPTIMISED, TRAINED, method_names
 
 app = typer.Typer(help=__doc__.splitlines()[0], no_args_is_help=True, pretty_exceptions_enable=False,
                   add_completion=False)
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
+TRAINED_METHODS = ", ".join(method_names(TRAINED))
+OPTIMISED_METHODS = ", ".join(method_names(OPTIMISED))
+ALL_METHODS = ", ".join(method_names())
 SetOption = Annotated[list[str] | None, typer.Option("-S", "--set", help="override a param: -S lora.r=32 (repeatable)")]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
 
@@ -47,7 +51,7 @@ def pair(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, raw
 
 
 @app.command()
-def train(method: Annotated[str, typer.Argument(help="vit_lora, stytr2, adain, sanet, mcc, artflow or iest")],
+def train(method: Annotated[str, typer.Argument(help=TRAINED_METHODS)],
           stage: Annotated[int, typer.Option(help="ViT-LoRA stage: 1 (frozen encoders) or 2 (LoRA)")] = 0,
           params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
           resume: Annotated[str, typer.Option(help="auto: continue a matching checkpoint; never; require")] = "auto",
@@ -66,7 +70,7 @@ def train(method: Annotated[str, typer.Argument(help="vit_lora, stytr2, adain, s
 
 
 @app.command()
-def evaluate(method: Annotated[str, typer.Argument(help="a trained model name (vit_lora, sanet, ...) or gatys")],
+def evaluate(method: Annotated[str, typer.Argument(help=f"{TRAINED_METHODS} or {OPTIMISED_METHODS}")],
              params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
              pairs: Path = Path("data/pairs"), models: Path = Path("models"),
              out: Path = Path("reports"), progress: ProgressOption = True) -> None:
@@ -90,7 +94,7 @@ def report(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, o
 def stylize(content: Annotated[Path, typer.Argument(help="content image")],
             styles: Annotated[list[Path], typer.Argument(help="one or more style images")],
             output: Annotated[Path, typer.Option("-o", "--output", help="where to write the result")],
-            model: Annotated[str, typer.Option("--model", help="method name")] = "vit_lora",
+            model: Annotated[str, typer.Option("--model", help=ALL_METHODS)] = "vit_lora",
             checkpoint: Annotated[Path | None, typer.Option(help="weights (default: models/<model>/model.pt)")] = None,
             size: Annotated[int | None, typer.Option(help="cap the longer side at N px")] = None,
             alpha: Annotated[float, typer.Option(help="content-style trade-off in [0, 1], 0 = the content "
@@ -163,7 +167,7 @@ def _parse_weights(text: str | None, count: int) -> list[float] | None:
 
 
 @app.command()
-def info(model: Annotated[str, typer.Option("--model", help="method name")] = "vit_lora",
+def info(model: Annotated[str, typer.Option("--model", help=ALL_METHODS)] = "vit_lora",
          stage: Annotated[int, typer.Option(help="ViT-LoRA stage to count (2 adds LoRA)")] = 2,
          params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
          as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:

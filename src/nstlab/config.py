@@ -22,19 +22,20 @@ from typing import Any
 import yaml
 
 from nstlab.errors import ConfigError
+from nstlab.registry import baseline_names
 
 PROFILES = ("demo", "paper")
-BASELINES = ("stytr2", "adain", "sanet", "mcc", "artflow", "iest", "gatys")
 VIT_B_LAYERS = 12  # google/vit-base-patch16-224-in21k has 12 blocks
 
-# The paper's LoRA target names and the transformers 5 ViT modules they stand for (by role).
-PAPER_TARGETS = {
-    "query": ("q_proj",),
-    "key": ("k_proj",),
-    "value": ("v_proj",),
-    "dense": ("o_proj", "fc1", "fc2"),
+# The paper's LoRA target names: their letter in run names and tables, and the transformers 5
+# ViT modules they stand for (by role).
+LORA_TARGETS = {
+    "query": ("q", ("q_proj",)),
+    "key": ("k", ("k_proj",)),
+    "value": ("v", ("v_proj",)),
+    "dense": ("d", ("o_proj", "fc1", "fc2")),
 }
-NATIVE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
+NATIVE_TARGETS = tuple(module for _, modules in LORA_TARGETS.values() for module in modules)
 SOURCES_BY_ROLE = {"content": ("demo", "coco"), "style": ("demo", "wikiart")}
 SOURCE_PREFIXES = ("dir:", "hf:")  # a local folder, a Hugging Face dataset id: either role
 
@@ -198,11 +199,11 @@ def run_params(cfg: Config, method: str, stage: int = 0) -> dict[str, Any]:
     baselines.gatys and train.device."""
     if method == "vit_lora":
         blocks = [block for block in VIT_LORA_BLOCKS if block != "lora" or stage != 1]
-    elif method in BASELINES:
+    elif method in baseline_names():
         keys = ("device",) if method == "gatys" else BASELINE_TRAIN_KEYS
         blocks = [f"baselines.{method}", *(f"train.{key}" for key in keys)]
     else:
-        raise ConfigError(f"unknown model {method!r}: choose vit_lora or one of {', '.join(BASELINES)}")
+        raise ConfigError(f"unknown model {method!r}: choose vit_lora or one of {', '.join(baseline_names())}")
     wanted = (*SHARED_BLOCKS, *blocks)
     return {key: value for key, value in cfg.flat().items()
             if any(key == block or key.startswith(block + ".") for block in wanted)}
@@ -321,8 +322,8 @@ def _check_relations(cfg: Config) -> None:
     if not cfg.lora.target_modules:
         raise ConfigError("lora.target_modules = []: name at least one of query, key, value, dense")
     for name in cfg.lora.target_modules:
-        if name not in PAPER_TARGETS and name not in NATIVE_TARGETS:
-            allowed = ", ".join((*PAPER_TARGETS, *NATIVE_TARGETS))
+        if name not in LORA_TARGETS and name not in NATIVE_TARGETS:
+            allowed = ", ".join((*LORA_TARGETS, *NATIVE_TARGETS))
             raise ConfigError(f"lora.target_modules: unknown module {name!r}: choose from {allowed}")
     if cfg.backbone.vit == "random" and cfg.backbone.vit_hidden % cfg.backbone.vit_heads:
         raise ConfigError(f"backbone.vit_hidden = {cfg.backbone.vit_hidden}: must divide by backbone.vit_heads = {cfg.backbone.vit_heads}")
@@ -380,8 +381,9 @@ def resolve(raw: Mapping, overrides: Iterable[str] = ()) -> Config:
             raise ConfigError(f"profiles.{name}: expected a mapping of keys")
         merged = _merge(profiles[name], {**raw, "profile": name})
         for method in merged.get("baselines") or {}:
-            if method not in BASELINES:
-                raise ConfigError(f"unknown key baselines.{method}: allowed baselines are {', '.join(BASELINES)}")
+            if method not in baseline_names():
+                allowed = ", ".join(baseline_names())
+                raise ConfigError(f"unknown key baselines.{method}: allowed baselines are {allowed}")
         candidate = _build(Config, merged, "")
         _check_relations(candidate)
         resolved[name] = candidate
@@ -411,11 +413,24 @@ def load_config(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
         raise ConfigError(f"{path}: {error}") from None
 
 
+def short_targets(target_modules: Iterable[str]) -> str:
+    """[query, key, value, dense] -> 'qkvd' in the given order (run names stay short and readable)."""
+    return "".join(LORA_TARGETS[name][0] if name in LORA_TARGETS else name for name in target_modules)
+
+
+def canonical_targets(target_modules: Iterable[str]) -> str:
+    """Any spelling of the LoRA targets (paper or module names) -> the paper's short form, e.g. 'qkvd'."""
+    letter_of = {name: letter for name, (letter, _) in LORA_TARGETS.items()}
+    letter_of |= {module: letter for letter, modules in LORA_TARGETS.values() for module in modules}
+    letters = {letter_of.get(name, name) for name in target_modules}
+    return "".join(letter for letter, _ in LORA_TARGETS.values() if letter in letters)
+
+
 def lora_modules(target_modules: Iterable[str]) -> list[str]:
     """Paper names (query, key, value, dense) -> transformers 5 ViT module names, by role."""
     modules: list[str] = []
     for name in target_modules:
-        for module in PAPER_TARGETS.get(name, (name,)):
+        for module in LORA_TARGETS[name][1] if name in LORA_TARGETS else (name,):
             if module not in modules:
                 modules.append(module)
     return modules

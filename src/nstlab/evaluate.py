@@ -16,15 +16,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from nstlab.adapters import load_adapters
 from nstlab.config import Config
 from nstlab.errors import NstlabError
 from nstlab.functional import gram_distance, luminance, ssim
+from nstlab.registry import final_output_key
+from nstlab.runtime import pick_device, seeded
 
 
 def trained_weights_path(method: str, models_dir: Path) -> Path:
-    from nstlab.train import output_key
-
-    return models_dir / output_key(method, 2) / "model.pt"
+    return models_dir / final_output_key(method) / "model.pt"
 
 
 def load_model(cfg: Config, method: str, models_dir: Path = Path("models"), checkpoint: Path | None = None,
@@ -44,14 +45,9 @@ def _build_seeded(cfg: Config, method: str, *, lora: bool = False) -> nn.Module:
     """The model as training built it: frozen random-init parts (demo backbones) come from cfg.seed."""
     from nstlab.models import build_model
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        if method == "gatys":
-            from nstlab.models.gatys import build as build_gatys
-
-            return build_gatys(cfg)
-        model = build_model(method, cfg)
-        if lora:
+    model = build_model(method, cfg)
+    if lora:
+        with seeded(cfg.seed):
             model.enable_lora()
     return model
 
@@ -119,7 +115,6 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
     from rich.progress import track
 
     from nstlab.data.images import save_image
-    from nstlab.train import pick_device
 
     device = pick_device(cfg)
     model = load_model(cfg, method, models_dir, device=device)
@@ -176,10 +171,9 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
 def _log_test_metrics(cfg: Config, method: str, reports_dir: Path, summary: dict, test_pairs) -> str | None:
     """Attach the test metrics and the test pairs (a dataset input) to the model's training run in
     MLflow (Table 2 reads them there)."""
-    from nstlab.tracking import log_to_run
-    from nstlab.train import output_key
+    from nstlab.tracking_queries import log_to_run
 
-    train_metrics = reports_dir / "train" / output_key(method, 2) / "metrics.json"
+    train_metrics = reports_dir / "train" / final_output_key(method) / "metrics.json"
     if not train_metrics.is_file():
         return None
     run_id = json.loads(train_metrics.read_text()).get("mlflow_run_id")
@@ -244,7 +238,6 @@ def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list
     """
     from nstlab.data.images import save_image
     from nstlab.functional import coral
-    from nstlab.train import pick_device
 
     if not 0.0 <= alpha <= 1.0:
         raise NstlabError(f"--alpha {alpha}: must be in [0, 1]")
@@ -282,90 +275,3 @@ def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list
             output = model(content.to(device), styles[0].to(device), **trade_off)
     save_image(output[0].float().clamp(0, 1).cpu(), output_path)
     return [output_path]
-
-
-# -- LoRA adapters --------------------------------------------------------------------------------
-# A stage-2 adapter is two things: the LoRA pair in adapter/ (what MLflow holds) and the decoders
-# trained with it, which live only in the stage-2 model.pt beside adapter/. The ViTs are frozen
-# and rebuilt from the config, so one base model serves every adapter; each adapter brings its
-# decoders, and model.pt counts as that adapter's only if its LoRA tensors equal the adapter's.
-
-
-def load_adapters(cfg: Config, references: list[str], models_dir: Path = Path("models")) -> tuple[nn.Module, dict]:
-    """One ViT-LoRA base + every adapter -> (model on CPU, {adapter name: decoder state})."""
-    import tempfile
-
-    model = _build_seeded(cfg, "vit_lora")
-    decoders: dict[str, dict[str, torch.Tensor]] = {}
-    with tempfile.TemporaryDirectory() as scratch:  # peft copies the weights in; downloads can go
-        for reference in references:
-            name, folder, weights = _resolve_adapter(cfg, reference, models_dir, Path(scratch))
-            name = _unique(name, decoders)
-            for encoder in ("content_encoder", "style_encoder"):
-                if not (folder / encoder / "adapter_config.json").is_file():
-                    raise NstlabError(f"--adapter {reference}: {folder / encoder} holds no peft adapter; "
-                                      "give the adapter/ folder that nstlab train writes")
-            try:
-                model.load_adapter(name, folder)
-            except RuntimeError as error:  # peft's load_state_dict: LoRA shapes of another encoder size
-                raise NstlabError(f"--adapter {reference}: does not fit this config's encoders "
-                                  f"({str(error).splitlines()[-1].strip()}); pass the -S backbone.* values it was trained with") from None
-            decoders[name] = _decoders_of(model, name, weights, reference)
-    return model, decoders
-
-
-def _resolve_adapter(cfg: Config, reference: str, models_dir: Path, scratch: Path) -> tuple[str, Path, Path]:
-    """--adapter value -> (name, LoRA folder, the model.pt that should hold its decoders)."""
-    import re
-
-    from nstlab.train import output_key
-
-    path = Path(reference)
-    if path.is_dir():
-        name = path.parent.name if path.name == "adapter" else path.name
-        return name, path, path.parent / "model.pt"
-    if reference.startswith("runs:/"):
-        run_id, _, artifact = reference[len("runs:/"):].partition("/")
-    elif re.fullmatch(r"[0-9a-f]{32}", reference):
-        run_id, artifact = reference, "adapter"
-    else:
-        raise NstlabError(f"--adapter {reference}: no such directory, and not an MLflow run id or runs:/<run id>/<path>")
-    from nstlab.tracking import download_artifact
-
-    folder = download_artifact(cfg.mlflow, run_id, artifact.strip("/") or "adapter", scratch / run_id)
-    logged = folder / "model.pt"  # runs log their stage-2 weights with the adapter; older ones did not
-    return run_id[:8], folder, logged if logged.is_file() else models_dir / output_key("vit_lora", 2) / "model.pt"
-
-
-def _unique(name: str, taken: dict) -> str:
-    """A peft adapter name (no dots) that no earlier --adapter took."""
-    import re
-
-    base = re.sub(r"[^A-Za-z0-9_-]", "_", name) or "adapter"
-    candidate, index = base, 2
-    while candidate in taken:
-        candidate, index = f"{base}-{index}", index + 1
-    return candidate
-
-
-def _decoders_of(model: nn.Module, name: str, weights: Path, reference: str) -> dict[str, torch.Tensor]:
-    """The decoder tensors of `weights`, if that model.pt was trained with adapter `name`."""
-    from nstlab.checkpoint import load_checkpoint
-
-    if not weights.is_file():
-        raise NstlabError(f"--adapter {reference}: its stage-2 decoders are not at {weights} (they live in the model.pt "
-                          "beside adapter/): point --models at that run's weights, e.g. after dvc exp apply")
-    state = load_checkpoint(weights)["model"]
-    saved = {key: value for key, value in state.items() if "lora_" in key}
-    loaded = model.adapter_state(name)
-    if saved.keys() != loaded.keys() or not all(torch.equal(saved[key], loaded[key]) for key in saved):
-        raise NstlabError(f"--adapter {reference}: {weights} was not trained with this adapter (other LoRA weights "
-                          "or encoder layers), so its decoders do not belong to it")
-    decoders = {key: value for key, value in state.items() if key.startswith(("transformer_decoder.", "cnn_decoder."))}
-    try:
-        model.set_adapter(name, decoders)  # fail here, naming the adapter, not midway through stylising
-    except RuntimeError as error:
-        detail = str(error).splitlines()[-1].strip()
-        raise NstlabError(f"--adapter {reference}: its decoders do not fit this config ({detail}); "
-                          "pass the -S decoder.* values it was trained with") from None
-    return decoders

@@ -7,6 +7,21 @@ import torch
 import torch.nn.functional as F
 
 ADAIN_EPS = 1e-5  # pytorch-AdaIN's calc_mean_std eps, also used by StyTr², SANet, MCC, IEST
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] RGB -> ImageNet-normalised RGB (torchvision VGG and ViT-LoRA's convention)."""
+    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def imagenet_denormalize(images: torch.Tensor) -> torch.Tensor:
+    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return images * std + mean
 
 
 def channel_mean(features: torch.Tensor) -> torch.Tensor:

@@ -5,16 +5,16 @@ Every table and page states the profile; demo numbers are never shown as the pap
 paper's own values sit in their own, labelled columns for reference.
 """
 
-import csv
 import html
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from nstlab.config import Config
-
-MODEL_ORDER = ("vit_lora", "artflow", "iest", "mcc", "sanet", "stytr2", "adain", "gatys")
+from nstlab.config import Config, canonical_targets
+from nstlab.registry import method_names
+from nstlab.report_gatys import gatys_section
+from nstlab.report_tables import figure_html, html_table, profile_note, write_table
 
 # docs/methods.md#paper-results, the paper's Table 1 (content / style loss on its 352 test pairs).
 PAPER_TABLE1 = {"vit_lora": (9.097, 1.514), "artflow": (9.200, 2.745), "iest": (9.206, 2.805),
@@ -30,22 +30,6 @@ PAPER_TABLE2 = {
 TABLE1_COLUMNS = ["model", "profile", "pairs", "paper_content_loss", "paper_style_loss", "stytr2_content_loss",
                   "stytr2_style_loss", "ssim_content", "gram_distance", "latency_ms", "peak_memory_mb",
                   "paper_reported_content", "paper_reported_style"]
-
-
-def profile_note(profile: str) -> str:
-    if profile == "demo":
-        return ("Profile: demo. DEMO RESULTS: embedded toy data, random-init backbones of reduced size, a few "
-                "dozen steps per model on a CPU, so most outputs are still flat colours. They check the pipeline; "
-                "they are not the paper's numbers and not comparable to the reference columns.")
-    return "Profile: paper (COCO + WikiArt, pretrained ViT-B/16 and VGG-19, the paper's schedule)."
-
-
-def canonical_targets(targets: list[str]) -> str:
-    """Any spelling of the LoRA targets -> the paper's short form, e.g. 'qkvd'."""
-    order = {"query": "q", "q_proj": "q", "key": "k", "k_proj": "k", "value": "v", "v_proj": "v",
-             "dense": "d", "o_proj": "d", "fc1": "d", "fc2": "d"}
-    letters = {order.get(name, name) for name in targets}
-    return "".join(letter for letter in "qkvd" if letter in letters)
 
 
 # Table 1's loss columns (lower is better) get the best / within-spread marks; all six get mean ± std.
@@ -70,7 +54,7 @@ def table1(reports_dir: Path, cfg: Config | None = None) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     siblings = _seed_runs(cfg, rows) if cfg is not None else []
     frame = seed_summary(pd.DataFrame(rows + siblings), ["model"], TABLE1_SPREAD, TABLE1_MARKED)
-    rank = {name: index for index, name in enumerate(MODEL_ORDER)}
+    rank = {name: index for index, name in enumerate(method_names())}
     frame = frame.sort_values("model", key=lambda column: column.map(lambda m: rank.get(m, 99)))
     return frame.reindex(columns=columns).reset_index(drop=True)
 
@@ -79,7 +63,7 @@ def _seed_runs(cfg: Config, rows: list[dict]) -> list[dict]:
     """The MLflow runs that are seeds of each metrics file's configuration (children of its run's
     parent, with test metrics), as Table 1 rows of that model; each file's row (in `rows`) is
     given its family and seed, so it stands for its own seed."""
-    from nstlab.tracking import search_runs
+    from nstlab.tracking_queries import search_runs
 
     runs = search_runs(cfg.mlflow, "attributes.status = 'FINISHED'")
     if runs.empty or not {"tags.mlflow.parentRunId", "metrics.test.paper_content_loss"} <= set(runs):
@@ -111,7 +95,8 @@ def table2(cfg: Config) -> pd.DataFrame:
     each configuration picks its config family (the parent run's digest, so runs of an older
     params.yaml are not mixed in) and the newest run of each of the family's seeds counts; the
     run columns (run_id, ...) are the newest run's."""
-    from nstlab.tracking import is_server, resolve_tracking_uri, run_page_url, search_runs
+    from nstlab.tracking import is_server, resolve_tracking_uri, run_page_url
+    from nstlab.tracking_queries import search_runs
 
     runs = search_runs(cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2' and attributes.status = 'FINISHED'")
     uri = resolve_tracking_uri(cfg.mlflow)
@@ -171,7 +156,7 @@ def seed_summary(runs: pd.DataFrame, key: list[str], spread: list[str], marked: 
 def adapters_table(cfg: Config) -> pd.DataFrame:
     """`nstlab adapters`: every ViT-LoRA stage-2 run that logged an adapter, newest first, with its
     LoRA config and test losses (NaN until `evaluate` logs them into the run)."""
-    from nstlab.tracking import runs_with_artifact
+    from nstlab.tracking_queries import runs_with_artifact
 
     runs = runs_with_artifact(cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2'", "adapter")
     columns = ["run_id", "run_name", "status", "r", "alpha", "target_modules", "encoder_layers", "decoder_layers",
@@ -184,19 +169,6 @@ def adapters_table(cfg: Config) -> pd.DataFrame:
              "test_style_loss": run.get("metrics.test.paper_style_loss"), "adapter": f"runs:/{run['run_id']}/adapter"}
             for _, run in runs.iterrows()]
     return pd.DataFrame(rows, columns=columns)
-
-
-def write_table(frame: pd.DataFrame, stem: Path, title: str, profile: str,
-                shown: pd.DataFrame | None = None) -> None:
-    """stem.csv (every column, numbers) and stem.md (title + profile note + `shown`, the table
-    as displayed with mean ± std cells, and the note on seed spread)."""
-    from nstlab.spread import SPREAD_NOTE
-
-    frame.to_csv(stem.with_suffix(".csv"), index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g")
-    shown = frame if shown is None else shown
-    body = shown.to_markdown(index=False, floatfmt=".4g") if len(shown) else "_no rows yet_"
-    note = f"\n\n{SPREAD_NOTE}" if "n" in shown and len(shown) else ""
-    stem.with_suffix(".md").write_text(f"# {title}\n\n{profile_note(profile)}\n\n{body}{note}\n")
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -326,18 +298,6 @@ def image_grid(frame: pd.DataFrame, reports_dir: Path, pairs_dir: Path, rows_wan
 # -- HTML ---------------------------------------------------------------------------------------
 
 
-def html_table(frame: pd.DataFrame) -> str:
-    if frame.empty:
-        return "<p><em>no rows yet</em></p>"
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="table",
-                         render_links=True)  # mlflow_run_url cells become links
-
-
-def figure_html(path: Path, reports_dir: Path) -> str:
-    return (f'<figure><img src="{html.escape(str(path.relative_to(reports_dir)))}" alt="{html.escape(path.stem)}">'
-            f"<figcaption>{html.escape(path.stem)}</figcaption></figure>")
-
-
 def write_html(cfg: Config, reports_dir: Path, t1: pd.DataFrame, t2: pd.DataFrame, figures: list[Path],
                gatys_html: str = "", table2_figure: Path | None = None) -> Path:
     from nstlab.spread import SPREAD_NOTE
@@ -391,8 +351,6 @@ def build_report(cfg: Config, reports_dir: Path = Path("reports"), pairs_dir: Pa
         metric_bars(t1, figures_dir / "metrics.png", cfg.profile),
     ]
     figures = [path for path in figures if path is not None]
-    from nstlab.report_gatys import gatys_section  # report_gatys imports this module
-
     trade_off = quality_vs_cost(t2, figures_dir / "quality_vs_cost.png", cfg.profile)
     gatys_html, gatys_figures = gatys_section(cfg, reports_dir)
     page = write_html(cfg, reports_dir, shown1, shown2, figures, gatys_html, trade_off)

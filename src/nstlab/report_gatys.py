@@ -19,8 +19,8 @@ import yaml
 
 from nstlab.ablate import read_grid
 from nstlab.config import Config
-from nstlab.report import html_table, write_table
-from nstlab.tracking import metric_history, search_runs
+from nstlab.report_tables import html_table, write_table
+from nstlab.tracking_queries import metric_history, search_runs
 
 OPTIONS = "baselines.gatys.options."
 STEPS_GRID = "steps"  # its one key, baselines.gatys.iterations, is the table's `iterations` column
@@ -51,7 +51,7 @@ def param_value(raw: Any) -> Any:
 def _preset_defaults(preset: str) -> dict[str, Any]:
     import dataclasses
 
-    from nstlab.models.gatys import settings_from_options
+    from nstlab.gatys_settings import settings_from_options
 
     return dataclasses.asdict(settings_from_options({"preset": preset}))
 

@@ -1,4 +1,5 @@
-"""MLflow tracking: the only module that imports mlflow, and only when a run starts.
+"""MLflow tracking, the write side: one Tracker per run. With nstlab.tracking_queries (the read
+side) the only modules that import mlflow, and only when they are used.
 
 The tracking URI is a local sqlite file or a shared `mlflow server` (http(s)://).
 Tracking never kills training: when the backend fails (server gone, database locked past its
@@ -378,11 +379,14 @@ class Tracker:
     """
 
     def __init__(self, cfg: MlflowConfig, run_name: str, tags: Mapping[str, str], enabled: bool = True,
-                 group: Mapping[str, Any] | None = None):
+                 group: Mapping[str, Any] | None = None, run_id: str | None = None):
+        """`group`: seed_group(), to nest this run under its configuration's parent; `run_id`: add
+        to that existing run (entering does not start a run, leaving does not end it)."""
         self.cfg, self.run_name, self.tags = cfg, run_name, dict(tags)
         self.group = group  # seed_group(): nest this run under its configuration's parent
         self.enabled = enabled
-        self.run_id: str | None = None
+        self.run_id: str | None = run_id
+        self._existing_run = run_id is not None
         self.experiment_id: str | None = None
         self.tracking_uri = resolve_tracking_uri(cfg)
         self._client = None
@@ -405,6 +409,8 @@ class Tracker:
             self.enabled = False
             return self
         self._client = MlflowClient(self.tracking_uri)
+        if self._existing_run:
+            return self
         self.tags = {
             "git_commit": git_commit(),
             "dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),
@@ -424,7 +430,7 @@ class Tracker:
         return self
 
     def __exit__(self, kind, error, trace) -> None:
-        if self.run_id or self._buffer:
+        if (self.run_id or self._buffer) and not self._existing_run:
             status = "FINISHED" if kind is None else ("KILLED" if kind is KeyboardInterrupt else "FAILED")
             self._retry_at = 0.0  # one last try before leaving a buffer behind
             self._send({"op": "end", "status": status, "end_time": _now_ms()})
@@ -529,98 +535,3 @@ def sync_buffers() -> tuple[list[str], int]:
         if header is not None:
             lines.append(f"{path.name}: delivered to run {header['run_id']} at {header['tracking_uri']}")
     return lines, left
-
-
-def search_runs(cfg: MlflowConfig, filter_string: str = "") -> "Any":
-    """All runs of the experiment, newest first, as a pandas DataFrame with mlflow.search_runs'
-    columns (run_id, status, params.*, metrics.*, tags.*, ...); empty when there is none.
-
-    Built from an MlflowClient of this store: mlflow.search_runs reads the process-global
-    tracking URI, and setting that also exports MLFLOW_TRACKING_URI to the whole process, which
-    would then override params.yaml for every later run.
-    """
-    import pandas as pd
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(resolve_tracking_uri(cfg))
-    experiment = client.get_experiment_by_name(cfg.experiment)
-    rows, token = [], None
-    while experiment is not None:
-        page = client.search_runs([experiment.experiment_id], filter_string, max_results=1000, page_token=token)
-        rows += [_run_row(run) for run in page]
-        token = page.token
-        if not token:
-            break
-    return pd.DataFrame(rows, columns=None if rows else list(_RUN_COLUMNS))
-
-
-_RUN_COLUMNS = ("run_id", "experiment_id", "status", "artifact_uri", "start_time", "end_time")
-
-
-def _run_row(run) -> dict:
-    import pandas as pd
-
-    info, data = run.info, run.data
-    times = {name: pd.to_datetime(getattr(info, name), unit="ms", utc=True) if getattr(info, name) else None
-             for name in ("start_time", "end_time")}
-    return {"run_id": info.run_id, "experiment_id": info.experiment_id, "status": info.status,
-            "artifact_uri": info.artifact_uri, **times,
-            **{f"metrics.{key}": value for key, value in data.metrics.items()},
-            **{f"params.{key}": value for key, value in data.params.items()},
-            **{f"tags.{key}": value for key, value in data.tags.items()}}
-
-
-def log_to_run(cfg: MlflowConfig, run_id: str, metrics: Mapping[str, float], tables=()) -> None:
-    """Add metrics (e.g. test losses from the evaluate stage) and dataset inputs (the test pairs,
-    see Tracker.log_datasets) to a finished training run."""
-    tracker = Tracker(cfg, run_name="", tags={})
-    try:
-        from mlflow.tracking import MlflowClient
-    except ImportError:
-        return
-    tracker._client = MlflowClient(tracker.tracking_uri)
-    tracker.run_id = run_id
-    tracker.log_metrics(metrics, step=0)
-    if tables:
-        tracker.log_datasets(tables)
-    tracker._leave_buffer()
-
-
-def metric_history(cfg: MlflowConfig, run_id: str, keys: list[str]) -> "Any":
-    """Per-step metrics of one run as a DataFrame, a column per key, indexed by step."""
-    import pandas as pd
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(resolve_tracking_uri(cfg))
-    series = {key: pd.Series({m.step: m.value for m in client.get_metric_history(run_id, key)}, dtype=float)
-              for key in keys}
-    return pd.DataFrame(series).dropna().sort_index()
-
-
-def download_artifact(cfg: MlflowConfig, run_id: str, artifact_path: str, destination: Path) -> Path:
-    """Copy one run's artefact (file or folder) under `destination`; an unknown run or path is
-    a one-line NstlabError naming both."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from nstlab.errors import NstlabError
-
-    uri = resolve_tracking_uri(cfg)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # adapters are small; keep stderr to errors
-    try:
-        return Path(MlflowClient(uri).download_artifacts(run_id, artifact_path, str(destination)))
-    except (MlflowException, OSError) as error:
-        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise NstlabError(f"MLflow run {run_id!r}, artefact {artifact_path!r}: not found in {uri} ({reason})") from None
-
-
-def runs_with_artifact(cfg: MlflowConfig, filter_string: str, artifact_path: str) -> "Any":
-    """search_runs(), keeping only the runs that logged a top-level artefact `artifact_path`."""
-    from mlflow.tracking import MlflowClient
-
-    runs = search_runs(cfg, filter_string)
-    if runs.empty:
-        return runs
-    client = MlflowClient(resolve_tracking_uri(cfg))
-    logged = [any(item.path == artifact_path for item in client.list_artifacts(run_id)) for run_id in runs["run_id"]]
-    return runs[logged].reset_index(drop=True)

@@ -1,21 +1,21 @@
-"""One trainer for every feed-forward model: ViT-LoRA's two stages and the baselines.
+"""One trainer for every feed-forward model, each stage of a multi-stage one included.
 
-The model brings its forward pass and its unweighted loss terms (see nstlab.models); the
-trainer owns everything else: device and precision, the learning-rate schedule, weighting,
-logging (CSV always, MLflow when available), validation with sample grids, checkpoints, and
-resume. A run killed at any step and resumed ends with the same weights as an uninterrupted
-run: data order per epoch is a function of (seed, epoch), RNG state is checkpointed, and the
-learning rate is a pure function of (step, epoch). Under torchrun every process runs this loop
-on its share of each batch, DDP averages the gradients (nstlab.distributed), and rank 0 alone
-validates and writes.
+The model brings its forward pass, its unweighted loss terms and what differs per method (its
+optimisers, its schedule, whether it can train under torchrun, what it saves beside its
+weights: see nstlab.models); the trainer owns everything else: device and precision, the
+learning-rate schedule, weighting, logging (CSV always, MLflow when available), validation with
+sample grids, checkpoints, and resume. A run killed at any step and resumed ends with the same
+weights as an uninterrupted run: data order per epoch is a function of (seed, epoch), RNG state
+is checkpointed, and the learning rate is a pure function of (step, epoch). Under torchrun every
+process runs this loop on its share of each batch, DDP averages the gradients
+(nstlab.distributed), and rank 0 alone validates and writes.
 """
 
 import csv
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,126 +32,26 @@ from nstlab.checkpoint import (
 )
 from nstlab.config import Config, config_yaml, run_params
 from nstlab.errors import NstlabError
-from nstlab.models import build_model
+from nstlab.models import (
+    build_model,
+    configure_optimizers,
+    prepare_training,
+    single_process_reason,
+    train_spec,
+)
+from nstlab.runtime import autocast, autocast_dtype, pick_device, rng_state, set_rng_state
 
 
-@dataclass(frozen=True)
-class TrainSpec:
-    """What to train and how long: resolved from the config for one (method, stage)."""
-
-    method: str
-    stage: int  # 1 or 2 for vit_lora, 0 for a single-stage baseline
-    key: str  # output folder name under models/: vit_lora_stage1, vit_lora_stage2, sanet, ...
-    run_name: str
-    batch_size: int
-    total_steps: int
-    steps_per_epoch: int
-    lr: float
-    grad_clip: float | None
-    lr_factor: Callable[[int, int], float]  # (step, epoch) -> multiplier of lr
-
-
-def output_key(method: str, stage: int) -> str:
-    return f"{method}_stage{stage}" if method == "vit_lora" else method
-
-
-def short_targets(targets) -> str:
-    """[query, key, value, dense] -> 'qkvd' (run names stay short and readable)."""
-    letters = {"query": "q", "key": "k", "value": "v", "dense": "d"}
-    return "".join(letters.get(name, name) for name in targets)
-
-
-def run_name(cfg: Config, method: str, stage: int) -> str:
-    if method != "vit_lora":
-        return method
-    architecture = f"e{cfg.encoder.layers}-d{cfg.decoder.layers}"
-    if stage == 1:
-        return f"vit_lora-stage1-{architecture}"
-    return f"vit_lora-r{cfg.lora.r}-{short_targets(cfg.lora.target_modules)}-{architecture}"
-
-
-def train_spec(cfg: Config, method: str, stage: int, n_train_pairs: int) -> TrainSpec:
-    if method == "vit_lora":
-        if stage not in (1, 2):
-            raise NstlabError("vit_lora trains in two stages: pass --stage 1 or --stage 2")
-        batch_size = cfg.train.batch_size
-        steps_per_epoch = max(1, n_train_pairs // batch_size)
-        stage_cfg = cfg.train.stage1 if stage == 1 else cfg.train.stage2
-        milestones, gamma = stage_cfg.milestones, stage_cfg.gamma
-
-        def lr_factor(step: int, epoch: int) -> float:  # MultiStepLR stepped once per epoch
-            return gamma ** sum(1 for milestone in milestones if epoch >= milestone)
-
-        return TrainSpec(method, stage, output_key(method, stage), run_name(cfg, method, stage), batch_size,
-                         stage_cfg.epochs * steps_per_epoch, steps_per_epoch, cfg.train.lr, None, lr_factor)
-    if method not in cfg.baselines:
-        raise NstlabError(f"no params block baselines.{method}: add one to params.yaml")
-    block = cfg.baselines[method]
-    steps_per_epoch = max(1, n_train_pairs // block.batch_size)
-    return TrainSpec(method, 0, method, method, block.batch_size, block.iterations, steps_per_epoch, block.lr,
-                     block.grad_clip, _baseline_lr_factor(block))
-
-
-def _baseline_lr_factor(block) -> Callable[[int, int], float]:
-    decay, warmup = block.lr_decay, block.warmup_iterations
-    if block.lr_schedule == "inverse":  # pytorch-AdaIN: lr / (1 + decay * iteration)
-        return lambda step, epoch: 1.0 / (1.0 + decay * step)
-    if block.lr_schedule == "stytr2":  # StyTr² train.py: linear warm-up, then inverse decay
-        def factor(step: int, epoch: int) -> float:
-            if step < warmup:
-                return (1.0 + 3e-4 * step) / (1.0 + 3e-4 * warmup)
-            return 1.0 / (1.0 + decay * (step - warmup))
-        return factor
-    return lambda step, epoch: 1.0
-
-
-# Methods whose step is not one forward and one backward that DDP could average over ranks.
-_SINGLE_PROCESS_ONLY = {
-    "iest": "its discriminator takes its own optimiser step between two generator passes",
-    "artflow": "ActNorm initialises its weights from the first batch, which differs per rank",
-}
-
-
-def check_distributable(method: str, batch_size: int, world_size: int) -> None:
+def check_distributable(method: str, batch_size: int, world_size: int, batch_size_key: str = "") -> None:
     """One-line refusal of what several processes cannot train as one process would."""
-    if method in _SINGLE_PROCESS_ONLY:
-        raise NstlabError(f"{method} cannot train under torchrun: {_SINGLE_PROCESS_ONLY[method]}; "
+    reason = single_process_reason(method)
+    if reason:
+        raise NstlabError(f"{method} cannot train under torchrun: {reason}; "
                           "train it as one process (nstlab train without torchrun)")
     if batch_size % world_size:
-        key = "train.batch_size" if method == "vit_lora" else f"baselines.{method}.batch_size"
+        key = batch_size_key or f"baselines.{method}.batch_size"
         raise NstlabError(f"{key} = {batch_size} is the global batch and does not split over {world_size} "
                           f"processes; set it to a multiple of {world_size}")
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def pick_device(cfg: Config) -> torch.device:
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        raise NstlabError("train.device = cuda, but no CUDA device is visible; use auto or cpu")
-    if cfg.train.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
-def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA (auto or bf16), fp32 on CPU (CPU bf16 is slower and not the paper's)."""
-    if device.type == "cuda" and cfg.train.precision in ("auto", "bf16"):
-        return torch.bfloat16
-    return None
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()  # this process's GPU: under torchrun each rank has its own
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 class CsvLog:
@@ -189,12 +89,6 @@ class CsvLog:
             self.write(row)
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def train_step(model: nn.Module, optimizer, d_optimizer, weights: dict[str, float], content: torch.Tensor,
                style: torch.Tensor, dtype: torch.dtype | None, grad_clip: float | None) -> dict[str, float]:
     """One optimiser step on one batch; returns the weighted total and each unweighted term.
@@ -205,7 +99,7 @@ def train_step(model: nn.Module, optimizer, d_optimizer, weights: dict[str, floa
     model.train()
     with autocast(content.device, dtype):
         terms = model.losses(content, style)
-    if d_optimizer is not None:  # IEST order: G forward, D step, G adversarial with the updated D
+    if d_optimizer is not None:  # adversarial: G forward, D step, G's adversarial term with the updated D
         with autocast(content.device, dtype):
             d_loss = model.discriminator_loss()
         d_optimizer.zero_grad(set_to_none=True)
@@ -238,7 +132,7 @@ class Trainer:
         self.pairs_dir = pairs_dir
         self.train_set = PairDataset(pairs_dir / "train.csv")
         self.val_set = PairDataset(pairs_dir / "val.csv")
-        self.spec = train_spec(cfg, method, stage, len(self.train_set))
+        self.spec = train_spec(method, cfg, stage, len(self.train_set))
         self.train_loader = make_loader(pairs_dir / "train.csv", batch_size=self.spec.batch_size, shuffle=True,
                                         seed=cfg.seed, workers=cfg.train.workers)
         if len(self.train_set) < self.spec.batch_size:
@@ -246,7 +140,7 @@ class Trainer:
                               f"of {self.spec.batch_size}; lower the batch size or add pairs")
         self.world_size = distributed.world_size()
         if self.world_size > 1:
-            check_distributable(method, self.spec.batch_size, self.world_size)
+            check_distributable(method, self.spec.batch_size, self.world_size, self.spec.batch_size_key)
             self.train_loader = distributed.shard_loader(self.train_loader, self.spec.batch_size)
         self.out_dir = models_dir / self.spec.key  # weights, adapters, sample grids (a DVC out)
         self.log_dir = logs_dir / self.spec.key  # metrics.json and the loss curves (DVC metrics/plots)
@@ -254,30 +148,14 @@ class Trainer:
         self.device = pick_device(cfg)
         self.dtype = autocast_dtype(cfg, self.device)
         self.tracking = tracking
-        self.model = self._build_model(models_dir).to(self.device)
+        model = build_model(method, cfg)
+        prepare_training(method, model, cfg, stage, models_dir)  # e.g. a stage 2 that starts from stage 1
+        self.model = model.to(self.device)
         self.weights = {name: w for name, w in self.model.loss_weights.items() if w}
-        trainable = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("discriminator.")]
-        self.optimizer = torch.optim.Adam(trainable, lr=self.spec.lr, betas=(0.9, 0.999))
-        discriminator = getattr(self.model, "discriminator", None)
-        self.d_optimizer = None
-        if discriminator is not None:
-            betas = tuple(cfg.baselines[method].options.get("d_betas", (0.5, 0.999)))
-            self.d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=self.spec.lr, betas=betas)
+        self.optimizer, self.d_optimizer = configure_optimizers(self.model, self.spec.lr)
         self.config_digest = run_digest(cfg, method, stage)
         # What train_step runs; DDP checks that every rank built the same model (same seed, same config).
         self.step_model = distributed.DistributedModel(self.model) if self.world_size > 1 else self.model
-
-    def _build_model(self, models_dir: Path) -> nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.cfg.seed)
-            model = build_model(self.method, self.cfg)
-        if self.method == "vit_lora" and self.stage == 2:
-            stage1 = models_dir / output_key("vit_lora", 1) / "model.pt"
-            load_trained_state(model, load_checkpoint(stage1)["model"], stage1)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.cfg.seed)
-                model.enable_lora()
-        return model
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _save(self, path: Path, step: int, best: float, finished: bool = False) -> None:
@@ -286,7 +164,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": step,
             "best_val": best,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "config_digest": self.config_digest,
             "source_digest": source_digest(),
             "method": self.method,
@@ -315,12 +193,33 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.d_optimizer is not None:
             self.d_optimizer.load_state_dict(state["d_optimizer"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         return int(state["step"]), float(state["best_val"])
 
     # -- one step ------------------------------------------------------------------------------
     def _autocast(self):
         return autocast(self.device, self.dtype)
+
+    def _batches(self, start_step: int) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """(step, epoch, content, style) on the device from `start_step` to the last step; a resumed
+        epoch skips the batches it already ran."""
+        spec, step = self.spec, start_step
+        while step < spec.total_steps:
+            epoch = step // spec.steps_per_epoch
+            consumed = step - epoch * spec.steps_per_epoch  # batches of this epoch already run
+            self.train_loader.sampler.set_epoch(epoch, consumed * spec.batch_size)
+            for content, style in self.train_loader:
+                if step >= spec.total_steps:
+                    return
+                yield (step, epoch, content.to(self.device, non_blocking=True),
+                       style.to(self.device, non_blocking=True))
+                step += 1
+
+    def _set_lr(self, step: int, epoch: int) -> float:
+        lr = self.spec.lr * self.spec.lr_factor(step, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
     def _step(self, content: torch.Tensor, style: torch.Tensor, step: int) -> dict[str, float]:
         losses = train_step(self.step_model, self.optimizer, self.d_optimizer, self.weights, content, style,
@@ -370,81 +269,49 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, resume: str = "auto") -> dict:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
         from nstlab.tracking import Tracker, seed_group
 
-        cfg, spec = self.cfg, self.spec
+        spec = self.spec
         start_step, best = self._try_resume(resume)
         distributed.barrier()  # every rank has read last.pt before rank 0 may overwrite it
         main = distributed.is_main()  # under torchrun rank 0 alone writes files and logs to MLflow
         if main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "samples").mkdir(exist_ok=True)
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            train_log = CsvLog(self.log_dir / "train_log.csv", resume=start_step > 0)
-            val_log = CsvLog(self.log_dir / "val_log.csv", resume=start_step > 0)
-            train_log.truncate_after(start_step)
-            val_log.truncate_after(start_step)
+            self._open_logs(start_step)
         counts = self.model.parameter_counts()
-        tags = {"model": self.method, "stage": str(spec.stage), "profile": cfg.profile, "output": spec.key,
-                "config_digest": self.config_digest}
-        log_every = cfg.train.log_every
-        val_every = cfg.train.val_every
-        started = time.perf_counter()
-        pairs_seen = 0
-        step = start_step
+        self.started, self.pairs_seen = time.perf_counter(), 0
+        done = start_step  # steps completed
         try:
-            group = seed_group(cfg, self.method, self.stage, spec.run_name)  # the run nests under its config
-            with Tracker(cfg.mlflow, spec.run_name, tags, enabled=self.tracking and main,
-                         group=group) as tracker:
-                tracker.log_params({**run_params(cfg, self.method, spec.stage),
+            group = seed_group(self.cfg, self.method, self.stage, spec.run_name)  # nests under its config
+            tracking = self.tracking and main
+            with Tracker(self.cfg.mlflow, spec.run_name, self._tags(), enabled=tracking, group=group) as tracker:
+                tracker.log_params({**run_params(self.cfg, self.method, spec.stage),
                                     "parameters.trainable": counts["trainable"],
                                     "parameters.total": counts["total"], "train.total_steps": spec.total_steps,
                                     "train.world_size": self.world_size})
                 if main:
                     self._log_inputs(tracker)
-                progress = Progress(TextColumn(f"[bold]{spec.run_name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                    TextColumn("{task.fields[loss]}"), TimeRemainingColumn(),
-                                    disable=not (self.progress and main))
-                with progress:
+                with self._progress_bar(main) as progress:
                     task = progress.add_task("train", total=spec.total_steps, completed=start_step, loss="")
                     try:
-                        while step < spec.total_steps:
-                            epoch = step // spec.steps_per_epoch
-                            consumed = step - epoch * spec.steps_per_epoch  # batches of this epoch already run
-                            self.train_loader.sampler.set_epoch(epoch, consumed * spec.batch_size)
-                            for content, style in self.train_loader:
-                                if step >= spec.total_steps:
-                                    break
-                                lr = spec.lr * spec.lr_factor(step, epoch)
-                                for group in self.optimizer.param_groups:
-                                    group["lr"] = lr
-                                content = content.to(self.device, non_blocking=True)
-                                style = style.to(self.device, non_blocking=True)
-                                losses = self._step(content, style, step)
-                                step += 1
-                                pairs_seen += len(content) * self.world_size
-                                progress.update(task, advance=1, loss=f"loss {losses['total']:.4g}")
-                                if step % log_every == 0 or step == spec.total_steps:
-                                    losses = distributed.mean_over_ranks(losses)  # the global batch's losses
-                                    elapsed = time.perf_counter() - started
-                                    row = {"step": step, "epoch": epoch, "lr": lr, **losses,
-                                           "pairs_per_s": pairs_seen / max(elapsed, 1e-9)}
-                                    if main:
-                                        train_log.write(row)
-                                        tracker.log_metrics({f"train.{k}": v for k, v in row.items() if k != "step"},
-                                                            step)
-                                if main and (step % val_every == 0 or step == spec.total_steps):
-                                    best = self._validate_and_checkpoint(step, best, val_log, tracker)
+                        for step, epoch, content, style in self._batches(start_step):
+                            lr = self._set_lr(step, epoch)
+                            losses = self._step(content, style, step)
+                            done = step + 1
+                            self.pairs_seen += len(content) * self.world_size
+                            progress.update(task, advance=1, loss=f"loss {losses['total']:.4g}")
+                            self._log_train(done, epoch, lr, losses, tracker, main)
+                            if main and self._due(done, self.cfg.train.val_every):
+                                best = self._validate_and_checkpoint(done, best, tracker)
                     except KeyboardInterrupt:
                         if main:
-                            self._save(self.checkpoint_path, step, best)
+                            self._save(self.checkpoint_path, done, best)
                         raise  # through the Tracker, which marks the run KILLED
-                train_seconds = time.perf_counter() - started
-                summary = self._finish(step, best, train_seconds, pairs_seen, counts, tracker) if main else None
+                train_seconds = time.perf_counter() - self.started
+                summary = None
+                if main:
+                    summary = self._finish(done, best, train_seconds, self.pairs_seen, counts, tracker)
         except KeyboardInterrupt:
-            raise NstlabError(f"interrupted at step {step}; checkpoint saved to {self.checkpoint_path}: "
+            raise NstlabError(f"interrupted at step {done}; checkpoint saved to {self.checkpoint_path}: "
                               "rerun the same command with --resume to continue") from None
         return distributed.from_main(summary)  # every rank returns rank 0's summary
 
@@ -458,14 +325,51 @@ class Trainer:
         config_file.write_text(config_yaml(self.cfg))
         tracker.log_artifact(config_file)
 
-    def _validate_and_checkpoint(self, step: int, best: float, val_log: CsvLog, tracker) -> float:
+    def _tags(self) -> dict[str, str]:
+        return {"model": self.method, "stage": str(self.spec.stage), "profile": self.cfg.profile,
+                "output": self.spec.key, "config_digest": self.config_digest}
+
+    def _progress_bar(self, main: bool):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        return Progress(TextColumn(f"[bold]{self.spec.run_name}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[loss]}"),
+                        TimeRemainingColumn(), disable=not (self.progress and main))
+
+    def _due(self, step: int, every: int) -> bool:
+        """Every `every` steps, and at the last step."""
+        return step % every == 0 or step == self.spec.total_steps
+
+    def _open_logs(self, start_step: int) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "samples").mkdir(exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.train_log = CsvLog(self.log_dir / "train_log.csv", resume=start_step > 0)
+        self.val_log = CsvLog(self.log_dir / "val_log.csv", resume=start_step > 0)
+        self.train_log.truncate_after(start_step)
+        self.val_log.truncate_after(start_step)
+
+    def _log_train(self, step: int, epoch: int, lr: float, losses: dict[str, float], tracker,
+                   main: bool) -> None:
+        """Every train.log_every steps: the global batch's losses to train_log.csv and MLflow."""
+        if not self._due(step, self.cfg.train.log_every):
+            return
+        losses = distributed.mean_over_ranks(losses)  # every rank takes part
+        elapsed = time.perf_counter() - self.started
+        pairs_per_s = self.pairs_seen / max(elapsed, 1e-9)
+        row = {"step": step, "epoch": epoch, "lr": lr, **losses, "pairs_per_s": pairs_per_s}
+        if main:
+            self.train_log.write(row)
+            tracker.log_metrics({f"train.{k}": v for k, v in row.items() if k != "step"}, step)
+
+    def _validate_and_checkpoint(self, step: int, best: float, tracker) -> float:
         val = self.validate()
-        val_log.write({"step": step, **val})
+        self.val_log.write({"step": step, **val})
         tracker.log_metrics({f"val.{k}": v for k, v in val.items()}, step)
         if val["score"] < best:
             best = val["score"]
             save_atomic({"model": trained_state(self.model), "step": step, "val": val}, self.out_dir / "model.pt")
-        if step % self.cfg.train.sample_every == 0 or step == self.spec.total_steps:
+        if self._due(step, self.cfg.train.sample_every):
             grid = self.sample_grid(self.out_dir / "samples" / f"step_{step:06d}.png")
             tracker.log_artifact(grid, "samples")
         self._save(self.checkpoint_path, step, best, finished=step == self.spec.total_steps)
@@ -494,12 +398,11 @@ class Trainer:
             summary["mlflow_run_url"] = tracker.run_url
         (self.log_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         tracker.log_metrics({"best.val_score": best, "train_seconds": train_seconds}, step)
-        if getattr(self.model, "lora_enabled", False):
+        save_beside = getattr(self.model, "save_beside_weights", None)
+        if save_beside is not None:  # e.g. LoRA adapters, from the best weights
             load_trained_state(self.model, best_state["model"], self.out_dir / "model.pt")
-            adapters = self.model.save_adapters(self.out_dir / "adapter")
-            for path in adapters:
-                tracker.log_artifact(path, f"adapter/{path.name}")
-            tracker.log_artifact(self.out_dir / "model.pt", "adapter")  # its decoders: a run id alone stylises
+            for path, artifact_path in save_beside(self.out_dir):
+                tracker.log_artifact(path, artifact_path)
         tracker.log_artifact(self.log_dir / "metrics.json")
         return summary
 
@@ -508,7 +411,7 @@ def train(cfg: Config, method: str, stage: int = 0, *, pairs_dir: Path = Path("d
           models_dir: Path = Path("models"), logs_dir: Path = Path("reports/train"),
           checkpoints_dir: Path = Path("checkpoints"), resume: str = "auto", progress: bool = True,
           tracking: bool = True) -> dict:
-    """Train one method (one stage of ViT-LoRA): models/<key>/model.pt (best by validation),
+    """Train one method (one stage of a multi-stage one): models/<key>/model.pt (best by validation),
     reports/train/<key>/{metrics.json, train_log.csv, val_log.csv}; resumable from checkpoints/<key>.
     Under torchrun each process trains on its share of every batch (see nstlab.distributed)."""
     with distributed.process_group(pick_device(cfg).type):

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from nstlab.encoders import VGG_LAYERS, pad_for_vgg
 from nstlab.errors import NstlabError
 from nstlab.functional import adain, crop_to
 from nstlab.losses import mean_std_style_loss
-from nstlab.models.blocks import VGG_LAYERS, FeatureTransferNet, pad_for_vgg
+from nstlab.models.blocks import FeatureTransferNet
 
 STYLE_LAYERS = VGG_LAYERS[:4]  # relu1_1 … relu4_1 (pytorch-AdaIN net.py encode_with_intermediate)
 
@@ -70,6 +71,4 @@ class AdaIN(FeatureTransferNet):
 
 
 def build(cfg) -> AdaIN:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return AdaIN(cfg)
+    return AdaIN(cfg)

@@ -17,16 +17,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nstlab.encoders import NormalisedVGG
 from nstlab.errors import ConfigError
 from nstlab.functional import adain, crop_to, pad_to_multiple
 from nstlab.losses import mean_std_style_loss
-from nstlab.models.blocks import NormalisedVGG, method_settings, part_counts
+from nstlab.models.blocks import method_settings, part_counts
 
 # train.py defaults: --n_block 2, --n_flow 8, AffineCoupling(filter_size=512), --operator adain.
 DEFAULT_OPTIONS = {"blocks": 2, "flows": 8, "hidden": 512, "transfer": "adain"}
 TRANSFERS = ("adain", "wct")
 # train.py: --content_weight 0.1, --style_weight 1 (its --mse_weight is 0 and left out).
 PAPER_LOSS_WEIGHTS = {"content": 0.1, "style": 1.0}
+# Why it cannot train under torchrun (see nstlab.models):
+SINGLE_PROCESS_ONLY = "ActNorm initialises its weights from the first batch, which differs per rank"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")  # net.py: enc_1 … enc_4
 CONTENT_LAYER = "relu4_1"
 WCT_EIGEN_FLOOR = 1e-5  # glow_wct.py keeps eigen-directions with eigenvalue >= 1e-5
@@ -256,9 +259,7 @@ class ArtFlow(nn.Module):
             raise ConfigError(f"baselines.artflow.options.transfer = {options['transfer']!r}: choose one of {', '.join(TRANSFERS)}")
         self.options = options
         self.multiple = 2 ** options["blocks"]  # each block halves H and W
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            self.glow = Glow(options["blocks"], options["flows"], options["hidden"])
+        self.glow = Glow(options["blocks"], options["flows"], options["hidden"])
         self.loss_network = NormalisedVGG(cfg.backbone.adain_vgg, cfg.backbone.vgg_width, cfg.seed)
 
     def forward(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:

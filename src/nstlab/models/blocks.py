@@ -2,23 +2,23 @@
 
 - StyTr²'s transformer decoder (used by StyTr² at d=512 and by ViT-LoRA at d=768).
 - parameter counting for `nstlab info`.
-- the AdaIN family's parts: the normalised VGG-19 encoder, the AdaIN decoder, their content and
-  style losses, and `FeatureTransferNet`, the encoder → transform → decoder skeleton that
-  AdaIN, SANet, MCC and IEST share (StyTr² reuses the encoder, decoder and losses).
+- the AdaIN family's parts: the AdaIN decoder and `FeatureTransferNet`, the encoder → transform
+  → decoder skeleton that AdaIN, SANet, MCC and IEST share around the frozen normalised VGG-19
+  (nstlab.encoders; StyTr² reuses the decoder).
 """
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nstlab.encoders import NormalisedVGG, pad_for_vgg, reflect_conv, scaled_channels
 from nstlab.errors import ConfigError
-from nstlab.functional import ADAIN_EPS, crop_to, mean_std_loss, mvn, pad_to_multiple
-from nstlab.losses import STYTR2_LAYERS, feature_mse, mean_std_style_loss, normalised_content_loss
+from nstlab.functional import crop_to
+from nstlab.losses import identity_terms, mean_std_style_loss, normalised_content_loss
 
 
 def count_parameters(module: nn.Module) -> dict[str, int]:
@@ -88,117 +88,6 @@ class StyleDecoder(nn.Module):
 # Every number: docs/methods.md#shared-parts-the-adain-family and docs/methods.md#parameter-counts.
 # =============================================================================================
 
-VGG_LAYERS = STYTR2_LAYERS  # relu1_1 … relu5_1
-
-# One slice of the normalised VGG per tapped layer: the 3×3 convs (output channels at width 1)
-# and max-pools that lead from the previous tap to this one (pytorch-AdaIN net.py, enc_1…enc_5).
-_VGG_SLICES = {
-    "relu1_1": (64,),
-    "relu2_1": (64, "pool", 128),
-    "relu3_1": (128, "pool", 256),
-    "relu4_1": (256, 256, 256, "pool", 512),
-    "relu5_1": (512, 512, 512, "pool", 512),
-}
-
-VGG_STRIDE = 8  # relu4_1 is 1/8 of the input: padding to a multiple of 8 makes the decoder's ×8 land back
-# relu5_1's reflection padding needs its input (ceil(side / 16)) to be at least 2 px, so side > 16.
-VGG_MIN_SIDE = 24
-ADAIN_VGG_SOURCE = "https://github.com/naoto0804/pytorch-AdaIN/releases/tag/v0.0.0"
-
-
-def scaled_channels(channels: int, width: float) -> int:
-    """A layer's channel count at `width` (1.0 = the published network), never below 4."""
-    return max(4, round(channels * width))
-
-
-def pad_for_vgg(images: torch.Tensor, multiple: int = VGG_STRIDE) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad (B, 3, H, W) so the VGG and the ×8 decoder fit any size: H, W up to a multiple of 8
-    (reflect) and at least 24 px (replicate, tiny images only). Returns the batch and (H, W).
-    Style images that are never decoded need only the minimum size: multiple=1."""
-    padded, size = pad_to_multiple(images, multiple)
-    short_h, short_w = max(0, VGG_MIN_SIDE - padded.shape[-2]), max(0, VGG_MIN_SIDE - padded.shape[-1])
-    if short_h or short_w:
-        padded = F.pad(padded, (0, short_w, 0, short_h), mode="replicate")
-    return padded, size
-
-
-def _reflect_conv(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.ReflectionPad2d(1), nn.Conv2d(in_channels, out_channels, 3), nn.ReLU()]
-
-
-class NormalisedVGG(nn.Module):
-    """pytorch-AdaIN's "normalised VGG-19" up to relu5_1, frozen: a 1×1 conv 3→3 (it maps [0, 1]
-    RGB to the Caffe input), then 3×3 reflection-padded convs with ReLU and ceil-mode max-pools.
-
-    weights: "random" (Kaiming-normal from a generator seeded with `seed`: two builds are equal)
-    or a path to pytorch-AdaIN's vgg_normalised.pth (a state dict of an nn.Sequential, mapped by
-    position; needs width 1.0). width scales the channels 64/128/256/512/512.
-    forward((B, 3, H, W) in [0, 1]) -> {relu1_1: (B, 64w, H, W), …, relu5_1: (B, 512w, ⌈H/16⌉, ⌈W/16⌉)}.
-    """
-
-    def __init__(self, weights: str = "random", width: float = 1.0, seed: int = 0):
-        super().__init__()
-        self.channels: dict[str, int] = {}
-        slices, in_channels = [], 3
-        for layer, plan in _VGG_SLICES.items():
-            modules: list[nn.Module] = [nn.Conv2d(3, 3, 1)] if layer == "relu1_1" else []
-            for step in plan:
-                if step == "pool":
-                    modules.append(nn.MaxPool2d(2, 2, ceil_mode=True))
-                else:
-                    out_channels = scaled_channels(step, width)
-                    modules += _reflect_conv(in_channels, out_channels)
-                    in_channels = out_channels
-            slices.append(nn.Sequential(*modules))
-            self.channels[layer] = in_channels
-        self.slices = nn.ModuleList(slices)
-        convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
-        if weights == "random":
-            generator = torch.Generator().manual_seed(seed)
-            for conv in convs:
-                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu", generator=generator)
-                nn.init.zeros_(conv.bias)
-        else:
-            self._load(weights, width, convs)
-        self.requires_grad_(False)
-        self.eval()
-
-    @staticmethod
-    def _load(path: str, width: float, convs: list[nn.Conv2d]) -> None:
-        if width != 1.0:
-            raise ConfigError(f"backbone.vgg_width = {width}: pretrained normalised VGG weights need width 1.0")
-        if not Path(path).is_file():
-            raise ConfigError(f"backbone.adain_vgg = {path!r}: no such file; download vgg_normalised.pth from "
-                              f"{ADAIN_VGG_SOURCE} and give its path, or use 'random'")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        # The file is nn.Sequential's state dict ("0.weight", "0.bias", "2.weight", …): the convs
-        # in module order are ours in order (the file goes on to relu5_4; we stop at relu5_1).
-        indices = sorted({int(key.split(".")[0]) for key in state if key.endswith(".weight")})
-        if len(indices) < len(convs):
-            raise ConfigError(f"backbone.adain_vgg = {path!r}: {len(indices)} convolutions, "
-                              f"expected at least {len(convs)} (pytorch-AdaIN's vgg_normalised.pth)")
-        for conv, index in zip(convs, indices):
-            weight, bias = state[f"{index}.weight"], state[f"{index}.bias"]
-            if weight.shape != conv.weight.shape:
-                raise ConfigError(f"backbone.adain_vgg = {path!r}: layer {index} has shape {tuple(weight.shape)}, "
-                                  f"expected {tuple(conv.weight.shape)}; is it pytorch-AdaIN's vgg_normalised.pth?")
-            conv.weight.data.copy_(weight)
-            conv.bias.data.copy_(bias)
-
-    def train(self, mode: bool = True):
-        """Stays in eval mode: a loss network never trains."""
-        return super().train(False)
-
-    def forward(self, images: torch.Tensor, last_layer: str = "relu5_1") -> dict[str, torch.Tensor]:
-        """(B, 3, H, W) in [0, 1] -> features of VGG_LAYERS up to `last_layer`, encoded once."""
-        features, hidden = {}, images
-        for layer, block in zip(VGG_LAYERS, self.slices):
-            hidden = features[layer] = block(hidden)
-            if layer == last_layer:
-                break
-        return features
-
-
 class AdaINDecoder(nn.Sequential):
     """relu4_1 features (B, 512w, h, w) -> image (B, 3, 8h, 8w): 3×3 reflection-padded convs with
     ReLU except the last, nearest ×2 upsampling (pytorch-AdaIN net.decoder; 3,505,219 at width 1)."""
@@ -212,7 +101,7 @@ class AdaINDecoder(nn.Sequential):
             if step == "up":
                 modules.append(nn.Upsample(scale_factor=2, mode="nearest"))
             else:
-                modules += _reflect_conv(in_channels, scaled_channels(step, width))
+                modules += reflect_conv(in_channels, scaled_channels(step, width))
                 in_channels = scaled_channels(step, width)
         modules += [nn.ReflectionPad2d(1), nn.Conv2d(in_channels, 3, 3)]  # no ReLU on the image
         super().__init__(*modules)
@@ -296,15 +185,10 @@ class FeatureTransferNet(nn.Module):
             terms["content"] = normalised_content_loss(step.output_features, step.content_features)
         if weights.get("style"):
             terms["style"] = mean_std_style_loss(step.output_features, step.style_features)
-        if weights.get("identity1") or weights.get("identity2"):
-            # Icc = D(T(Fc, Fc)), Iss = D(T(Fs, Fs)): stylising an image with itself gives it back.
-            content_identity = self.decoder(self.transform(step.content_features, step.content_features))
-            style_identity = self.decoder(self.transform(step.style_features, step.style_features))
-            if weights.get("identity1"):
-                terms["identity1"] = F.mse_loss(content_identity, step.content) + F.mse_loss(style_identity, step.style)
-            if weights.get("identity2"):
-                terms["identity2"] = (feature_mse(self.encoder(content_identity), step.content_features)
-                                      + feature_mse(self.encoder(style_identity), step.style_features))
+        # Icc = D(T(Fc, Fc)), Iss = D(T(Fs, Fs)): stylising an image with itself gives it back.
+        features = (step.content_features, step.style_features)
+        terms.update(identity_terms(weights, (step.content, step.style), features,
+                                    lambda: [self.decoder(self.transform(f, f)) for f in features], self.encoder))
         return terms
 
     def losses(self, content: torch.Tensor, style: torch.Tensor) -> dict[str, torch.Tensor]:

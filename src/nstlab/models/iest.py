@@ -16,8 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nstlab.encoders import scaled_channels
 from nstlab.errors import ConfigError
-from nstlab.models.blocks import scaled_channels
+from nstlab.models import Optimizers, default_optimizer
 from nstlab.models.sanet import SANet
 
 
@@ -110,13 +111,16 @@ def contrastive_loss(embeddings: torch.Tensor, shared_ids: torch.Tensor, other_i
     positive_logit = (logits * positive).sum(dim=1)
     return (log_partition - positive_logit).sum()
 
+# Its step is not one forward and one backward that DDP could average over ranks.
+SINGLE_PROCESS_ONLY = "its discriminator takes its own optimiser step between two generator passes"
+
 
 class IEST(SANet):
     name = "iest"
     # IEContraAST train.py: content 1, style 1, identity 50 and 1, contrastive 0.3 each, GAN 5
     loss_defaults = {"content": 1.0, "style": 1.0, "identity1": 50.0, "identity2": 1.0,
                      "contrastive_content": 0.3, "contrastive_style": 0.3, "adversarial": 5.0}
-    # train.py: τ 0.2 in compute_contrastive_loss; D Adam betas (0.5, 0.999), read by the trainer
+    # train.py: τ 0.2 in compute_contrastive_loss; D Adam betas (0.5, 0.999) (configure_optimizers)
     option_defaults = {"tau": 0.2, "d_betas": (0.5, 0.999)}
 
     def __init__(self, cfg):
@@ -179,6 +183,14 @@ class IEST(SANet):
         _, output = self._cached()
         return {"adversarial": self.discriminator.lsgan_loss(output, 1.0)}
 
+    def configure_optimizers(self, lr: float) -> Optimizers:
+        """The generator's Adam, as every model's, and D's own Adam with train.py's betas."""
+        generator = default_optimizer(self, lr)
+        if self.discriminator is None:
+            return generator, None
+        betas = tuple(self.options["d_betas"])
+        return generator, torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas)
+
     def parts(self) -> dict[str, nn.Module]:
         parts = super().parts()
         for name in ("style_head", "content_head", "discriminator"):
@@ -193,6 +205,4 @@ class IEST(SANet):
 
 
 def build(cfg) -> IEST:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return IEST(cfg)
+    return IEST(cfg)

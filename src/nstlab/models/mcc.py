@@ -80,6 +80,4 @@ class MCC(FeatureTransferNet):
 
 
 def build(cfg) -> MCC:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return MCC(cfg)
+    return MCC(cfg)

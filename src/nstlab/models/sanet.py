@@ -74,6 +74,4 @@ class SANet(FeatureTransferNet):
 
 
 def build(cfg) -> SANet:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return SANet(cfg)
+    return SANet(cfg)

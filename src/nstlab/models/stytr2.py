@@ -16,10 +16,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nstlab.encoders import pad_for_vgg
 from nstlab.errors import ConfigError
 from nstlab.functional import crop_to, pad_to_multiple
-from nstlab.losses import loss_network
-from nstlab.models.blocks import AdaINDecoder, StyleDecoder, method_settings, pad_for_vgg, part_counts
+from nstlab.losses import identity_terms, loss_network
+from nstlab.models.blocks import AdaINDecoder, StyleDecoder, method_settings, part_counts
 
 PATCH = 8  # PatchEmbed(patch_size=8); the AdaIN decoder's three ×2 upsamplings undo it exactly
 CAPE_GRID = 18  # transformer.py: nn.AdaptiveAvgPool2d(18)
@@ -89,7 +90,7 @@ class ContentAwarePositionalEncoding(nn.Module):
 
 
 def _check_options(options: dict) -> None:
-    # d_model >= 4: the CNN decoder never narrows a layer below 4 channels (blocks.scaled_channels).
+    # d_model >= 4: the CNN decoder never narrows a layer below 4 channels (encoders.scaled_channels).
     minimums = {"d_model": 4, "heads": 1, "ffn": 1, "encoder_layers": 1, "decoder_layers": 1}
     for name, minimum in minimums.items():
         value = options[name]
@@ -113,14 +114,12 @@ class StyTr2(nn.Module):
         options = method_settings("stytr2", "options", block.options, DEFAULT_OPTIONS)
         _check_options(options)
         d_model, heads, ffn, dropout = options["d_model"], options["heads"], options["ffn"], float(options["dropout"])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            self.patch_embedding = nn.Conv2d(3, d_model, PATCH, stride=PATCH)  # StyTR.py PatchEmbed.proj
-            self.cape = ContentAwarePositionalEncoding(d_model)
-            self.content_encoder = Encoder(d_model, options["encoder_layers"], heads, ffn, dropout)
-            self.style_encoder = Encoder(d_model, options["encoder_layers"], heads, ffn, dropout)
-            self.transformer_decoder = StyleDecoder(d_model, options["decoder_layers"], heads, ffn, dropout)
-            self.cnn_decoder = AdaINDecoder(d_model / FULL_WIDTH)  # StyTR.py `decoder`: input d channels
+        self.patch_embedding = nn.Conv2d(3, d_model, PATCH, stride=PATCH)  # StyTR.py PatchEmbed.proj
+        self.cape = ContentAwarePositionalEncoding(d_model)
+        self.content_encoder = Encoder(d_model, options["encoder_layers"], heads, ffn, dropout)
+        self.style_encoder = Encoder(d_model, options["encoder_layers"], heads, ffn, dropout)
+        self.transformer_decoder = StyleDecoder(d_model, options["decoder_layers"], heads, ffn, dropout)
+        self.cnn_decoder = AdaINDecoder(d_model / FULL_WIDTH)  # StyTR.py `decoder`: input d channels
         # models/StyTR.py StyTrans: normalised VGG to relu5_1, frozen; mvn content, mean/std style.
         self.loss_network = loss_network("stytr2", cfg)
 
@@ -167,13 +166,8 @@ class StyTr2(nn.Module):
                 terms["content"] = net.content_loss(output_features, content_features)
             if weights["style"]:
                 terms["style"] = net.style_loss(output_features, style_features)
-        if weights["identity1"] or weights["identity2"]:
-            content_identity, style_identity = self(content, content), self(style, style)
-            if weights["identity1"]:
-                terms["identity1"] = F.mse_loss(content_identity, content) + F.mse_loss(style_identity, style)
-            if weights["identity2"]:
-                terms["identity2"] = (net.identity_loss(net(content_identity), content_features)
-                                      + net.identity_loss(net(style_identity), style_features))
+        terms.update(identity_terms(weights, (content, style), (content_features, style_features),
+                                    lambda: (self(content, content), self(style, style)), net))
         return terms
 
     def parameter_counts(self) -> dict[str, int]:

@@ -20,13 +20,16 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from nstlab.config import Config, lora_modules
-from nstlab.errors import ConfigError
-from nstlab.functional import crop_to, pad_to_multiple
-from nstlab.losses import imagenet_denormalize, imagenet_normalize, loss_network
+from nstlab.checkpoint import load_checkpoint, load_trained_state
+from nstlab.config import Config, lora_modules, short_targets
+from nstlab.errors import ConfigError, NstlabError
+from nstlab.functional import crop_to, imagenet_denormalize, imagenet_normalize, pad_to_multiple
+from nstlab.losses import identity_terms, loss_network
 from nstlab.models.blocks import StyleDecoder, part_counts
+from nstlab.registry import output_key
+from nstlab.runtime import seeded
+from nstlab.schedule import TrainSpec, multistep_factor
 
 PATCH = 16
 LOSS_TERMS = ("content", "style", "identity1", "identity2")
@@ -148,8 +151,7 @@ class ViTLoRA(nn.Module):
         hidden = self.content_encoder.config.hidden_size
         if hidden % cfg.decoder.heads:
             raise ConfigError(f"decoder.heads = {cfg.decoder.heads}: must divide the ViT hidden size {hidden}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+        with seeded(cfg.seed):  # the decoders' init does not depend on how the encoders were loaded
             self.transformer_decoder = StyleDecoder(hidden, cfg.decoder.layers, cfg.decoder.heads,
                                                     cfg.decoder.ffn, cfg.decoder.dropout)
             self.cnn_decoder = CNNDecoder(hidden, cfg.decoder.cnn_width)
@@ -177,6 +179,15 @@ class ViTLoRA(nn.Module):
             getattr(self, name).save_pretrained(directory / name)
             paths.append(directory / name)
         return paths
+
+    def save_beside_weights(self, out_dir: Path) -> list[tuple[Path, str]]:
+        """Stage 2, after training (the best weights loaded): the adapters under out_dir/adapter,
+        as (path, MLflow artifact folder); model.pt goes to the adapter folder too, for its
+        decoders, so a run id alone stylises. Stage 1: nothing."""
+        if not self.lora_enabled:
+            return []
+        adapters = [(path, f"adapter/{path.name}") for path in self.save_adapters(out_dir / "adapter")]
+        return [*adapters, (out_dir / "model.pt", "adapter")]
 
     def load_adapter(self, name: str, directory: Path) -> None:
         """Add the LoRA pair `save_adapters` wrote in `directory` as adapter `name` on both encoders;
@@ -229,7 +240,7 @@ class ViTLoRA(nn.Module):
 
     # -- training ----------------------------------------------------------------------------
     def losses(self, content: torch.Tensor, style: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Unweighted terms; identity passes run only when their weight is non-zero."""
+        """Unweighted terms; the identity passes run only when an identity weight is non-zero."""
         output = self(content, style)
         net = self.loss_network
         output_features, content_features, style_features = net(output), net(content), net(style)
@@ -237,11 +248,8 @@ class ViTLoRA(nn.Module):
             "content": net.content_loss(output_features, content_features),
             "style": net.style_loss(output_features, style_features),
         }
-        if self.loss_weights["identity1"] or self.loss_weights["identity2"]:
-            content_identity, style_identity = self(content, content), self(style, style)
-            terms["identity1"] = F.mse_loss(content_identity, content) + F.mse_loss(style_identity, style)
-            terms["identity2"] = (net.identity_loss(net(content_identity), content_features)
-                                  + net.identity_loss(net(style_identity), style_features))
+        terms.update(identity_terms(self.loss_weights, (content, style), (content_features, style_features),
+                                    lambda: (self(content, content), self(style, style)), net))
         return terms
 
     def parameter_counts(self) -> dict[str, int]:
@@ -256,3 +264,37 @@ def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor
 
 def build(cfg: Config) -> ViTLoRA:
     return ViTLoRA(cfg)
+
+
+# -- training: two stages (nstlab.train calls these hooks; see nstlab.models) ------------------
+
+
+def run_name(cfg: Config, stage: int) -> str:
+    architecture = f"e{cfg.encoder.layers}-d{cfg.decoder.layers}"
+    if stage == 1:
+        return f"vit_lora-stage1-{architecture}"
+    return f"vit_lora-r{cfg.lora.r}-{short_targets(cfg.lora.target_modules)}-{architecture}"
+
+
+def train_spec(cfg: Config, stage: int, n_train_pairs: int) -> TrainSpec:
+    """Both stages train by the `train` block: its batch size and lr, the stage's epochs and
+    MultiStepLR milestones."""
+    if stage not in (1, 2):
+        raise NstlabError("vit_lora trains in two stages: pass --stage 1 or --stage 2")
+    batch_size = cfg.train.batch_size
+    steps_per_epoch = max(1, n_train_pairs // batch_size)
+    stage_cfg = cfg.train.stage1 if stage == 1 else cfg.train.stage2
+    return TrainSpec("vit_lora", stage, output_key("vit_lora", stage), run_name(cfg, stage), batch_size,
+                     stage_cfg.epochs * steps_per_epoch, steps_per_epoch, cfg.train.lr, None,
+                     multistep_factor(stage_cfg.milestones, stage_cfg.gamma), "train.batch_size")
+
+
+def prepare_training(model: ViTLoRA, cfg: Config, stage: int, models_dir: Path) -> None:
+    """Stage 2 starts from stage 1's best weights (models/vit_lora_stage1/model.pt) and adds LoRA
+    to both encoders, its init drawn from cfg.seed; stage 1 trains the decoders as built."""
+    if stage != 2:
+        return
+    stage1 = models_dir / output_key("vit_lora", 1) / "model.pt"
+    load_trained_state(model, load_checkpoint(stage1)["model"], stage1)
+    with seeded(cfg.seed):
+        model.enable_lora()
