@@ -115,7 +115,8 @@ def test_paper_profile_through_a_faulty_mirror_to_the_report(fake_mirror, weight
         log = _ok(_nstlab(["train", "vit_lora", "--stage", stage, *settings], tmp_path))
         vit_lines = [line for line in log.splitlines() if "vit-base-patch16-224-in21k): blocks" in line]
         vit = weights / "vit-base-patch16-224-in21k"
-        assert vit_lines == [f"ViT-B/16 ({vit}): blocks 1-6 of 12 loaded"] * 2
+        # one load per process: the style encoder is a copy of the content encoder
+        assert vit_lines == [f"ViT-B/16 ({vit}): blocks 1-6 of 12 loaded"]
         assert "LOAD REPORT" not in log and "UNEXPECTED" not in log
         assert (tmp_path / f"models/vit_lora_stage{stage}/model.pt").is_file()
     _ok(_nstlab(["evaluate", "vit_lora", *settings], tmp_path))

@@ -238,6 +238,7 @@ def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list
     """
     from nstlab.data.images import save_image
     from nstlab.functional import coral
+    from nstlab.runtime import autocast, autocast_dtype
 
     if not 0.0 <= alpha <= 1.0:
         raise NstlabError(f"--alpha {alpha}: must be in [0, 1]")
@@ -254,19 +255,20 @@ def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list
     if preserve_color:
         styles = [coral(style, content) for style in styles]
     device = pick_device(cfg)
+    dtype = autocast_dtype(cfg, device)  # train.precision: bf16 where native (auto), as in training
     if adapters:
         model, decoders = load_adapters(cfg, adapters, models_dir)
         model = model.to(device).eval()
         outputs = []
         for name, decoder_state in decoders.items():
             model.set_adapter(name, decoder_state)
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, dtype):
                 output = model(content.to(device), styles[0].to(device))
             outputs.append(save_image(output[0].float().clamp(0, 1).cpu(),
                                       output_path.with_name(f"{output_path.stem}_{name}{output_path.suffix}")))
         return outputs
     model = load_model(cfg, method, checkpoint=checkpoint, device=device)
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, dtype):
         if method == "adain":
             output = model(content.to(device), [s.to(device) for s in styles] if len(styles) > 1 else styles[0].to(device),
                            alpha=alpha, style_weights=style_weights)

@@ -287,7 +287,8 @@ class Trainer:
                 tracker.log_params({**run_params(self.cfg, self.method, spec.stage),
                                     "parameters.trainable": counts["trainable"],
                                     "parameters.total": counts["total"], "train.total_steps": spec.total_steps,
-                                    "train.world_size": self.world_size})
+                                    "train.world_size": self.world_size,
+                                    "train.precision_used": "bf16" if self.dtype else "fp32"})
                 if main:
                     self._log_inputs(tracker)
                 with self._progress_bar(main) as progress:

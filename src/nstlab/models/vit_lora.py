@@ -11,6 +11,7 @@ decoders together. Every number: docs/methods.md#vit-lora (NST-Project `code/`).
     style   ─ViT_s─► tokens_s ─┘
 """
 
+import copy
 import logging
 import re
 import sys
@@ -145,7 +146,8 @@ class ViTLoRA(nn.Module):
         self.loss_weights = dict(content=cfg.loss.content, style=cfg.loss.style,
                                  identity1=cfg.loss.identity1, identity2=cfg.loss.identity2)
         self.content_encoder = load_vit(cfg)
-        self.style_encoder = load_vit(cfg)
+        # Both encoders start from the same weights: load once, copy (halves start-up at paper size)
+        self.style_encoder = copy.deepcopy(self.content_encoder)
         self.content_encoder.requires_grad_(False)
         self.style_encoder.requires_grad_(False)
         hidden = self.content_encoder.config.hidden_size
