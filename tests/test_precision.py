@@ -19,18 +19,18 @@ FAST = ["train.batch_size=2", "train.stage1.epochs=1", "train.log_every=1", "tra
     ("fp32", True, None),  # explicit fp32 wins even where bf16 is native
 ])
 def test_precision_on_cpu(tiny_config, monkeypatch, precision, native, expected):
-    monkeypatch.setattr(train_module, "native_bf16_cpu", lambda: native)
+    monkeypatch.setattr(runtime, "native_bf16_cpu", lambda: native)
     assert autocast_dtype(tiny_config(f"train.precision={precision}"), CPU) is expected
 
 
 def test_auto_is_bf16_on_cuda(tiny_config, monkeypatch):
-    monkeypatch.setattr(train_module, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(runtime, "native_bf16_cpu", lambda: False)
     assert autocast_dtype(tiny_config("train.precision=auto"), torch.device("cuda")) is torch.bfloat16
 
 
 def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    monkeypatch.setattr(train_module, "Path", lambda _: cpuinfo)
+    monkeypatch.setattr(runtime, "Path", lambda _: cpuinfo)
     cpuinfo.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
     assert runtime.native_bf16_cpu()
     cpuinfo.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
