@@ -114,6 +114,7 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
     from rich.progress import track
 
     from nstlab.data.images import save_image
+    from nstlab.records import evaluation_record_paths, write_record
     from nstlab.train import pick_device
 
     device = pick_device(cfg)
@@ -158,22 +159,21 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
         summary["mlflow_run_id"] = _log_gatys_run(cfg, summary, outputs_dir / "history.json")
     else:
         summary["mlflow_run_id"] = _log_test_metrics(cfg, method, reports_dir, summary)
-    metrics_dir = reports_dir / "metrics"
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    (metrics_dir / f"{method}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_record(summary, *evaluation_record_paths(reports_dir, method))
     (outputs_dir / "pairs.json").write_text(json.dumps(rows, indent=2) + "\n")
     return summary
 
 
 def _log_test_metrics(cfg: Config, method: str, reports_dir: Path, summary: dict) -> str | None:
     """Attach the test metrics to the model's training run in MLflow (Table 2 reads them there)."""
+    from nstlab.records import training_record_paths
     from nstlab.tracking import log_to_run
     from nstlab.train import output_key
 
-    train_metrics = reports_dir / "train" / output_key(method, 2) / "metrics.json"
-    if not train_metrics.is_file():
+    _, train_run = training_record_paths(reports_dir / "train", output_key(method, 2))
+    if not train_run.is_file():
         return None
-    run_id = json.loads(train_metrics.read_text()).get("mlflow_run_id")
+    run_id = json.loads(train_run.read_text()).get("mlflow_run_id")
     if run_id:
         numbers = {f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float) and k != "pairs"}
         log_to_run(cfg.mlflow, run_id, numbers)

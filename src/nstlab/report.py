@@ -49,9 +49,11 @@ def canonical_targets(targets: list[str]) -> str:
 
 
 def table1(reports_dir: Path) -> pd.DataFrame:
+    from nstlab.records import evaluation_record_paths, read_record
+
     rows = []
     for path in sorted((reports_dir / "metrics").glob("*.json")):
-        metrics = json.loads(path.read_text())
+        metrics = {"model": path.stem, **read_record(*evaluation_record_paths(reports_dir, path.stem))}
         reference = PAPER_TABLE1.get(metrics["model"], (None, None))
         rows.append({**metrics, "paper_reported_content": reference[0], "paper_reported_style": reference[1]})
     frame = pd.DataFrame(rows, columns=TABLE1_COLUMNS)
