@@ -25,10 +25,10 @@ def test_no_committed_report_holds_an_absolute_path_of_a_machine():
             text = (REPO / name).read_text(encoding="utf-8")
         except UnicodeDecodeError:
             continue  # figures
-        offending += [f"{name}:{number}: {line.strip()[:120]}" for number, line in enumerate(text.splitlines(), 1)
-                      if MACHINE_PATH.search(line)]
-    assert not offending, "machine paths in committed reports (write paths relative to the repo):\n" + "\n".join(
-        offending)
+        offending += [f"{name}:{number}: {line.strip()[:120]}"
+                      for number, line in enumerate(text.splitlines(), 1) if MACHINE_PATH.search(line)]
+    assert not offending, ("machine paths in committed reports (write paths relative to the repo):\n"
+                           + "\n".join(offending))
 
 
 def test_the_scan_sees_a_machine_path():

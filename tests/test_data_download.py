@@ -166,7 +166,8 @@ def test_interrupt_leaves_a_resumable_part_and_no_final_file(fake_mirror, tmp_pa
     fake_mirror.fail("img0.bin", "hang")
     part, marker = tmp_path / "img0.bin.part", tmp_path / "interrupted"
     child = multiprocessing.get_context("spawn").Process(
-        target=_download_noting_the_interrupt, args=([remote(fake_mirror, "img0.bin", data)], tmp_path, marker))
+        target=_download_noting_the_interrupt,
+        args=([remote(fake_mirror, "img0.bin", data)], tmp_path, marker))
     child.start()
     wait_for(lambda: part.is_file() and part.stat().st_size == 50_000, "half the file in the .part", child)
     os.kill(child.pid, signal.SIGINT)

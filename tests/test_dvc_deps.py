@@ -25,8 +25,9 @@ from conftest import REPO, write_shrunk_params
 RUN_STAGES = """
 import importlib, json, os, runpy, sys, traceback
 
-for library in ("torch", "numpy", "PIL.Image", "pandas", "typer", "rich.progress", "yaml", "transformers", "peft",
-                "mlflow"):
+LIBRARIES = ("torch", "numpy", "PIL.Image", "pandas", "typer", "rich.progress", "yaml", "transformers",
+             "peft", "mlflow")
+for library in LIBRARIES:
     try:
         importlib.import_module(library)
     except ImportError:
@@ -95,8 +96,8 @@ def stage_imports(tmp_path_factory) -> dict[str, set[str]]:
     if result.returncode:
         failed = result.stderr.strip().splitlines()[-1].split(":")[0]
         log = workdir / f"{failed}.log"
-        pytest.fail(f"{failed}: `{STAGES[failed][0]}` failed:\n" + (log.read_text()[-3000:] if log.is_file()
-                                                                      else result.stderr[-3000:]))
+        detail = log.read_text() if log.is_file() else result.stderr
+        pytest.fail(f"{failed}: `{STAGES[failed][0]}` failed:\n{detail[-3000:]}")
     imported = {}
     for name, script, _ in plan:
         files = {script}
@@ -117,14 +118,23 @@ def test_every_imported_project_file_is_a_dep_of_the_stage(stage_imports, addres
     deps = STAGES[address][1]
     missing = sorted(path for path in stage_imports[address] if not _covered(path, deps))
     name, _, item = address.partition("@")
-    where = f"stage {name!r}" + (f" (the `do:` deps, or item {item!r} if only it imports them)" if item else "")
-    assert not missing, (f"dvc.yaml: {address} runs code DVC does not watch, so editing it would not rerun the "
-                         f"stage; add to the deps of {where}: " + ", ".join(missing))
+    where = f"stage {name!r}"
+    if item:
+        where += f" (its `do:` deps, or item {item!r}'s entry if only that item imports it)"
+    assert not missing, (f"dvc.yaml: {address} runs code DVC does not watch, so editing it would not rerun "
+                         f"the stage; add to the deps of {where}: " + ", ".join(missing))
 
 
 @pytest.mark.parametrize("address", STAGES)
 def test_every_source_file_dep_is_still_imported(stage_imports, address):
     deps = STAGES[address][1]
     stale = sorted(dep for dep in deps if dep.endswith(".py") and dep not in stage_imports[address])
-    assert not stale, (f"dvc.yaml: {address} depends on {', '.join(stale)}, which its command no longer imports "
-                       "(moved or renamed?): replace it with the module that holds that code now, or remove it")
+    assert not stale, (f"dvc.yaml: {address} depends on {', '.join(stale)}, which its command no longer "
+                       "imports (moved or renamed?): replace it with the module that holds that code now, "
+                       "or remove it")
+
+
+def test_a_folder_dep_covers_the_files_under_it_only():
+    assert _covered("src/nstlab/data/images.py", ["pipeline/pair.py", "src/nstlab/data"])
+    assert not _covered("src/nstlab/data_tools.py", ["src/nstlab/data"])
+    assert not _covered("src/nstlab/models/sanet.py", ["src/nstlab/models/iest.py"])

@@ -527,17 +527,18 @@ main(sys.argv[1:])
 
 def test_training_killed_with_sigkill_resumes_to_bit_identical_weights(trained, tmp_path):
     params = write_params(tmp_path / "params.yaml", [*TINY, *KILL_SCHEDULE])
-    arguments = ["train", "vit_lora", "--stage", "1", "--no-tracking", "--no-progress", "--params", str(params),
-                 "--pairs", str(trained.pairs), "--models", "models"]
+    arguments = ["train", "vit_lora", "--stage", "1", "--no-tracking", "--no-progress", "--params",
+                 str(params), "--pairs", str(trained.pairs), "--models", "models"]
     command = [*NSTLAB, *arguments]
     last = Path("checkpoints/vit_lora_stage1/last.pt")
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     processes = {}
-    for folder, argv in ((reference_dir, command), (killed_dir, [sys.executable, "-c", TRAIN_THEN_HOLD, *arguments])):
+    victim_command = [sys.executable, "-c", TRAIN_THEN_HOLD, *arguments]
+    for folder, argv in ((reference_dir, command), (killed_dir, victim_command)):
         folder.mkdir()
         with open(folder / "stderr.txt", "w") as stderr:
-            processes[folder] = subprocess.Popen(argv, cwd=folder, env=cli_env(tmp_path), stdout=subprocess.DEVNULL,
-                                                 stderr=stderr)
+            processes[folder] = subprocess.Popen(argv, cwd=folder, env=cli_env(tmp_path),
+                                                 stdout=subprocess.DEVNULL, stderr=stderr)
     victim = processes[killed_dir]
     deadline = time.monotonic() + 240
     while not (killed_dir / last).is_file():

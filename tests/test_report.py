@@ -60,7 +60,8 @@ def _fake_outputs(reports, tmp_path):
         write_record({  # as evaluate writes it: numbers in reports/metrics, names in reports/runs
             "model": model, "profile": "demo", "pairs": 1, "paper_content_loss": loss, "paper_style_loss": loss / 2,
             "stytr2_content_loss": 0.1, "stytr2_style_loss": 0.2, "ssim_content": 0.5, "gram_distance": 0.01,
-            "latency_ms": 3.0, "peak_memory_mb": 10.0, "device": "cpu"}, *evaluation_record_paths(reports, model))
+            "latency_ms": 3.0, "peak_memory_mb": 10.0, "device": "cpu"},
+            *evaluation_record_paths(reports, model))
         outputs = reports / "outputs" / model
         outputs.mkdir(parents=True)
         Image.new("RGB", (40, 30), "green").save(outputs / "0000.png")

@@ -184,7 +184,7 @@ def _steps(run_id: str, key: str = "loss") -> list[int]:
 
 def test_an_outage_is_buffered_retried_at_most_every_n_seconds_and_replayed_in_order(store, monkeypatch, tmp_path):
     cfg, outage = store
-    monkeypatch.setattr(tracking, "RETRY_SECONDS", 3600.0)  # no retry while steps 2-4 log, however slow the machine
+    monkeypatch.setattr(tracking, "RETRY_SECONDS", 3600.0)  # no retry while steps 2-4 log, however slow
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with Tracker(cfg, "outage", {"model": "test"}) as tracker:

@@ -140,9 +140,9 @@ def test_training_metrics_json_is_what_dvc_reads(tiny_config, tiny_pairs, run_di
     assert run == {"model": "vit_lora", "stage": 1, "run_name": "vit_lora-stage1-e2-d1", "profile": "demo"}
 
 
-def test_the_run_json_records_the_tracking_uri_as_written_not_a_machine_path(tiny_config, tiny_pairs, run_dirs,
-                                                                              monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # params' relative sqlite:///mlruns.db, under the cwd (tmp_path)
+def test_the_run_json_records_the_tracking_uri_as_written_not_a_machine_path(tiny_config, tiny_pairs,
+                                                                              run_dirs, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # params' relative sqlite:///mlruns.db, in the cwd (tmp_path)
     summary = train(tiny_config(*FAST), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, **run_dirs)
     run = json.loads((run_dirs["logs_dir"] / "vit_lora_stage1" / "run.json").read_text())
     assert run["tracking_uri"] == "sqlite:///mlruns.db" and run["mlflow_run_id"] == summary["mlflow_run_id"]
@@ -161,8 +161,9 @@ def test_a_finished_run_whose_outputs_dvc_deleted_trains_again_to_the_same_weigh
     first = _weights(out / "model.pt")
     shutil.rmtree(out)
     (run_dirs["logs_dir"] / "vit_lora_stage1" / "metrics.json").unlink()
-    with pytest.raises(NstlabError, match=r"that run finished and .*model.pt is gone.*without --resume require"):
-        train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, resume="require", **run_dirs)
+    with pytest.raises(NstlabError, match=r"that run finished and .*model.pt is gone.*--resume require"):
+        train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, resume="require",
+              **run_dirs)
     summary = train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
     assert summary["steps"] == 8 and summary["train_seconds"] > 0
     again = _weights(out / "model.pt")
@@ -171,17 +172,19 @@ def test_a_finished_run_whose_outputs_dvc_deleted_trains_again_to_the_same_weigh
     assert len(log) == 1 + 8  # logged afresh, not appended to the first run's rows
 
 
-def test_cli_resume_require_on_a_finished_run_without_outputs_says_so_in_one_line(tiny_overrides, tiny_pairs, tmp_path,
-                                                                                   monkeypatch, capsys):
+def test_cli_resume_require_after_a_finished_run_lost_its_outputs_is_one_line(tiny_overrides, tiny_pairs,
+                                                                              tmp_path, monkeypatch, capsys):
     """`nstlab train` as the DVC stage runs it (default folders), twice, the outputs deleted in between."""
     import shutil
 
     from conftest import REPO
+
     from nstlab.cli import main
 
     monkeypatch.chdir(tmp_path)
-    args = ["train", "vit_lora", "--stage", "1", "--no-tracking", "--no-progress", "--params", str(REPO / "params.yaml"),
-            *[flag for override in [*tiny_overrides, *FAST] for flag in ("-S", override)], "--pairs", str(tiny_pairs)]
+    overrides = [flag for override in [*tiny_overrides, *FAST] for flag in ("-S", override)]
+    args = ["train", "vit_lora", "--stage", "1", "--no-tracking", "--no-progress",
+            "--params", str(REPO / "params.yaml"), *overrides, "--pairs", str(tiny_pairs)]
 
     def exit_code(argv) -> int:
         with pytest.raises(SystemExit) as done:
@@ -192,7 +195,8 @@ def test_cli_resume_require_on_a_finished_run_without_outputs_says_so_in_one_lin
     shutil.rmtree("models")
     capsys.readouterr()
     assert exit_code([*args, "--resume", "require"]) == 2
-    assert capsys.readouterr().err.splitlines() == [
-        "nstlab: error: checkpoints/vit_lora_stage1/last.pt: that run finished and models/vit_lora_stage1/model.pt is "
-        "gone, so there is nothing to resume; run without --resume require to train it again"]
+    assert capsys.readouterr().err.splitlines() == [(
+        "nstlab: error: checkpoints/vit_lora_stage1/last.pt: that run finished and "
+        "models/vit_lora_stage1/model.pt is gone, so there is nothing to resume; "
+        "run without --resume require to train it again")]
     assert exit_code(args) == 0 and (tmp_path / "models" / "vit_lora_stage1" / "model.pt").is_file()
