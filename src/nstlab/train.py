@@ -314,8 +314,9 @@ class Trainer:
             # DVC deletes a stage's outs before it reruns it; last.pt holds the last weights, not the
             # best-by-validation model.pt, so the finished run cannot give it back: train it again.
             if mode == "require":
-                raise NstlabError(f"{self.checkpoint_path}: that run finished and {best_weights} is gone, so "
-                                  "there is nothing to resume; run without --resume require to train it again")
+                raise NstlabError(f"{self.checkpoint_path}: that run finished and {best_weights} is gone, "
+                                  "so there is nothing to resume; "
+                                  "run without --resume require to train it again")
             return 0, math.inf
         load_trained_state(self.model, state["model"], self.checkpoint_path)
         self.optimizer.load_state_dict(state["optimizer"])
