@@ -14,6 +14,38 @@ TINY = [
 ]
 
 
+SHRINK = {  # the demo profile, smaller still: every stage runs, each in seconds
+    "data": {"image_size": 32, "n_train": 8, "n_val": 2, "n_test": 2, "test_max_side": 48},
+    "backbone": {"vit_hidden": 32, "vit_heads": 2, "vit_mlp": 64, "vit_layers": 4, "vgg_width": 0.0625},
+    "decoder": {"ffn": 64, "cnn_width": 0.0625},
+    "train": {"batch_size": 2, "stage1": {"epochs": 1}, "stage2": {"epochs": 1, "milestones": [], "gamma": 1.0},
+              "log_every": 1, "val_every": 2, "max_val_pairs": 2, "sample_every": 2},
+    "eval": {"max_size": 48, "max_pairs": 2, "gallery_pairs": 2},
+    "baselines": {name: {"batch_size": 4 if name == "iest" else 2, "iterations": 2}
+                  for name in ("stytr2", "adain", "sanet", "mcc", "artflow", "iest")},
+}
+
+
+def write_shrunk_params(path: Path) -> None:
+    """Rewrite params.yaml at `path` with the demo profile shrunk to SHRINK (every stage in seconds)."""
+    import yaml
+
+    params = yaml.safe_load(path.read_text())
+    demo = params["profiles"]["demo"]
+    for block, values in SHRINK.items():
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(demo[block].get(key), dict):
+                demo[block][key].update(value)
+            else:
+                demo[block][key] = value
+    demo["baselines"]["stytr2"]["options"] = {"d_model": 16, "heads": 2, "ffn": 32}
+    demo["baselines"]["artflow"]["options"] = {"hidden": 8}
+    demo["baselines"]["gatys"] = {"iterations": 2, "options": {"max_size": 32}}
+    params["encoder"]["layers"] = 2
+    params["decoder"].update({"layers": 1, "heads": 2})
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)

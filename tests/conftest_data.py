@@ -39,8 +39,8 @@ class FakeMirror:
     """Files served at http://127.0.0.1:<port>/<path>, with faults queued per path.
 
     Faults, consumed one per request: "drop" (send half the body, then hang up), "hang" (send
-    half the body, then nothing until the test ends), "stall" (send nothing until the test
-    ends), "500"/"403"/"410" (that status), "corrupt" (flip the first byte), "ignore_range"
+    half the body, then nothing until the test sets `released` or ends), "stall" (send nothing
+    until then), "500"/"403"/"410" (that status), "corrupt" (flip the first byte), "ignore_range"
     (answer 200 with the whole file to a Range request). `delay_s` slows every response.
     """
 
@@ -87,7 +87,7 @@ class _MirrorHandler(BaseHTTPRequestHandler):
             self.send_error(int(fault))
             return
         if fault == "stall":
-            mirror.released.wait(10)
+            mirror.released.wait()  # set by the test, or when the fixture ends
             return
         if fault == "corrupt":
             data = bytes([data[0] ^ 0xFF]) + data[1:]
@@ -106,7 +106,7 @@ class _MirrorHandler(BaseHTTPRequestHandler):
         with mirror.lock:
             mirror.bytes_sent += len(sent)
         if fault == "hang":
-            mirror.released.wait(10)
+            mirror.released.wait()
 
     def log_message(self, *args):
         pass

@@ -186,22 +186,44 @@ def test_unsafe_file_names_are_refused(tmp_path):
         download_all([RemoteFile("http://127.0.0.1:9/x", "../escape.jpg")], tmp_path, progress=False)
 
 
+def _download_noting_the_interrupt(remotes, target_dir, interrupted_marker):
+    """download_all in a child process; its Ctrl-C handler first leaves a file the test waits for."""
+    def interrupted(signum, frame):
+        interrupted_marker.touch()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    download_all(remotes, target_dir, retries=0, timeout_s=600.0, progress=False)
+
+
+def wait_for(condition, what: str, child) -> None:
+    """Poll a condition the child makes true; fail at once if the child died first."""
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert child.is_alive(), f"the child exited ({child.exitcode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} within 120 s"
+        time.sleep(0.01)
+
+
 def test_interrupt_leaves_a_resumable_part_and_no_final_file(fake_mirror, tmp_path):
+    """Ordered by events, not timing: the mirror sends half the file and holds the connection
+    open; the test interrupts the child once that half is on disk, and lets the mirror hang up
+    only once the child has taken the interrupt, so the download can neither finish nor time out first."""
     data = serve(fake_mirror, 1, size=100_000)["img0.bin"]
     fake_mirror.fail("img0.bin", "hang")
+    part, marker = tmp_path / "img0.bin.part", tmp_path / "interrupted"
     child = multiprocessing.get_context("spawn").Process(
-        target=download_all, args=([remote(fake_mirror, "img0.bin", data)], tmp_path),
-        kwargs=dict(retries=0, timeout_s=1.0, progress=False))
+        target=_download_noting_the_interrupt,
+        args=([remote(fake_mirror, "img0.bin", data)], tmp_path, marker))
     child.start()
-    deadline = time.monotonic() + 20
-    while fake_mirror.bytes_sent == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)  # let the child write the half it received
+    wait_for(lambda: part.is_file() and part.stat().st_size == 50_000, "half the file in the .part", child)
     os.kill(child.pid, signal.SIGINT)
-    child.join(10)
+    wait_for(marker.is_file, "interrupt handled", child)
+    fake_mirror.released.set()  # the worker's read returns; download_all re-raises the interrupt
+    child.join(120)
     assert child.exitcode not in (0, None)
     assert not (tmp_path / "img0.bin").exists()
-    assert (tmp_path / "img0.bin.part").stat().st_size == 50_000
+    assert part.stat().st_size == 50_000
 
     assert download_all([remote(fake_mirror, "img0.bin", data)], tmp_path, **FAST).ok
     assert fake_mirror.requests_for("img0.bin")[-1] == "bytes=50000-"

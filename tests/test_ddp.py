@@ -122,7 +122,8 @@ def test_torchrun_writes_one_run_and_matches_one_process_on_the_same_global_batc
     assert len(runs) == 1 and list(runs["status"]) == ["FINISHED"]
     assert runs["params.train.world_size"][0] == "2"
     metrics = json.loads((ddp["logs_dir"] / "vit_lora_stage1" / "metrics.json").read_text())
-    assert metrics["steps"] == 8 and metrics["mlflow_run_id"] == runs["run_id"][0]
+    run = json.loads((ddp["logs_dir"] / "vit_lora_stage1" / "run.json").read_text())
+    assert metrics["steps"] == 8 and run["mlflow_run_id"] == runs["run_id"][0]
     ddp_log, single_log = _log(ddp), _log(single)
     assert [row["step"] for row in ddp_log] == [str(step) for step in range(1, 9)]  # one writer, no repeated rows
     # The logged loss is the mean over ranks, i.e. the global batch's loss.

@@ -12,23 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO
+from conftest import REPO, write_shrunk_params
 
 pytestmark = pytest.mark.slow
-
-SHRINK = {  # the demo profile, smaller still: every stage runs, each in seconds
-    "data": {"image_size": 32, "n_train": 8, "n_val": 2, "n_test": 2, "test_max_side": 48},
-    "backbone": {"vit_hidden": 32, "vit_heads": 2, "vit_mlp": 64, "vit_layers": 4, "vgg_width": 0.0625},
-    "decoder": {"ffn": 64, "cnn_width": 0.0625},
-    "train": {"batch_size": 2, "stage1": {"epochs": 1}, "stage2": {"epochs": 1, "milestones": [], "gamma": 1.0},
-              "log_every": 1, "val_every": 2, "max_val_pairs": 2, "sample_every": 2},
-    "eval": {"max_size": 48, "max_pairs": 2, "gallery_pairs": 2},
-    "baselines": {name: {"batch_size": 4 if name == "iest" else 2, "iterations": 2}
-                  for name in ("stytr2", "adain", "sanet", "mcc", "artflow", "iest")},
-}
-
 
 def _run(args, cwd, env):
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
@@ -48,20 +35,7 @@ def repo(tmp_path_factory):
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("cache", "tmp", "__pycache__", "config.local"))
         elif source.exists():
             shutil.copy(source, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    demo = params["profiles"]["demo"]
-    for block, values in SHRINK.items():
-        for key, value in values.items():
-            if isinstance(value, dict) and isinstance(demo[block].get(key), dict):
-                demo[block][key].update(value)
-            else:
-                demo[block][key] = value
-    demo["baselines"]["stytr2"]["options"] = {"d_model": 16, "heads": 2, "ffn": 32}
-    demo["baselines"]["artflow"]["options"] = {"hidden": 8}
-    demo["baselines"]["gatys"] = {"iterations": 2, "options": {"max_size": 32}}
-    params["encoder"]["layers"] = 2
-    params["decoder"].update({"layers": 1, "heads": 2})
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_shrunk_params(root / "params.yaml")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     env.pop("MLFLOW_TRACKING_URI", None)

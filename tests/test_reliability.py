@@ -504,20 +504,41 @@ def test_a_binary_params_file_is_one_line(params_errors):
 
 KILL_SCHEDULE = ["train.batch_size=2", "train.stage1.epochs=8", "train.log_every=1", "train.val_every=1",
                  "train.sample_every=1000", "train.max_val_pairs=2"]  # 32 steps, a checkpoint after each
+# The victim runs `nstlab train` but holds still after its step-24 checkpoint until it is killed: the
+# kill lands at a random moment, and a fast machine cannot finish the run before it.
+HOLD_AFTER_STEP = 24
+TRAIN_THEN_HOLD = f"""
+import sys, threading
+from nstlab.cli import main
+from nstlab.train import Trainer
+
+checkpoint = Trainer._validate_and_checkpoint
+
+def checkpoint_then_hold(self, step, *args):
+    best = checkpoint(self, step, *args)
+    if step == {HOLD_AFTER_STEP}:
+        threading.Event().wait()
+    return best
+
+Trainer._validate_and_checkpoint = checkpoint_then_hold
+main(sys.argv[1:])
+"""
 
 
 def test_training_killed_with_sigkill_resumes_to_bit_identical_weights(trained, tmp_path):
     params = write_params(tmp_path / "params.yaml", [*TINY, *KILL_SCHEDULE])
-    command = [*NSTLAB, "train", "vit_lora", "--stage", "1", "--no-tracking", "--no-progress", "--params", str(params),
-               "--pairs", str(trained.pairs), "--models", "models"]
+    arguments = ["train", "vit_lora", "--stage", "1", "--no-tracking", "--no-progress", "--params",
+                 str(params), "--pairs", str(trained.pairs), "--models", "models"]
+    command = [*NSTLAB, *arguments]
     last = Path("checkpoints/vit_lora_stage1/last.pt")
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     processes = {}
-    for folder in (reference_dir, killed_dir):
+    victim_command = [sys.executable, "-c", TRAIN_THEN_HOLD, *arguments]
+    for folder, argv in ((reference_dir, command), (killed_dir, victim_command)):
         folder.mkdir()
         with open(folder / "stderr.txt", "w") as stderr:
-            processes[folder] = subprocess.Popen(command, cwd=folder, env=cli_env(tmp_path), stdout=subprocess.DEVNULL,
-                                                 stderr=stderr)
+            processes[folder] = subprocess.Popen(argv, cwd=folder, env=cli_env(tmp_path),
+                                                 stdout=subprocess.DEVNULL, stderr=stderr)
     victim = processes[killed_dir]
     deadline = time.monotonic() + 240
     while not (killed_dir / last).is_file():
@@ -525,12 +546,12 @@ def test_training_killed_with_sigkill_resumes_to_bit_identical_weights(trained, 
         assert time.monotonic() < deadline, "no checkpoint within 240 s"
         time.sleep(0.02)
     delay_s = random.uniform(0.0, 1.0)
-    time.sleep(delay_s)
-    assert victim.poll() is None, f"the run finished within {delay_s:.2f} s of its first checkpoint"
+    time.sleep(delay_s)  # a random moment to kill at (mid-step, mid-save, or holding at step 24), not a race
+    assert victim.poll() is None, (killed_dir / "stderr.txt").read_text()
     victim.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=30) == -signal.SIGKILL
     killed_at = load_checkpoint(killed_dir / last)
-    assert 1 <= killed_at["step"] < 32 and not killed_at["finished"], killed_at["step"]
+    assert 1 <= killed_at["step"] <= HOLD_AFTER_STEP and not killed_at["finished"], killed_at["step"]
 
     resumed = subprocess.run([*command, "--resume", "require"], cwd=killed_dir, env=cli_env(tmp_path),
                              capture_output=True, text=True, timeout=300)

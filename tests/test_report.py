@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from nstlab.config import canonical_targets
+from nstlab.records import evaluation_record_paths, write_record
 from nstlab.report import build_report, table2
 from nstlab.tracking import Tracker
 
@@ -58,11 +59,11 @@ def _fake_outputs(reports, tmp_path):
     Image.new("RGB", (40, 30), "red").save(content)
     Image.new("RGB", (30, 30), "blue").save(style)
     for model, loss in (("vit_lora", 1.0), ("sanet", 2.0)):
-        (reports / "metrics").mkdir(parents=True, exist_ok=True)
-        (reports / "metrics" / f"{model}.json").write_text(json.dumps({
+        write_record({  # as evaluate writes it: numbers in reports/metrics, names in reports/runs
             "model": model, "profile": "demo", "pairs": 1, "paper_content_loss": loss, "paper_style_loss": loss / 2,
             "stytr2_content_loss": 0.1, "stytr2_style_loss": 0.2, "ssim_content": 0.5, "gram_distance": 0.01,
-            "latency_ms": 3.0, "peak_memory_mb": 10.0}))
+            "latency_ms": 3.0, "peak_memory_mb": 10.0, "device": "cpu"},
+            *evaluation_record_paths(reports, model))
         outputs = reports / "outputs" / model
         outputs.mkdir(parents=True)
         Image.new("RGB", (40, 30), "green").save(outputs / "0000.png")
@@ -75,6 +76,8 @@ def test_report_writes_tables_figures_and_a_page_labelled_with_the_profile(store
     result = build_report(store, reports_dir=reports)
     assert result["table1"] == 2 and result["table2"] == 3
     table1 = (reports / "table1.md").read_text()
+    rows = (reports / "table1.csv").read_text().splitlines()
+    assert [row.split(",")[:2] for row in rows[1:]] == [["vit_lora", "demo"], ["sanet", "demo"]]
     assert "DEMO RESULTS" in table1 and "paper_reported_content" in table1 and "9.097" in table1
     assert "DEMO RESULTS" in (reports / "table2.md").read_text()
     assert (reports / "figures" / "gallery_grid.png").is_file()

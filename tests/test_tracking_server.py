@@ -184,7 +184,7 @@ def _steps(run_id: str, key: str = "loss") -> list[int]:
 
 def test_an_outage_is_buffered_retried_at_most_every_n_seconds_and_replayed_in_order(store, monkeypatch, tmp_path):
     cfg, outage = store
-    monkeypatch.setattr(tracking, "RETRY_SECONDS", 0.5)
+    monkeypatch.setattr(tracking, "RETRY_SECONDS", 3600.0)  # no retry while steps 2-4 log, however slow
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with Tracker(cfg, "outage", {"model": "test"}) as tracker:
@@ -195,7 +195,8 @@ def test_an_outage_is_buffered_retried_at_most_every_n_seconds_and_replayed_in_o
             assert outage["attempts"] == 1  # the failed call itself; no retry within RETRY_SECONDS
             assert len(list((tmp_path / "mlruns-buffer").glob("*.jsonl"))) == 1
             outage["on"] = False
-            time.sleep(0.6)
+            now = time.monotonic
+            monkeypatch.setattr(tracking.time, "monotonic", lambda: now() + 3600.0)  # the retry time has come
             tracker.log_metrics({"loss": 5.0}, step=5)  # replays 2-4 first, then goes straight through
             assert not list((tmp_path / "mlruns-buffer").glob("*.jsonl"))
             tracker.log_metrics({"loss": 6.0}, step=6)

@@ -170,4 +170,69 @@ def test_a_pickled_checkpoint_with_code_is_refused(tmp_path):
 def test_training_metrics_json_is_what_dvc_reads(tiny_config, tiny_pairs, run_dirs):
     train(tiny_config(*FAST), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
     metrics = json.loads((run_dirs["logs_dir"] / "vit_lora_stage1" / "metrics.json").read_text())
-    assert metrics["steps"] == 8 and metrics["val_score"] > 0 and metrics["mlflow_run_id"] is None
+    assert metrics["steps"] == 8 and metrics["val_score"] > 0
+    assert all(isinstance(value, int | float) and not isinstance(value, bool) for value in metrics.values())
+    run = json.loads((run_dirs["logs_dir"] / "vit_lora_stage1" / "run.json").read_text())
+    assert run == {"model": "vit_lora", "stage": 1, "run_name": "vit_lora-stage1-e2-d1", "profile": "demo"}
+
+
+def test_the_run_json_records_the_tracking_uri_as_written_not_a_machine_path(tiny_config, tiny_pairs,
+                                                                              run_dirs, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # params' relative sqlite:///mlruns.db, in the cwd (tmp_path)
+    summary = train(tiny_config(*FAST), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, **run_dirs)
+    run = json.loads((run_dirs["logs_dir"] / "vit_lora_stage1" / "run.json").read_text())
+    assert run["tracking_uri"] == "sqlite:///mlruns.db" and run["mlflow_run_id"] == summary["mlflow_run_id"]
+    assert (run_dirs["models_dir"].parent / "mlruns.db").is_file()
+
+
+def test_a_finished_run_whose_outputs_dvc_deleted_trains_again_to_the_same_weights(tiny_config, tiny_pairs,
+                                                                                    run_dirs):
+    """`dvc repro -f` deletes models/<key> but not checkpoints/<key>/last.pt (finished, same
+    config and code): the trainer trains again instead of "resuming" past the end."""
+    import shutil
+
+    cfg = tiny_config(*FAST)
+    train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
+    out = run_dirs["models_dir"] / "vit_lora_stage1"
+    first = _weights(out / "model.pt")
+    shutil.rmtree(out)
+    (run_dirs["logs_dir"] / "vit_lora_stage1" / "metrics.json").unlink()
+    with pytest.raises(NstlabError, match=r"that run finished and .*model.pt is gone.*--resume require"):
+        train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, resume="require",
+              **run_dirs)
+    summary = train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
+    assert summary["steps"] == 8 and summary["train_seconds"] > 0
+    again = _weights(out / "model.pt")
+    assert again.keys() == first.keys() and all(torch.equal(again[name], first[name]) for name in first)
+    log = (run_dirs["logs_dir"] / "vit_lora_stage1" / "train_log.csv").read_text().splitlines()
+    assert len(log) == 1 + 8  # logged afresh, not appended to the first run's rows
+
+
+def test_cli_resume_require_after_a_finished_run_lost_its_outputs_is_one_line(tiny_overrides, tiny_pairs,
+                                                                              tmp_path, monkeypatch, capsys):
+    """`nstlab train` as the DVC stage runs it (default folders), twice, the outputs deleted in between."""
+    import shutil
+
+    from conftest import REPO
+
+    from nstlab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    overrides = [flag for override in [*tiny_overrides, *FAST] for flag in ("-S", override)]
+    args = ["train", "vit_lora", "--stage", "1", "--no-tracking", "--no-progress",
+            "--params", str(REPO / "params.yaml"), *overrides, "--pairs", str(tiny_pairs)]
+
+    def exit_code(argv) -> int:
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        return done.value.code
+
+    assert exit_code(args) == 0
+    shutil.rmtree("models")
+    capsys.readouterr()
+    assert exit_code([*args, "--resume", "require"]) == 2
+    assert capsys.readouterr().err.splitlines() == [(
+        "nstlab: error: checkpoints/vit_lora_stage1/last.pt: that run finished and "
+        "models/vit_lora_stage1/model.pt is gone, so there is nothing to resume; "
+        "run without --resume require to train it again")]
+    assert exit_code(args) == 0 and (tmp_path / "models" / "vit_lora_stage1" / "model.pt").is_file()

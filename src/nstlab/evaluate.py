@@ -115,6 +115,7 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
     from rich.progress import track
 
     from nstlab.data.images import save_image
+    from nstlab.records import evaluation_record_paths, write_record
 
     device = pick_device(cfg)
     model = load_model(cfg, method, models_dir, device=device)
@@ -161,9 +162,7 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
         summary["mlflow_run_id"] = _log_gatys_run(cfg, summary, outputs_dir, test_pairs)
     else:
         summary["mlflow_run_id"] = _log_test_metrics(cfg, method, reports_dir, summary, test_pairs)
-    metrics_dir = reports_dir / "metrics"
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    (metrics_dir / f"{method}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_record(summary, *evaluation_record_paths(reports_dir, method))
     (outputs_dir / "pairs.json").write_text(json.dumps(rows, indent=2) + "\n")
     return summary
 
@@ -171,12 +170,13 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
 def _log_test_metrics(cfg: Config, method: str, reports_dir: Path, summary: dict, test_pairs) -> str | None:
     """Attach the test metrics and the test pairs (a dataset input) to the model's training run in
     MLflow (Table 2 reads them there)."""
+    from nstlab.records import training_record_paths
     from nstlab.tracking_queries import log_to_run
 
-    train_metrics = reports_dir / "train" / final_output_key(method) / "metrics.json"
-    if not train_metrics.is_file():
+    _, train_run = training_record_paths(reports_dir / "train", final_output_key(method))
+    if not train_run.is_file():
         return None
-    run_id = json.loads(train_metrics.read_text()).get("mlflow_run_id")
+    run_id = json.loads(train_run.read_text()).get("mlflow_run_id")
     if run_id:
         numbers = {f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float) and k != "pairs"}
         log_to_run(cfg.mlflow, run_id, numbers, test_pairs)

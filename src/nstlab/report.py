@@ -41,9 +41,11 @@ def table1(reports_dir: Path, cfg: Config | None = None) -> pd.DataFrame:
     """One row per model from reports/metrics/*.json (the pipeline's single seed). With `cfg`, the
     quality columns are mean ± std over every seed of the same configuration that MLflow holds
     (the sibling runs of the model's run, e.g. from `nstlab ablate --seeds K`); else n = 1."""
+    from nstlab.records import evaluation_record_paths, read_record
+
     rows = []
     for path in sorted((reports_dir / "metrics").glob("*.json")):
-        metrics = json.loads(path.read_text())
+        metrics = {"model": path.stem, **read_record(*evaluation_record_paths(reports_dir, path.stem))}
         reference = PAPER_TABLE1.get(metrics["model"], (None, None))
         rows.append({**metrics, "paper_reported_content": reference[0], "paper_reported_style": reference[1],
                      "_start": pd.NaT, "_family": metrics["model"], "_seed": None})  # NaT sorts last: newest

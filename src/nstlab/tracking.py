@@ -34,9 +34,15 @@ def repo_root() -> Path:
     return here
 
 
+def written_tracking_uri(cfg: MlflowConfig) -> str:
+    """The tracking URI as the user wrote it (MLFLOW_TRACKING_URI wins over params): what files
+    record, since a resolved sqlite path names one machine's folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+
+
 def resolve_tracking_uri(cfg: MlflowConfig) -> str:
     """MLFLOW_TRACKING_URI wins; a relative sqlite path resolves against the repository root."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    uri = written_tracking_uri(cfg)
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         uri = prefix + str(repo_root() / uri[len(prefix):])

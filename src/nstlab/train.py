@@ -12,7 +12,6 @@ process runs this loop on its share of each batch, DDP averages the gradients
 """
 
 import csv
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -188,6 +187,15 @@ class Trainer:
             if mode == "require":
                 raise NstlabError(f"{self.checkpoint_path}: made with another config or code; "
                                   "delete it or run without --resume")
+            return 0, math.inf
+        best_weights = self.out_dir / "model.pt"
+        if state.get("finished") and not best_weights.is_file():
+            # DVC deletes a stage's outs before it reruns it; last.pt holds the last weights, not the
+            # best-by-validation model.pt, so the finished run cannot give it back: train it again.
+            if mode == "require":
+                raise NstlabError(f"{self.checkpoint_path}: that run finished and {best_weights} is gone, "
+                                  "so there is nothing to resume; "
+                                  "run without --resume require to train it again")
             return 0, math.inf
         load_trained_state(self.model, state["model"], self.checkpoint_path)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -377,6 +385,9 @@ class Trainer:
         return best
 
     def _finish(self, step: int, best: float, train_seconds: float, pairs_seen: int, counts: dict, tracker) -> dict:
+        from nstlab.records import training_record_paths, write_record
+        from nstlab.tracking import written_tracking_uri
+
         best_state = load_checkpoint(self.out_dir / "model.pt")
         summary = {
             "model": self.method,
@@ -393,18 +404,20 @@ class Trainer:
             "parameters_trainable": counts["trainable"],
             "parameters_total": counts["total"],
             "mlflow_run_id": tracker.run_id,
-            "tracking_uri": tracker.tracking_uri if tracker.run_id else None,
+            "tracking_uri": written_tracking_uri(self.cfg.mlflow) if tracker.run_id else None,
         }
         if tracker.run_url:  # a shared server: the run's page, to share or open
             summary["mlflow_run_url"] = tracker.run_url
-        (self.log_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # metrics.json: numbers for DVC; run.json: the names and the MLflow run they belong to
+        metrics_path, run_path = training_record_paths(self.log_dir.parent, self.spec.key)
+        write_record(summary, metrics_path, run_path, identity=["stage"])
         tracker.log_metrics({"best.val_score": best, "train_seconds": train_seconds}, step)
         save_beside = getattr(self.model, "save_beside_weights", None)
         if save_beside is not None:  # e.g. LoRA adapters, from the best weights
             load_trained_state(self.model, best_state["model"], self.out_dir / "model.pt")
             for path, artifact_path in save_beside(self.out_dir):
                 tracker.log_artifact(path, artifact_path)
-        tracker.log_artifact(self.log_dir / "metrics.json")
+        tracker.log_artifact(metrics_path)
         return summary
 
 

@@ -268,6 +268,7 @@ def _transfer(url: str, part: Path, timeout_s: float, cancel: threading.Event, m
                     if cancel.is_set():
                         raise _Cancelled
                     handle.write(chunk)
+                    handle.flush()  # on disk now: a killed process (even SIGKILL) keeps what it received
                     received_bytes += len(chunk)
                     meter.add_bytes(len(chunk))
             # http.client returns a short body without raising when the server hangs up early.
