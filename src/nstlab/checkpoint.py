@@ -127,11 +127,11 @@ def run_digest(cfg, method: str, stage: int, *, with_seed: bool = True) -> str:
 
 def _foreign_blocks(method: str, stage: int) -> tuple[str, ...]:
     """Key prefixes of the other methods' settings."""
-    from nstlab.config import BASELINES
+    from nstlab.registry import baseline_names
 
     if method == "vit_lora":
         return ("baselines.", "lora.") if stage == 1 else ("baselines.",)
-    others = tuple(f"baselines.{name}." for name in BASELINES if name != method)
+    others = tuple(f"baselines.{name}." for name in baseline_names() if name != method)
     return ("lora.", "encoder.", "decoder.", "loss.", *others)
 
 
