@@ -31,7 +31,8 @@ def tiny_config():
 
 @pytest.fixture
 def tiny_pairs(tmp_path):
-    """train/val/test CSVs over 32 px seeded random images, as the pair stage writes them."""
+    """train/val/test CSVs over 32 px seeded random images, as the pair stage writes them (each
+    image its own source in images.csv)."""
     import csv
 
     import numpy as np
@@ -41,6 +42,7 @@ def tiny_pairs(tmp_path):
     pairs_dir, cache = tmp_path / "pairs", tmp_path / "cache"
     pairs_dir.mkdir()
     cache.mkdir()
+    images = [("split", "role", "source", "cached")]
     for split, count in (("train", 8), ("val", 4), ("test", 2)):
         with open(pairs_dir / f"{split}.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -51,5 +53,8 @@ def tiny_pairs(tmp_path):
                     path = cache / f"{split}_{role}_{index}.png"
                     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
                     row.append(str(path))
+                    images.append((split, role, str(path), str(path)))
                 writer.writerow(row)
+    with open(pairs_dir / "images.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(images)
     return pairs_dir

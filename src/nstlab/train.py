@@ -49,6 +49,7 @@ class TrainSpec:
     lr: float
     grad_clip: float | None
     lr_factor: Callable[[int, int], float]  # (step, epoch) -> multiplier of lr
+    keep: str  # which weights models/<key>/model.pt holds: "best" by validation or the "last" step
 
 
 def output_key(method: str, stage: int) -> str:
@@ -83,13 +84,14 @@ def train_spec(cfg: Config, method: str, stage: int, n_train_pairs: int) -> Trai
             return gamma ** sum(1 for milestone in milestones if epoch >= milestone)
 
         return TrainSpec(method, stage, output_key(method, stage), run_name(cfg, method, stage), batch_size,
-                         stage_cfg.epochs * steps_per_epoch, steps_per_epoch, cfg.train.lr, None, lr_factor)
+                         stage_cfg.epochs * steps_per_epoch, steps_per_epoch, cfg.train.lr, None, lr_factor,
+                         cfg.train.keep)
     if method not in cfg.baselines:
         raise NstlabError(f"no params block baselines.{method}: add one to params.yaml")
     block = cfg.baselines[method]
     steps_per_epoch = max(1, n_train_pairs // block.batch_size)
     return TrainSpec(method, 0, method, method, block.batch_size, block.iterations, steps_per_epoch, block.lr,
-                     block.grad_clip, _baseline_lr_factor(block))
+                     block.grad_clip, _baseline_lr_factor(block), block.keep)
 
 
 def _baseline_lr_factor(block) -> Callable[[int, int], float]:
@@ -103,6 +105,22 @@ def _baseline_lr_factor(block) -> Callable[[int, int], float]:
             return 1.0 / (1.0 + decay * (step - warmup))
         return factor
     return lambda step, epoch: 1.0
+
+
+def stage1_weights(models_dir: Path, start_from: str) -> Path:
+    """The stage-1 weights stage 2 starts from (train.stage2_from): "last", the final ones, as
+    NST-Project main.py continues the stage-1 model in memory; "best", the best-validation ones.
+    Stage 1 keeps one in model.pt (train.keep) and, keeping the best, its final ones in last.pt."""
+    folder = models_dir / output_key("vit_lora", 1)
+    kept = folder / "model.pt"
+    if not kept.is_file():
+        raise NstlabError(f"{kept}: missing; train stage 1 first (nstlab train vit_lora --stage 1)")
+    if load_checkpoint(kept).get("kept", "best") == start_from:
+        return kept
+    if start_from == "last" and (folder / "last.pt").is_file():
+        return folder / "last.pt"
+    raise NstlabError(f"{folder}: stage 1 kept no {start_from} weights for train.stage2_from = {start_from}; "
+                      f"rerun stage 1 (train.keep = best also saves last.pt) or set train.stage2_from")
 
 
 # Methods whose step is not one forward and one backward that DDP could average over ranks.
@@ -238,8 +256,15 @@ class Trainer:
         self.train_set = PairDataset(pairs_dir / "train.csv")
         self.val_set = PairDataset(pairs_dir / "val.csv")
         self.spec = train_spec(cfg, method, stage, len(self.train_set))
-        self.train_loader = make_loader(pairs_dir / "train.csv", batch_size=self.spec.batch_size, shuffle=True,
-                                        seed=cfg.seed, workers=cfg.train.workers)
+        if method in cfg.baselines:  # each baseline's own pipeline: resized random crops (nstlab.data.crops)
+            from nstlab.data.crops import make_crop_loader
+
+            self.train_loader = make_crop_loader(
+                pairs_dir, cfg.baselines[method].data, batch_size=self.spec.batch_size,
+                steps_per_epoch=self.spec.steps_per_epoch, seed=cfg.seed, workers=cfg.train.workers)
+        else:
+            self.train_loader = make_loader(pairs_dir / "train.csv", batch_size=self.spec.batch_size,
+                                            shuffle=True, seed=cfg.seed, workers=cfg.train.workers)
         if len(self.train_set) < self.spec.batch_size:
             raise NstlabError(f"{pairs_dir / 'train.csv'}: {len(self.train_set)} pairs, fewer than one batch "
                               f"of {self.spec.batch_size}; lower the batch size or add pairs")
@@ -262,6 +287,8 @@ class Trainer:
         if discriminator is not None:
             betas = tuple(cfg.baselines[method].options.get("d_betas", (0.5, 0.999)))
             self.d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=self.spec.lr, betas=betas)
+        # IEContraAST train.py decays D's lr as G's; d_lr_decay false keeps it constant
+        self.d_lr_decays = self.d_optimizer is not None and self.model.options.get("d_lr_decay", True)
         self.config_digest = run_digest(cfg, method, stage)
         # What train_step runs; DDP checks that every rank built the same model (same seed, same config).
         self.step_model = distributed.DistributedModel(self.model) if self.world_size > 1 else self.model
@@ -271,7 +298,7 @@ class Trainer:
             torch.manual_seed(self.cfg.seed)
             model = build_model(self.method, self.cfg)
         if self.method == "vit_lora" and self.stage == 2:
-            stage1 = models_dir / output_key("vit_lora", 1) / "model.pt"
+            stage1 = stage1_weights(models_dir, self.cfg.train.stage2_from)
             load_trained_state(model, load_checkpoint(stage1)["model"], stage1)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.cfg.seed)
@@ -414,6 +441,9 @@ class Trainer:
                                 lr = spec.lr * spec.lr_factor(step, epoch)
                                 for group in self.optimizer.param_groups:
                                     group["lr"] = lr
+                                d_lr = lr if self.d_lr_decays else spec.lr
+                                for group in self.d_optimizer.param_groups if self.d_optimizer else ():
+                                    group["lr"] = d_lr
                                 content = content.to(self.device, non_blocking=True)
                                 style = style.to(self.device, non_blocking=True)
                                 losses = self._step(content, style, step)
@@ -423,7 +453,8 @@ class Trainer:
                                 if step % log_every == 0 or step == spec.total_steps:
                                     losses = distributed.mean_over_ranks(losses)  # the global batch's losses
                                     elapsed = time.perf_counter() - started
-                                    row = {"step": step, "epoch": epoch, "lr": lr, **losses,
+                                    row = {"step": step, "epoch": epoch, "lr": lr,
+                                           **({"d_lr": d_lr} if self.d_optimizer else {}), **losses,
                                            "pairs_per_s": pairs_seen / max(elapsed, 1e-9)}
                                     if main:
                                         train_log.write(row)
@@ -448,25 +479,34 @@ class Trainer:
         tracker.log_metrics({f"val.{k}": v for k, v in val.items()}, step)
         if val["score"] < best:
             best = val["score"]
-            save_atomic({"model": trained_state(self.model), "step": step, "val": val}, self.out_dir / "model.pt")
+            if self.spec.keep == "best":
+                self._save_weights(self.out_dir / "model.pt", step, val, "best")
+        if step == self.spec.total_steps:  # the final weights: model.pt (keep last), else last.pt beside the best
+            final = self.out_dir / ("model.pt" if self.spec.keep == "last" else "last.pt")
+            self._save_weights(final, step, val, "last")
         if step % self.cfg.train.sample_every == 0 or step == self.spec.total_steps:
             grid = self.sample_grid(self.out_dir / "samples" / f"step_{step:06d}.png")
             tracker.log_artifact(grid, "samples")
         self._save(self.checkpoint_path, step, best, finished=step == self.spec.total_steps)
         return best
 
+    def _save_weights(self, path: Path, step: int, val: dict, kept: str) -> None:
+        save_atomic({"model": trained_state(self.model), "step": step, "val": val, "kept": kept}, path)
+
     def _finish(self, step: int, best: float, train_seconds: float, pairs_seen: int, counts: dict, tracker) -> dict:
-        best_state = load_checkpoint(self.out_dir / "model.pt")
+        best_state = load_checkpoint(self.out_dir / "model.pt")  # the kept weights (train.keep)
         summary = {
             "model": self.method,
             "stage": self.spec.stage,
             "run_name": self.spec.run_name,
             "profile": self.cfg.profile,
             "steps": step,
-            "best_step": best_state["step"],
+            "keep": self.spec.keep,
+            "kept_step": best_state["step"],
             "val_content": best_state["val"].get("content"),
             "val_style": best_state["val"].get("style"),
-            "val_score": best,
+            "val_score": best_state["val"]["score"],
+            "best_val_score": best,
             "train_seconds": train_seconds,
             "pairs_per_s": pairs_seen / max(train_seconds, 1e-9),
             "parameters_trainable": counts["trainable"],
@@ -492,7 +532,8 @@ def train(cfg: Config, method: str, stage: int = 0, *, pairs_dir: Path = Path("d
           models_dir: Path = Path("models"), logs_dir: Path = Path("reports/train"),
           checkpoints_dir: Path = Path("checkpoints"), resume: str = "auto", progress: bool = True,
           tracking: bool = True) -> dict:
-    """Train one method (one stage of ViT-LoRA): models/<key>/model.pt (best by validation),
+    """Train one method (one stage of ViT-LoRA): models/<key>/model.pt (the best by validation or
+    the last step, per train.keep / baselines.<method>.keep; keeping the best, last.pt too),
     reports/train/<key>/{metrics.json, train_log.csv, val_log.csv}; resumable from checkpoints/<key>.
     Under torchrun each process trains on its share of every batch (see nstlab.distributed)."""
     with distributed.process_group(pick_device(cfg).type):
