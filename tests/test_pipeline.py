@@ -25,7 +25,8 @@ SHRINK = {  # the demo profile, smaller still: every stage runs, each in seconds
     "train": {"batch_size": 2, "stage1": {"epochs": 1}, "stage2": {"epochs": 1, "milestones": [], "gamma": 1.0},
               "log_every": 1, "val_every": 2, "max_val_pairs": 2, "sample_every": 2},
     "eval": {"max_size": 48, "max_pairs": 2, "gallery_pairs": 2},
-    "baselines": {name: {"batch_size": 4 if name == "iest" else 2, "iterations": 2}
+    "baselines": {name: {"batch_size": 4 if name == "iest" else 2, "iterations": 2,
+                         "data": {"resize": 48, "crop": 32}}
                   for name in ("stytr2", "adain", "sanet", "mcc", "artflow", "iest")},
 }
 

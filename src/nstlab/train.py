@@ -494,7 +494,7 @@ class Trainer:
         save_atomic({"model": trained_state(self.model), "step": step, "val": val, "kept": kept}, path)
 
     def _finish(self, step: int, best: float, train_seconds: float, pairs_seen: int, counts: dict, tracker) -> dict:
-        best_state = load_checkpoint(self.out_dir / "model.pt")  # the kept weights (train.keep)
+        kept_state = load_checkpoint(self.out_dir / "model.pt")  # the kept weights (train.keep)
         summary = {
             "model": self.method,
             "stage": self.spec.stage,
@@ -502,10 +502,10 @@ class Trainer:
             "profile": self.cfg.profile,
             "steps": step,
             "keep": self.spec.keep,
-            "kept_step": best_state["step"],
-            "val_content": best_state["val"].get("content"),
-            "val_style": best_state["val"].get("style"),
-            "val_score": best_state["val"]["score"],
+            "kept_step": kept_state["step"],
+            "val_content": kept_state["val"].get("content"),
+            "val_style": kept_state["val"].get("style"),
+            "val_score": kept_state["val"]["score"],
             "best_val_score": best,
             "train_seconds": train_seconds,
             "pairs_per_s": pairs_seen / max(train_seconds, 1e-9),
@@ -519,7 +519,7 @@ class Trainer:
         (self.log_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         tracker.log_metrics({"best.val_score": best, "train_seconds": train_seconds}, step)
         if getattr(self.model, "lora_enabled", False):
-            load_trained_state(self.model, best_state["model"], self.out_dir / "model.pt")
+            load_trained_state(self.model, kept_state["model"], self.out_dir / "model.pt")
             adapters = self.model.save_adapters(self.out_dir / "adapter")
             for path in adapters:
                 tracker.log_artifact(path, f"adapter/{path.name}")
