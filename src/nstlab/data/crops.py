@@ -42,10 +42,15 @@ def stream_index(n_items: int, stream: str, seed: int, position: int) -> int:
     return _pass_order(n_items, stream, seed, pass_index)[offset]
 
 
+@lru_cache(maxsize=32)  # the demo's whole train split; at paper scale a few MB that rarely hit
+def _resized(path: Path, resize: int) -> Image.Image:
+    """torchvision's Resize((resize, resize)) on a PIL image: bilinear, antialiased."""
+    return load_rgb(path).resize((resize, resize), Image.Resampling.BILINEAR)
+
+
 def resized_crop(path: Path, resize: int, crop: int, generator: torch.Generator) -> torch.Tensor:
-    """torchvision's Resize((resize, resize)) (bilinear, antialiased on PIL) then RandomCrop(crop):
-    (3, crop, crop) in [0, 1]."""
-    image = load_rgb(path).resize((resize, resize), Image.Resampling.BILINEAR)
+    """Resize((resize, resize)) then RandomCrop(crop): (3, crop, crop) in [0, 1]."""
+    image = _resized(path, resize)
     top, left = (int(torch.randint(0, resize - crop + 1, (1,), generator=generator)) for _ in range(2))
     return to_tensor(image.crop((left, top, left + crop, top + crop)))
 
