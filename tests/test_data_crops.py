@@ -24,8 +24,8 @@ def pairs_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("crops")
     contents = [write_image(root / "raw/content" / f"c{i}.jpg", (40, 30), seed=i) for i in range(7)]
     styles = [write_image(root / "raw/style" / f"s{i}.png", (36, 50), seed=50 + i) for i in range(6)]
-    build_pairs(contents, styles, n_train=6, n_val=1, n_test=1, seed=0, image_size=16, cache_dir=root / "cache",
-                out_dir=root / "pairs", workers=1, progress=False)
+    build_pairs(contents, styles, n_train=6, n_val=1, n_test=1, seed=0, image_size=16,
+                cache_dir=root / "cache", out_dir=root / "pairs", workers=1, progress=False)
     return root / "pairs"
 
 

@@ -35,8 +35,8 @@ def test_channel_correlation_formula():
     content, style = torch.randn(2, 4, 3, 5), torch.randn(2, 4, 6, 2)
     keys = module.g(mvn(style)).flatten(2)
     assert torch.allclose(keys.mean(2), module.g.bias.expand(2, 4), atol=1e-5)  # Σg = H·W·bias_g
-    assert torch.allclose(module({"relu4_1": content}, {"relu4_1": style}), _expected_output(module, content, style),
-                          atol=1e-4)
+    output = module({"relu4_1": content}, {"relu4_1": style})
+    assert torch.allclose(output, _expected_output(module, content, style), atol=1e-4)
 
 
 def test_a_near_zero_key_mean_is_not_guarded():
@@ -44,7 +44,8 @@ def test_a_near_zero_key_mean_is_not_guarded():
     the output is the official formula's, five times the guarded correlation there."""
     torch.manual_seed(0)
     module = MCCModule(4).double()
-    content, style = torch.randn(2, 4, 3, 5, dtype=torch.float64), torch.randn(2, 4, 6, 2, dtype=torch.float64)
+    content = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    style = torch.randn(2, 4, 6, 2, dtype=torch.float64)
     with torch.no_grad():
         module.g.bias[0] = 2e-4
     keys = module.g(mvn(style)).flatten(2)
@@ -81,7 +82,8 @@ def test_the_loss_is_the_sum_over_dataparallel_replicas_of_their_half_batch_loss
     loss = {"illumination": 0.0, "tv": 1.0}  # TV weighted up so its share shows
     doubled = build_model("mcc", cnn_config(loss=loss))
     single = build_model("mcc", cnn_config(loss=loss, options={"dataparallel_replicas": 1}))
-    replica_sum = weighted_loss(single, content[:2], style[:2]) + weighted_loss(single, content[2:], style[2:])
+    halves = (slice(0, 2), slice(2, 4))
+    replica_sum = sum(weighted_loss(single, content[half], style[half]) for half in halves)
     assert weighted_loss(doubled, content, style).item() == pytest.approx(replica_sum.item(), rel=1e-5)
     full_batch = weighted_loss(single, content, style)  # what an unscaled loss would give: TV over-weighted
     assert full_batch.item() != pytest.approx(replica_sum.item(), rel=1e-3)
@@ -92,7 +94,7 @@ def test_options_are_checked():
         build_model("mcc", cnn_config(options={"noise_std_range": (0.02, 0.01)}))
     with pytest.raises(ConfigError, match=r"baselines\.mcc\.loss\.temporal"):
         build_model("mcc", cnn_config(loss={"temporal": 1.0}))
-    with pytest.raises(ConfigError, match=r"dataparallel_replicas = 3: .* divides baselines\.mcc\.batch_size = 4"):
+    with pytest.raises(ConfigError, match=r"replicas = 3: .* divides baselines\.mcc\.batch_size = 4"):
         build_model("mcc", cnn_config(options={"dataparallel_replicas": 3}))
 
 

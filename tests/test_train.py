@@ -142,8 +142,9 @@ def test_training_metrics_json_is_what_dvc_reads(tiny_config, tiny_pairs, run_di
 
 
 def _baseline(tiny_config, method: str, *extra: str):
-    return tiny_config("train.log_every=1", "train.val_every=2", "train.sample_every=2", "train.max_val_pairs=2",
-                       f"baselines.{method}.batch_size=4", f"baselines.{method}.iterations=5",
+    return tiny_config("train.log_every=1", "train.val_every=2", "train.sample_every=2",
+                       "train.max_val_pairs=2", f"baselines.{method}.batch_size=4",
+                       f"baselines.{method}.iterations=5",
                        f"baselines.{method}.data.resize=32", f"baselines.{method}.data.crop=16", *extra)
 
 
@@ -194,7 +195,8 @@ def test_stage2_starts_from_the_final_stage1_weights(tiny_config, tiny_pairs, ru
     assert (cfg.train.keep, cfg.train.stage2_from) == ("best", "last")
     train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
     folder = run_dirs["models_dir"] / "vit_lora_stage1"
-    assert load_checkpoint(folder / "last.pt")["step"] == 8 and load_checkpoint(folder / "model.pt")["kept"] == "best"
+    assert load_checkpoint(folder / "last.pt")["step"] == 8
+    assert load_checkpoint(folder / "model.pt")["kept"] == "best"
     assert stage1_weights(run_dirs["models_dir"], "last") == folder / "last.pt"
     assert stage1_weights(run_dirs["models_dir"], "best") == folder / "model.pt"
     stage2 = Trainer(cfg, "vit_lora", 2, tiny_pairs, progress=False, tracking=False, **run_dirs)

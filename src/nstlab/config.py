@@ -124,8 +124,8 @@ class TrainConfig:
     precision: str = field(metadata=_choices("auto", "fp32", "bf16"))
     device: str = field(metadata=_choices("auto", "cpu", "cuda"))
     workers: int = field(metadata=_range(0, 64))
-    keep: str = field(default="best", metadata=_choices("best", "last"))  # ViT-LoRA's models/<key>/model.pt
-    stage2_from: str = field(default="last", metadata=_choices("last", "best"))  # stage-1 weights stage 2 loads
+    keep: str = field(default="best", metadata=_choices("best", "last"))  # what ViT-LoRA's model.pt holds
+    stage2_from: str = field(default="last", metadata=_choices("last", "best"))  # stage 1's, for stage 2
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ class MethodConfig:
     loss: Mapping[str, float] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     data: BaselineDataConfig = field(default_factory=BaselineDataConfig)
-    keep: str = field(default="last", metadata=_choices("last", "best"))  # the official codes ship their last step
+    keep: str = field(default="last", metadata=_choices("last", "best"))  # official codes ship the last step
 
 
 @dataclass(frozen=True)

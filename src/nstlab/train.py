@@ -481,7 +481,7 @@ class Trainer:
             best = val["score"]
             if self.spec.keep == "best":
                 self._save_weights(self.out_dir / "model.pt", step, val, "best")
-        if step == self.spec.total_steps:  # the final weights: model.pt (keep last), else last.pt beside the best
+        if step == self.spec.total_steps:  # the final weights: model.pt (keep last), else last.pt beside it
             final = self.out_dir / ("model.pt" if self.spec.keep == "last" else "last.pt")
             self._save_weights(final, step, val, "last")
         if step % self.cfg.train.sample_every == 0 or step == self.spec.total_steps:

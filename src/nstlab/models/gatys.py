@@ -328,7 +328,8 @@ class GatysTransfer(nn.Module):
         """content (1, 3, H, W) in [0, 1]; styles: (1, 3, H', W') images, blended with
         `style_weights` (default equal, summing to 1) by mixing their Gram matrices. Runs on the
         content's device (the extractor follows it). Returns the image (1, 3, H, W), in [0, 1]
-        for space pixels, not clamped for space normalised (clamp it to show it), and the history: one dict per logged step (step, total, content, style, tv, laplacian,
+        for space pixels, not clamped for space normalised (clamp it to show it), and the
+        history: one dict per logged step (step, total, content, style, tv, laplacian,
         perceptual, elapsed_s), from step 0 to `steps`; `progress_callback` gets each entry."""
         if content.dim() != 4 or tuple(content.shape[:2]) != (1, 3):
             raise NstlabError(f"content of shape {tuple(content.shape)}: stylize takes one image (1, 3, H, W)")

@@ -129,7 +129,8 @@ class IEST(SANet):
         if len(betas) != 2 or not all(0 <= beta < 1 for beta in betas):
             raise ConfigError(f"baselines.iest.options.d_betas = {betas!r}: give two numbers in [0, 1)")
         if not isinstance(self.options["d_lr_decay"], bool):
-            raise ConfigError(f"baselines.iest.options.d_lr_decay = {self.options['d_lr_decay']!r}: give true or false")
+            raise ConfigError(f"baselines.iest.options.d_lr_decay = {self.options['d_lr_decay']!r}: "
+                              "give true or false")
         contrastive = weights["contrastive_content"] or weights["contrastive_style"]
         if contrastive and cfg.baselines["iest"].batch_size < 4:
             raise ConfigError(f"baselines.iest.batch_size = {cfg.baselines['iest'].batch_size}: the contrastive "

@@ -65,9 +65,10 @@ class MCC(FeatureTransferNet):
             raise ConfigError(f"baselines.mcc.options.noise_std_range = {noise_range!r}: "
                               "give [low, high] with 0 ≤ low ≤ high")
         replicas, batch_size = self.options["dataparallel_replicas"], cfg.baselines["mcc"].batch_size
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1 or batch_size % replicas:
-            raise ConfigError(f"baselines.mcc.options.dataparallel_replicas = {replicas!r}: give a whole number "
-                              f"≥ 1 that divides baselines.mcc.batch_size = {batch_size}")
+        whole = isinstance(replicas, int) and not isinstance(replicas, bool)
+        if not whole or replicas < 1 or batch_size % replicas:
+            raise ConfigError(f"baselines.mcc.options.dataparallel_replicas = {replicas!r}: give a whole "
+                              f"number ≥ 1 that divides baselines.mcc.batch_size = {batch_size}")
         self.loss_weights = replica_sum_weights(self.loss_weights, replicas)
         self.transform = MCCModule(self.encoder.channels["relu4_1"])
 
