@@ -63,23 +63,28 @@ def test_stage1_leaves_encoders_untouched_in_the_saved_weights(tiny_config, tiny
     assert saved and all(name.startswith(("transformer_decoder.", "cnn_decoder.")) for name in saved)
 
 
+def _train_interrupted_at(step: int, monkeypatch, cfg, method: str, stage: int, **kwargs) -> None:
+    """A run stopped by Ctrl-C when it reaches `step` (the trainer saves its checkpoint there)."""
+    original_step = Trainer._step
+
+    def stop(self, content, style, current):
+        if current == step:
+            raise KeyboardInterrupt
+        return original_step(self, content, style, current)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_step", stop)
+        with pytest.raises(NstlabError, match=f"interrupted at step {step}; .*--resume"):
+            train(cfg, method, stage, progress=False, tracking=False, **kwargs)
+
+
 def test_resume_after_interruption_gives_the_same_weights(tiny_config, tiny_pairs, run_dirs, tmp_path, monkeypatch):
     cfg = tiny_config(*FAST)
     train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
     reference = _weights(run_dirs["checkpoints_dir"] / "vit_lora_stage1" / "last.pt")
 
     interrupted = {k: tmp_path / "b" / k for k in run_dirs}
-    original_step = Trainer._step
-
-    def stop_at_step_5(self, content, style, step):
-        if step == 5:
-            raise KeyboardInterrupt
-        return original_step(self, content, style, step)
-
-    monkeypatch.setattr(Trainer, "_step", stop_at_step_5)
-    with pytest.raises(NstlabError, match="interrupted at step 5; .*--resume"):
-        train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **interrupted)
-    monkeypatch.setattr(Trainer, "_step", original_step)
+    _train_interrupted_at(5, monkeypatch, cfg, "vit_lora", 1, pairs_dir=tiny_pairs, **interrupted)
     summary = train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, resume="require",
                     **interrupted)
     assert summary["steps"] == 8
@@ -160,17 +165,7 @@ def test_a_baseline_keeps_its_final_step_and_resumes_to_the_same_weights(tiny_co
     assert not (run_dirs["models_dir"] / "adain" / "last.pt").exists()
 
     interrupted = {k: tmp_path / "b" / k for k in run_dirs}
-    original_step = Trainer._step
-
-    def stop_at_step_3(self, content, style, step):
-        if step == 3:
-            raise KeyboardInterrupt
-        return original_step(self, content, style, step)
-
-    monkeypatch.setattr(Trainer, "_step", stop_at_step_3)
-    with pytest.raises(NstlabError, match="interrupted at step 3"):
-        train(cfg, "adain", pairs_dir=tiny_pairs, progress=False, tracking=False, **interrupted)
-    monkeypatch.setattr(Trainer, "_step", original_step)
+    _train_interrupted_at(3, monkeypatch, cfg, "adain", 0, pairs_dir=tiny_pairs, **interrupted)
     train(cfg, "adain", pairs_dir=tiny_pairs, progress=False, tracking=False, resume="require", **interrupted)
     resumed = _weights(interrupted["models_dir"] / "adain" / "model.pt")
     assert all(torch.equal(resumed[name], kept["model"][name]) for name in kept["model"])
