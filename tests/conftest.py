@@ -21,7 +21,8 @@ SHRINK = {  # the demo profile, smaller still: every stage runs, each in seconds
     "train": {"batch_size": 2, "stage1": {"epochs": 1}, "stage2": {"epochs": 1, "milestones": [], "gamma": 1.0},
               "log_every": 1, "val_every": 2, "max_val_pairs": 2, "sample_every": 2},
     "eval": {"max_size": 48, "max_pairs": 2, "gallery_pairs": 2},
-    "baselines": {name: {"batch_size": 4 if name == "iest" else 2, "iterations": 2}
+    "baselines": {name: {"batch_size": 4 if name == "iest" else 2, "iterations": 2,
+                         "data": {"resize": 48, "crop": 32}}
                   for name in ("stytr2", "adain", "sanet", "mcc", "artflow", "iest")},
 }
 
@@ -63,7 +64,8 @@ def tiny_config():
 
 @pytest.fixture
 def tiny_pairs(tmp_path):
-    """train/val/test CSVs over 32 px seeded random images, as the pair stage writes them."""
+    """train/val/test CSVs over 32 px seeded random images, as the pair stage writes them (each
+    image its own source in images.csv)."""
     import csv
 
     import numpy as np
@@ -73,6 +75,7 @@ def tiny_pairs(tmp_path):
     pairs_dir, cache = tmp_path / "pairs", tmp_path / "cache"
     pairs_dir.mkdir()
     cache.mkdir()
+    images = [("split", "role", "source", "cached")]
     for split, count in (("train", 8), ("val", 4), ("test", 2)):
         with open(pairs_dir / f"{split}.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -83,5 +86,8 @@ def tiny_pairs(tmp_path):
                     path = cache / f"{split}_{role}_{index}.png"
                     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
                     row.append(str(path))
+                    images.append((split, role, str(path), str(path)))
                 writer.writerow(row)
+    with open(pairs_dir / "images.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(images)
     return pairs_dir

@@ -27,6 +27,23 @@ def test_paper_profile_is_one_switch_away():
     assert cfg.baselines["sanet"].batch_size == 5 and cfg.baselines["sanet"].iterations == 160000
 
 
+def test_each_method_trains_by_its_official_protocol_in_the_paper_profile():
+    cfg = load_config(PARAMS, ["profile=paper"])
+    for method in ("stytr2", "adain", "sanet", "mcc", "artflow", "iest"):
+        block = cfg.baselines[method]
+        assert (block.data.sampling, block.data.resize, block.data.crop) == ("independent", 512, 256)
+        assert block.keep == "last"
+    assert (cfg.train.precision, cfg.train.keep, cfg.train.stage2_from) == ("fp32", "best", "last")
+    demo = load_config(PARAMS).baselines["adain"].data
+    assert (demo.resize, demo.crop) == (256, 128)
+
+
+def test_a_crop_larger_than_the_resize_is_refused():
+    with pytest.raises(ConfigError, match=r"baselines\.sanet\.data\.crop = 300: must be at most "
+                                          r"baselines\.sanet\.data\.resize = 256"):
+        load_config(PARAMS, ["baselines.sanet.data.crop=300"])
+
+
 def test_top_level_key_wins_over_the_profile_block():
     cfg = load_config(PARAMS, ["train.batch_size=3"])
     assert cfg.train.batch_size == 3 and cfg.train.stage2.epochs == 3

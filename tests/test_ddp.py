@@ -31,12 +31,12 @@ def _dirs(root: Path) -> dict[str, Path]:
     return {"models_dir": root / "models", "logs_dir": root / "logs", "checkpoints_dir": root / "ckpt"}
 
 
-def _weights(dirs: dict[str, Path]) -> dict[str, torch.Tensor]:
-    return load_checkpoint(dirs["checkpoints_dir"] / "vit_lora_stage1" / "last.pt")["model"]
+def _weights(dirs: dict[str, Path], key: str = "vit_lora_stage1") -> dict[str, torch.Tensor]:
+    return load_checkpoint(dirs["checkpoints_dir"] / key / "last.pt")["model"]
 
 
-def _log(dirs: dict[str, Path]) -> list[dict[str, str]]:
-    with open(dirs["logs_dir"] / "vit_lora_stage1" / "train_log.csv") as handle:
+def _log(dirs: dict[str, Path], key: str = "vit_lora_stage1") -> list[dict[str, str]]:
+    with open(dirs["logs_dir"] / key / "train_log.csv") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -46,7 +46,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _rank_main(rank: int, port: int, cfg, pairs_dir: Path, dirs: dict, resume: str, stop_at_step: int | None) -> None:
+def _rank_main(rank: int, port: int, cfg, pairs_dir: Path, dirs: dict, resume: str, stop_at_step: int | None,
+               method: str, stage: int) -> None:
     """One spawned rank: torchrun's variables, then the ordinary train(); the outcome goes to a file."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")
@@ -61,15 +62,18 @@ def _rank_main(rank: int, port: int, cfg, pairs_dir: Path, dirs: dict, resume: s
 
         Trainer._step = interrupt
     try:
-        summary = train(cfg, "vit_lora", 1, pairs_dir=pairs_dir, progress=False, tracking=False, resume=resume, **dirs)
+        summary = train(cfg, method, stage, pairs_dir=pairs_dir, progress=False, tracking=False, resume=resume,
+                        **dirs)
         outcome = f"finished at step {summary['steps']}"
     except NstlabError as error:
         outcome = str(error)
     (dirs["models_dir"].parent / f"rank{rank}.txt").write_text(outcome)
 
 
-def _spawn(cfg, pairs_dir: Path, dirs: dict, resume: str = "auto", stop_at_step: int | None = None) -> list[str]:
-    mp.spawn(_rank_main, args=(_free_port(), cfg, pairs_dir, dirs, resume, stop_at_step), nprocs=2)
+def _spawn(cfg, pairs_dir: Path, dirs: dict, resume: str = "auto", stop_at_step: int | None = None,
+           method: str = "vit_lora", stage: int = 1) -> list[str]:
+    args = (_free_port(), cfg, pairs_dir, dirs, resume, stop_at_step, method, stage)
+    mp.spawn(_rank_main, args=args, nprocs=2)
     return [(dirs["models_dir"].parent / f"rank{rank}.txt").read_text() for rank in range(2)]
 
 
@@ -148,3 +152,20 @@ def test_an_interrupted_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(t
     reference, resumed = _weights(uninterrupted), _weights(interrupted)
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[name], reference[name]) for name in reference)
+
+
+def test_a_baseline_under_two_ranks_trains_on_the_crops_of_one_process(tiny_config, tiny_pairs, tmp_path):
+    """The crop loader under torchrun (each rank its share of every global batch, see
+    test_data_crops) ends where one process ends."""
+    cfg = tiny_config("train.log_every=1", "train.val_every=4", "train.sample_every=4",
+                      "train.max_val_pairs=2",
+                      "baselines.adain.batch_size=4", "baselines.adain.iterations=4",
+                      "baselines.adain.data.resize=32", "baselines.adain.data.crop=16")
+    single, ddp = _dirs(tmp_path / "single"), _dirs(tmp_path / "ddp")
+    train(cfg, "adain", pairs_dir=tiny_pairs, progress=False, tracking=False, **single)
+    assert _spawn(cfg, tiny_pairs, ddp, method="adain", stage=0) == ["finished at step 4"] * 2
+    assert [float(row["total"]) for row in _log(ddp, "adain")] == pytest.approx(
+        [float(row["total"]) for row in _log(single, "adain")], rel=1e-5)
+    lr = cfg.baselines["adain"].lr
+    for name, tensor in _weights(single, "adain").items():
+        torch.testing.assert_close(_weights(ddp, "adain")[name], tensor, rtol=0, atol=lr / 5, msg=name)

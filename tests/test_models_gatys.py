@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from nstlab.errors import ConfigError, NstlabError
 from nstlab.functional import gram, total_variation
+from nstlab.functional import IMAGENET_STD, imagenet_normalize
 from nstlab.gatys_settings import SEED_LAYER_WEIGHTS, settings_from_options
 from nstlab.models.gatys import GatysTransfer, build, style_layer_loss
 
@@ -57,9 +58,10 @@ def test_tv_of_a_constant_image_is_zero():
 def test_content_only_from_noise_moves_towards_the_content():
     content, style = images((32, 32), (32, 32), seed=1)  # seed 0 would make the noise equal the content
     # A random-init VGG's relu4_2 barely depends on its input (the biases dominate it), so this
-    # test reconstructs from shallow layers, where even random features pin the pixels down.
+    # test reconstructs from shallow layers, where even random features pin the pixels down; in
+    # [0, 1] pixels, as unclamped random features leave the overshoot outside [0, 1] unpunished.
     model = transfer(init="noise", style_weight=0.0, content_layers=["relu1_1", "relu2_1", "relu3_1"],
-                     lr=0.05, steps=40, log_every=5)
+                     lr=0.05, steps=40, log_every=5, space="pixels")
     output, history = model.stylize(content, [style])
     noise = torch.rand(content.shape, generator=torch.Generator().manual_seed(0))
     assert history[-1]["content"] < 0.3 * history[0]["content"]
@@ -71,8 +73,44 @@ def test_every_optimizer_reduces_the_loss(optimizer, lr):
     content, style = images((32, 40), (40, 32))
     output, history = transfer(optimizer=optimizer, lr=lr, steps=15).stylize(content, [style])
     assert history[-1]["total"] < 0.7 * history[0]["total"]
-    assert history[0]["content"] == 0.0  # started from the content image
-    assert output.shape == content.shape and 0.0 <= output.min() and output.max() <= 1.0
+    assert history[0]["content"] == pytest.approx(0.0, abs=1e-12)  # from the content (normalised and back)
+    assert output.shape == content.shape
+
+
+def _first_variable(model: GatysTransfer, monkeypatch) -> list[torch.Tensor]:
+    """Records the tensor each optimiser is built on (the one it moves)."""
+    seen, build_optimizer = [], model._optimizer
+    monkeypatch.setattr(model, "_optimizer", lambda variable: seen.append(variable.detach().clone())
+                        or build_optimizer(variable))
+    return seen
+
+
+def test_the_default_optimises_the_normalised_image_unclamped(monkeypatch):
+    """The seed set-up's Adam moves the ImageNet-normalised tensor: one step of lr changes a pixel
+    by lr·std (Adam's first step is lr·sign(g)), and nothing clamps it to [0, 1]."""
+    content, style = images((32, 32), (32, 32))
+    content = 0.4 + 0.2 * content  # mid-grey: no pixel near a bound
+    model = transfer(steps=1, lr=0.01)
+    seen = _first_variable(model, monkeypatch)
+    output, _ = model.stylize(content, [style])
+    assert torch.allclose(seen[0], imagenet_normalize(content), atol=1e-6)
+    step = (output - content).abs().amax(dim=(0, 2, 3))
+    assert step.tolist() == pytest.approx([0.01 * std for std in IMAGENET_STD], rel=1e-3)
+    saturated = torch.ones(1, 3, 32, 32)  # white: any darkening or brightening gradient leaves [0, 1]
+    output, _ = transfer(steps=5, lr=0.5).stylize(saturated, [style])
+    assert output.max() > 1.0 or output.min() < 0.0
+
+
+def test_space_pixels_optimises_pixels_clamped_each_step(monkeypatch):
+    content, style = images((32, 32), (32, 32))
+    content = 0.4 + 0.2 * content
+    model = transfer(steps=1, lr=0.01, space="pixels")
+    seen = _first_variable(model, monkeypatch)
+    output, _ = model.stylize(content, [style])
+    assert torch.equal(seen[0], content)
+    assert (output - content).abs().max().item() == pytest.approx(0.01, rel=1e-3)
+    output, _ = transfer(steps=5, lr=0.5, space="pixels").stylize(torch.ones(1, 3, 32, 32), [style])
+    assert 0.0 <= output.min() and output.max() <= 1.0
 
 
 def test_lbfgs_takes_a_channels_last_content_image():
@@ -129,6 +167,7 @@ def test_max_size_caps_the_short_edge_and_returns_the_input_size():
 def test_presets():
     default = settings_from_options({})
     assert (default.optimizer, default.lr, default.steps, default.style_weight, default.init) == ("adam", 0.003, 2000, 1e6, "content")
+    assert default.space == "normalised"
     model = GatysTransfer(default, vgg_width=VGG_WIDTH)
     assert model.content_layers == ("relu4_2",)
     assert model.style_layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -136,6 +175,7 @@ def test_presets():
     reference = settings_from_options({"preset": "reference", "steps": 9})
     assert (reference.optimizer, reference.lr, reference.steps, reference.style_weight) == ("lbfgs", 1.0, 9, 1e3)
     assert (reference.style_loss, reference.max_size, reference.style_layer_weights) == ("pystiche", 512, "1/C^2")
+    assert reference.space == "normalised"  # pystiche optimises its preprocessed image, unclamped
     targets = GatysTransfer(reference, vgg_width=VGG_WIDTH).encode_targets(*images((32, 32), (32, 32)), [1.0])
     assert targets.layer_weights["relu1_1"] == 1.0 / 8**2  # 64 channels × width 0.125
 

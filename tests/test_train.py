@@ -1,5 +1,6 @@
 """The trainer: a real (tiny) two-stage run, resume equality, MLflow records, failure modes."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -98,23 +99,28 @@ def test_stage1_leaves_encoders_untouched_in_the_saved_weights(tiny_config, tiny
     assert saved and all(name.startswith(("transformer_decoder.", "cnn_decoder.")) for name in saved)
 
 
+def _train_interrupted_at(step: int, monkeypatch, cfg, method: str, stage: int, **kwargs) -> None:
+    """A run stopped by Ctrl-C when it reaches `step` (the trainer saves its checkpoint there)."""
+    original_step = Trainer._step
+
+    def stop(self, content, style, current):
+        if current == step:
+            raise KeyboardInterrupt
+        return original_step(self, content, style, current)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_step", stop)
+        with pytest.raises(NstlabError, match=f"interrupted at step {step}; .*--resume"):
+            train(cfg, method, stage, progress=False, tracking=False, **kwargs)
+
+
 def test_resume_after_interruption_gives_the_same_weights(tiny_config, tiny_pairs, run_dirs, tmp_path, monkeypatch):
     cfg = tiny_config(*FAST)
     train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
     reference = _weights(run_dirs["checkpoints_dir"] / "vit_lora_stage1" / "last.pt")
 
     interrupted = {k: tmp_path / "b" / k for k in run_dirs}
-    original_step = Trainer._step
-
-    def stop_at_step_5(self, content, style, step):
-        if step == 5:
-            raise KeyboardInterrupt
-        return original_step(self, content, style, step)
-
-    monkeypatch.setattr(Trainer, "_step", stop_at_step_5)
-    with pytest.raises(NstlabError, match="interrupted at step 5; .*--resume"):
-        train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **interrupted)
-    monkeypatch.setattr(Trainer, "_step", original_step)
+    _train_interrupted_at(5, monkeypatch, cfg, "vit_lora", 1, pairs_dir=tiny_pairs, **interrupted)
     summary = train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, resume="require",
                     **interrupted)
     assert summary["steps"] == 8
@@ -173,7 +179,8 @@ def test_training_metrics_json_is_what_dvc_reads(tiny_config, tiny_pairs, run_di
     assert metrics["steps"] == 8 and metrics["val_score"] > 0
     assert all(isinstance(value, int | float) and not isinstance(value, bool) for value in metrics.values())
     run = json.loads((run_dirs["logs_dir"] / "vit_lora_stage1" / "run.json").read_text())
-    assert run == {"model": "vit_lora", "stage": 1, "run_name": "vit_lora-stage1-e2-d1", "profile": "demo"}
+    assert run == {"model": "vit_lora", "stage": 1, "run_name": "vit_lora-stage1-e2-d1", "profile": "demo",
+                   "keep": "best"}
 
 
 def test_the_run_json_records_the_tracking_uri_as_written_not_a_machine_path(tiny_config, tiny_pairs,
@@ -236,3 +243,89 @@ def test_cli_resume_require_after_a_finished_run_lost_its_outputs_is_one_line(ti
         "models/vit_lora_stage1/model.pt is gone, so there is nothing to resume; "
         "run without --resume require to train it again")]
     assert exit_code(args) == 0 and (tmp_path / "models" / "vit_lora_stage1" / "model.pt").is_file()
+
+
+# -- each method's own protocol: keep last|best, stage 2's start, IEST's D schedule, precision -----
+
+
+def _baseline(tiny_config, method: str, *extra: str):
+    return tiny_config("train.log_every=1", "train.val_every=2", "train.sample_every=2",
+                       "train.max_val_pairs=2", f"baselines.{method}.batch_size=4",
+                       f"baselines.{method}.iterations=5",
+                       f"baselines.{method}.data.resize=32", f"baselines.{method}.data.crop=16", *extra)
+
+
+def test_a_baseline_keeps_its_final_step_and_resumes_to_the_same_weights(tiny_config, tiny_pairs, run_dirs,
+                                                                         tmp_path, monkeypatch):
+    cfg = _baseline(tiny_config, "adain")
+    assert cfg.baselines["adain"].keep == "last"
+    summary = train(cfg, "adain", pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
+    kept = load_checkpoint(run_dirs["models_dir"] / "adain" / "model.pt")
+    final = load_checkpoint(run_dirs["checkpoints_dir"] / "adain" / "last.pt")
+    assert (kept["kept"], kept["step"], summary["keep"], summary["kept_step"]) == ("last", 5, "last", 5)
+    assert all(torch.equal(kept["model"][name], final["model"][name]) for name in final["model"])
+    assert not (run_dirs["models_dir"] / "adain" / "last.pt").exists()
+
+    interrupted = {k: tmp_path / "b" / k for k in run_dirs}
+    _train_interrupted_at(3, monkeypatch, cfg, "adain", 0, pairs_dir=tiny_pairs, **interrupted)
+    train(cfg, "adain", pairs_dir=tiny_pairs, progress=False, tracking=False, resume="require", **interrupted)
+    resumed = _weights(interrupted["models_dir"] / "adain" / "model.pt")
+    assert all(torch.equal(resumed[name], kept["model"][name]) for name in kept["model"])
+
+
+def test_keep_best_keeps_the_best_validation_step_and_the_final_weights_beside_it(tiny_config, tiny_pairs,
+                                                                                  run_dirs):
+    cfg = _baseline(tiny_config, "adain", "baselines.adain.keep=best")
+    summary = train(cfg, "adain", pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
+    kept = load_checkpoint(run_dirs["models_dir"] / "adain" / "model.pt")
+    final = load_checkpoint(run_dirs["models_dir"] / "adain" / "last.pt")
+    val_log = (run_dirs["logs_dir"] / "adain" / "val_log.csv").read_text().splitlines()[1:]
+    scores = {int(row.split(",")[0]): float(row.split(",")[-1]) for row in val_log}
+    assert kept["kept"] == "best" and kept["step"] == min(scores, key=scores.get) == summary["kept_step"]
+    assert (final["kept"], final["step"]) == ("last", 5)
+
+
+def test_stage2_starts_from_the_final_stage1_weights(tiny_config, tiny_pairs, run_dirs):
+    from nstlab.models.vit_lora import stage1_weights
+
+    cfg = tiny_config(*FAST)
+    assert (cfg.train.keep, cfg.train.stage2_from) == ("best", "last")
+    train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
+    folder = run_dirs["models_dir"] / "vit_lora_stage1"
+    assert load_checkpoint(folder / "last.pt")["step"] == 8
+    assert load_checkpoint(folder / "model.pt")["kept"] == "best"
+    assert stage1_weights(run_dirs["models_dir"], "last") == folder / "last.pt"
+    assert stage1_weights(run_dirs["models_dir"], "best") == folder / "model.pt"
+    stage2 = Trainer(cfg, "vit_lora", 2, tiny_pairs, progress=False, tracking=False, **run_dirs)
+    final = _weights(folder / "last.pt")
+    state = stage2.model.state_dict()
+    assert all(torch.equal(state[name], final[name]) for name in final if name.startswith("cnn_decoder."))
+
+    train(tiny_config(*FAST, "train.keep=last"), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False,
+          tracking=False, **run_dirs)
+    assert stage1_weights(run_dirs["models_dir"], "last") == folder / "model.pt"
+    with pytest.raises(NstlabError, match="stage 1 kept no best weights"):
+        stage1_weights(run_dirs["models_dir"], "best")
+
+
+@pytest.mark.parametrize("decays", [True, False])
+def test_the_iest_discriminator_lr_follows_the_generator_schedule(tiny_config, tiny_pairs, run_dirs, decays):
+    cfg = _baseline(tiny_config, "iest", "baselines.iest.iterations=4", "baselines.iest.lr_decay=0.1",
+                    f"baselines.iest.options.d_lr_decay={str(decays).lower()}")
+    train(cfg, "iest", pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
+    with open(run_dirs["logs_dir"] / "iest" / "train_log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    lr = cfg.baselines["iest"].lr
+    expected = [lr / (1 + 0.1 * i) for i in range(4)]  # IEContraAST: lr / (1 + decay · iteration)
+    assert [float(row["lr"]) for row in rows] == pytest.approx(expected, rel=1e-12)
+    assert [float(row["d_lr"]) for row in rows] == pytest.approx(expected if decays else [lr] * 4, rel=1e-12)
+
+
+def test_the_paper_profile_trains_and_validates_in_fp32(tiny_config):
+    from nstlab.runtime import autocast_dtype
+
+    cuda = torch.device("cuda")  # the dtype is decided from the device type alone
+    paper = tiny_config("profile=paper")
+    assert paper.train.precision == "fp32" and autocast_dtype(paper, cuda) is None
+    assert autocast_dtype(tiny_config("profile=paper", "train.precision=bf16"), cuda) is torch.bfloat16
+    assert tiny_config().train.precision == "auto"  # the demo: bf16 where native (tests/test_precision.py)

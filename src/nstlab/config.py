@@ -133,6 +133,8 @@ class TrainConfig:
     precision: str = field(metadata=_choices("auto", "fp32", "bf16"))
     device: str = field(metadata=_choices("auto", "cpu", "cuda"))
     workers: int = field(metadata=_range(0, 64))
+    keep: str = field(default="best", metadata=_choices("best", "last"))  # what ViT-LoRA's model.pt holds
+    stage2_from: str = field(default="last", metadata=_choices("last", "best"))  # stage 1's, for stage 2
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,18 @@ class EvalConfig:
     max_size: int = field(metadata=_range(16, 8192))
     max_pairs: int = field(metadata=_range(1))
     gallery_pairs: int = field(metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class BaselineDataConfig:
+    """How a baseline's training images are drawn (`baselines.<name>.data`); the defaults are
+    the official codes': content and style drawn independently each step, every image resized
+    to 512×512 (aspect not kept), then a random 256×256 crop. `pairs`: the pair stage's fixed
+    train pairs instead, resized and cropped alike."""
+
+    sampling: str = field(default="independent", metadata=_choices("independent", "pairs"))
+    resize: int = field(default=512, metadata=_range(16, 8192))
+    crop: int = field(default=256, metadata=_range(16, 8192))
 
 
 @dataclass(frozen=True)
@@ -155,6 +169,8 @@ class MethodConfig:
     grad_clip: float | None = None
     loss: Mapping[str, float] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    data: BaselineDataConfig = field(default_factory=BaselineDataConfig)
+    keep: str = field(default="last", metadata=_choices("last", "best"))  # official codes ship the last step
 
 
 @dataclass(frozen=True)
@@ -327,6 +343,10 @@ def _check_relations(cfg: Config) -> None:
             raise ConfigError(f"lora.target_modules: unknown module {name!r}: choose from {allowed}")
     if cfg.backbone.vit == "random" and cfg.backbone.vit_hidden % cfg.backbone.vit_heads:
         raise ConfigError(f"backbone.vit_hidden = {cfg.backbone.vit_hidden}: must divide by backbone.vit_heads = {cfg.backbone.vit_heads}")
+    for method, block in cfg.baselines.items():
+        if block.data.crop > block.data.resize:
+            raise ConfigError(f"baselines.{method}.data.crop = {block.data.crop}: must be at most "
+                              f"baselines.{method}.data.resize = {block.data.resize}")
     for stage in ("stage1", "stage2"):
         milestones = getattr(cfg.train, stage).milestones
         if list(milestones) != sorted(set(milestones)):

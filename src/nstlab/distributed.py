@@ -107,8 +107,13 @@ class ShardSampler(EpochSampler):
 
 
 def shard_loader(loader: DataLoader, global_batch: int) -> DataLoader:
-    """make_loader's shuffled loader re-cut for this rank: batches of global_batch / N pairs."""
-    sampler = ShardSampler(len(loader.dataset), loader.sampler.seed, global_batch)
+    """make_loader's shuffled loader (or make_crop_loader's) re-cut for this rank: batches of
+    global_batch / N pairs."""
+    sampler = loader.sampler
+    if hasattr(sampler, "shard"):  # nstlab.data.crops.PositionSampler
+        sampler.shard(rank(), world_size())
+    else:
+        sampler = ShardSampler(len(loader.dataset), loader.sampler.seed, global_batch)
     return DataLoader(loader.dataset, batch_size=sampler.local_batch, sampler=sampler, drop_last=True,
                       num_workers=loader.num_workers, generator=loader.generator, pin_memory=loader.pin_memory)
 

@@ -15,6 +15,7 @@ PRESETS = ("default", "reference")
 INITS = ("content", "style", "noise")
 OPTIMIZERS = ("lbfgs", "adam", "adamw")
 STYLE_LOSSES = ("seed", "pystiche")
+SPACES = ("normalised", "pixels")  # what the optimiser moves: the ImageNet-normalised image, or [0, 1] pixels
 INVERSE_CHANNELS_SQUARED = "1/C^2"  # pystiche's Gatys 2016 layer weights
 SEED_LAYER_WEIGHTS = (1.0, 0.75, 0.2, 0.2, 0.2)  # the seed report, relu1_1 … relu5_1
 LOSS_TERMS = ("content", "style", "tv", "laplacian", "perceptual")
@@ -42,6 +43,7 @@ class GatysSettings:
     laplacian_weight: float = 0.0
     perceptual_weight: float = 0.0
     init: str = "content"
+    space: str = "normalised"
     optimizer: str = "adam"
     lr: float = 0.003
     steps: int = 2000
@@ -55,7 +57,7 @@ _PRESET_VALUES = {
                   "optimizer": "lbfgs", "lr": 1.0, "steps": 500, "max_size": 512},
 }
 _CHOICES = {"preset": PRESETS, "extractor": EXTRACTORS, "init": INITS, "optimizer": OPTIMIZERS,
-            "style_loss": STYLE_LOSSES}
+            "style_loss": STYLE_LOSSES, "space": SPACES}
 
 
 def _one_of(choices: Sequence[str]) -> str:

@@ -26,6 +26,7 @@ class TrainSpec:
     grad_clip: float | None
     lr_factor: Callable[[int, int], float]  # (step, epoch) -> multiplier of lr
     batch_size_key: str = ""  # the params key that sets batch_size, for messages
+    keep: str = "best"  # which weights models/<key>/model.pt holds: "best" by validation or the "last" step
 
 
 def multistep_factor(milestones: Sequence[int], gamma: float) -> Callable[[int, int], float]:
@@ -42,7 +43,8 @@ def baseline_spec(cfg, method: str, key: str, run_name: str, n_train_pairs: int)
     block = cfg.baselines[method]
     steps_per_epoch = max(1, n_train_pairs // block.batch_size)
     return TrainSpec(method, 0, key, run_name, block.batch_size, block.iterations, steps_per_epoch, block.lr,
-                     block.grad_clip, _baseline_lr_factor(block), f"baselines.{method}.batch_size")
+                     block.grad_clip, _baseline_lr_factor(block), f"baselines.{method}.batch_size",
+                     keep=block.keep)
 
 
 def _baseline_lr_factor(block) -> Callable[[int, int], float]:

@@ -132,8 +132,15 @@ class Trainer:
         self.train_set = PairDataset(pairs_dir / "train.csv")
         self.val_set = PairDataset(pairs_dir / "val.csv")
         self.spec = train_spec(method, cfg, stage, len(self.train_set))
-        self.train_loader = make_loader(pairs_dir / "train.csv", batch_size=self.spec.batch_size, shuffle=True,
-                                        seed=cfg.seed, workers=cfg.train.workers)
+        if method in cfg.baselines:  # each baseline's own pipeline: resized random crops (nstlab.data.crops)
+            from nstlab.data.crops import make_crop_loader
+
+            self.train_loader = make_crop_loader(
+                pairs_dir, cfg.baselines[method].data, batch_size=self.spec.batch_size,
+                steps_per_epoch=self.spec.steps_per_epoch, seed=cfg.seed, workers=cfg.train.workers)
+        else:
+            self.train_loader = make_loader(pairs_dir / "train.csv", batch_size=self.spec.batch_size,
+                                            shuffle=True, seed=cfg.seed, workers=cfg.train.workers)
         if len(self.train_set) < self.spec.batch_size:
             raise NstlabError(f"{pairs_dir / 'train.csv'}: {len(self.train_set)} pairs, fewer than one batch "
                               f"of {self.spec.batch_size}; lower the batch size or add pairs")
@@ -152,6 +159,9 @@ class Trainer:
         self.model = model.to(self.device)
         self.weights = {name: w for name, w in self.model.loss_weights.items() if w}
         self.optimizer, self.d_optimizer = configure_optimizers(self.model, self.spec.lr)
+        # IEContraAST train.py decays D's lr as G's; a model's d_lr_decay option false keeps it constant
+        options = getattr(self.model, "options", {})
+        self.d_lr_decays = self.d_optimizer is not None and options.get("d_lr_decay", True)
         self.config_digest = run_digest(cfg, method, stage)
         # What train_step runs; DDP checks that every rank built the same model (same seed, same config).
         self.step_model = distributed.DistributedModel(self.model) if self.world_size > 1 else self.model
@@ -224,9 +234,14 @@ class Trainer:
                 step += 1
 
     def _set_lr(self, step: int, epoch: int) -> float:
+        """The schedule's lr for this step, on the generator's optimiser and (decaying the same way
+        unless the model says not) the discriminator's."""
         lr = self.spec.lr * self.spec.lr_factor(step, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        self.d_lr = lr if self.d_lr_decays else self.spec.lr
+        for group in self.d_optimizer.param_groups if self.d_optimizer else ():
+            group["lr"] = self.d_lr
         return lr
 
     def _step(self, content: torch.Tensor, style: torch.Tensor, step: int) -> dict[str, float]:
@@ -366,7 +381,8 @@ class Trainer:
         losses = distributed.mean_over_ranks(losses)  # every rank takes part
         elapsed = time.perf_counter() - self.started
         pairs_per_s = self.pairs_seen / max(elapsed, 1e-9)
-        row = {"step": step, "epoch": epoch, "lr": lr, **losses, "pairs_per_s": pairs_per_s}
+        row = {"step": step, "epoch": epoch, "lr": lr, **({"d_lr": self.d_lr} if self.d_optimizer else {}),
+               **losses, "pairs_per_s": pairs_per_s}
         if main:
             self.train_log.write(row)
             tracker.log_metrics({f"train.{k}": v for k, v in row.items() if k != "step"}, step)
@@ -377,28 +393,37 @@ class Trainer:
         tracker.log_metrics({f"val.{k}": v for k, v in val.items()}, step)
         if val["score"] < best:
             best = val["score"]
-            save_atomic({"model": trained_state(self.model), "step": step, "val": val}, self.out_dir / "model.pt")
+            if self.spec.keep == "best":
+                self._save_weights(self.out_dir / "model.pt", step, val, "best")
+        if step == self.spec.total_steps:  # the final weights: model.pt (keep last), else last.pt beside it
+            final = self.out_dir / ("model.pt" if self.spec.keep == "last" else "last.pt")
+            self._save_weights(final, step, val, "last")
         if self._due(step, self.cfg.train.sample_every):
             grid = self.sample_grid(self.out_dir / "samples" / f"step_{step:06d}.png")
             tracker.log_artifact(grid, "samples")
         self._save(self.checkpoint_path, step, best, finished=step == self.spec.total_steps)
         return best
 
+    def _save_weights(self, path: Path, step: int, val: dict, kept: str) -> None:
+        save_atomic({"model": trained_state(self.model), "step": step, "val": val, "kept": kept}, path)
+
     def _finish(self, step: int, best: float, train_seconds: float, pairs_seen: int, counts: dict, tracker) -> dict:
         from nstlab.records import training_record_paths, write_record
         from nstlab.tracking import written_tracking_uri
 
-        best_state = load_checkpoint(self.out_dir / "model.pt")
+        kept_state = load_checkpoint(self.out_dir / "model.pt")  # the kept weights (train.keep)
         summary = {
             "model": self.method,
             "stage": self.spec.stage,
             "run_name": self.spec.run_name,
             "profile": self.cfg.profile,
             "steps": step,
-            "best_step": best_state["step"],
-            "val_content": best_state["val"].get("content"),
-            "val_style": best_state["val"].get("style"),
-            "val_score": best,
+            "keep": self.spec.keep,
+            "kept_step": kept_state["step"],
+            "val_content": kept_state["val"].get("content"),
+            "val_style": kept_state["val"].get("style"),
+            "val_score": kept_state["val"]["score"],
+            "best_val_score": best,
             "train_seconds": train_seconds,
             "pairs_per_s": pairs_seen / max(train_seconds, 1e-9),
             "parameters_trainable": counts["trainable"],
@@ -413,8 +438,8 @@ class Trainer:
         write_record(summary, metrics_path, run_path, identity=["stage"])
         tracker.log_metrics({"best.val_score": best, "train_seconds": train_seconds}, step)
         save_beside = getattr(self.model, "save_beside_weights", None)
-        if save_beside is not None:  # e.g. LoRA adapters, from the best weights
-            load_trained_state(self.model, best_state["model"], self.out_dir / "model.pt")
+        if save_beside is not None:  # e.g. LoRA adapters, from the kept weights
+            load_trained_state(self.model, kept_state["model"], self.out_dir / "model.pt")
             for path, artifact_path in save_beside(self.out_dir):
                 tracker.log_artifact(path, artifact_path)
         tracker.log_artifact(metrics_path)
@@ -425,7 +450,9 @@ def train(cfg: Config, method: str, stage: int = 0, *, pairs_dir: Path = Path("d
           models_dir: Path = Path("models"), logs_dir: Path = Path("reports/train"),
           checkpoints_dir: Path = Path("checkpoints"), resume: str = "auto", progress: bool = True,
           tracking: bool = True) -> dict:
-    """Train one method (one stage of a multi-stage one): models/<key>/model.pt (best by validation),
+    """Train one method (one stage of a multi-stage one): models/<key>/model.pt (the best by
+    validation or the last step, per train.keep / baselines.<method>.keep; keeping the best,
+    last.pt too),
     reports/train/<key>/{metrics.json, train_log.csv, val_log.csv}; resumable from checkpoints/<key>.
     Under torchrun each process trains on its share of every batch (see nstlab.distributed)."""
     with distributed.process_group(pick_device(cfg).type):

@@ -8,8 +8,10 @@
    the training set would leak it.
 2. Every image is decoded once by the safe loader and cached as PNG: train/val squashed to
    image_size² (the paper's set-up: aspect not kept), test with its aspect ratio and the longer
-   side capped at test_max_side. Training never decodes a full-size JPEG. An unusable image is
-   dropped from its split (the other images stay where they are) and listed in skipped.csv.
+   side capped at test_max_side. ViT-LoRA training never decodes a full-size JPEG; the
+   baselines' own pipeline (nstlab.data.crops) reads the usable sources images.csv lists. An
+   unusable image is dropped from its split (the other images stay where they are) and listed
+   in skipped.csv.
 3. Each split draws its pairs without repeats from its own seeded RNG, so changing n_test
    leaves the train draw of a fixed image split alone.
 
@@ -35,6 +37,7 @@ from nstlab.data.images import load_rgb, resize_exact, resize_max_side, save_ima
 from nstlab.errors import ConfigError, ImageError
 
 SPLITS = ("train", "val", "test")
+IMAGES_CSV = "images.csv"  # every usable image's split, role, source file and cached copy
 ROLES = ("content", "style")
 
 
@@ -82,6 +85,7 @@ def build_pairs(content_files: Iterable[Path], style_files: Iterable[Path], *, n
         return save_image(resize_exact(image, image_size), _cache_path(cache_dir / "train_val", job)), ""
 
     usable = {role: {split: [] for split in SPLITS} for role in ROLES}
+    sources = []  # (split, role, source, cached) of every usable image: images.csv
     skipped = []
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:  # Pillow decodes without the GIL
         outcomes = track(pool.map(cache, jobs), total=len(jobs), description="resize", disable=not progress)
@@ -90,6 +94,7 @@ def build_pairs(content_files: Iterable[Path], style_files: Iterable[Path], *, n
                 skipped.append((job.source.as_posix(), reason))
             else:
                 usable[job.role][job.split].append(cached)
+                sources.append((job.split, job.role, job.source.as_posix(), cached.as_posix()))
     _check_capacity(usable, requested)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +103,7 @@ def build_pairs(content_files: Iterable[Path], style_files: Iterable[Path], *, n
                             random.Random(f"pairs-{split}:{seed}"))
         _write_csv(out_dir / f"{split}.csv", ("content", "style"), [(c.as_posix(), s.as_posix()) for c, s in pairs])
     _write_csv(out_dir / "skipped.csv", ("path", "reason"), skipped)
+    _write_csv(out_dir / IMAGES_CSV, ("split", "role", "source", "cached"), sources)
     summary = PairSummary(pairs=requested,
                           images={split: {role: len(usable[role][split]) for role in ROLES} for split in SPLITS},
                           skipped=tuple(skipped), seed=seed)
@@ -171,7 +177,7 @@ def _cache_path(folder: Path, job: _CacheJob) -> Path:
     return folder / job.role / f"{job.source.stem}-{digest}.png"
 
 
-def _write_csv(path: Path, header: tuple[str, str], rows: list[tuple[str, str]]) -> None:
+def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)

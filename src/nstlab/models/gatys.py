@@ -9,13 +9,16 @@
 Two presets (`preset`), every field overridable:
 - "default", the seed course report: per style layer mean((G_o − G_s)²)/(C·h·w) with the
   unnormalised G = F·Fᵀ, layer weights 1.0, 0.75, 0.2, 0.2, 0.2, α 1, β 1e6, start from the
-  content image, Adam lr 0.003, 2,000 steps, styles resized to the content's size. The report
+  content image, Adam lr 0.003, 2,000 steps, styles resized to the content's size; the
+  optimised tensor is the ImageNet-normalised image, never clamped (only the picture is). The report
   taps torchvision's `features` by index 0, 5, 10, 19, 21, 28 ("conv1_1 … conv5_1, conv4_2"),
   but with its in-place ReLUs those tensors hold relu1_1 … relu5_1 and relu4_2 by the time the
   loss reads them, so we tap the ReLU outputs by name (out-of-place ReLUs, nstlab.encoders).
 - "reference", pystiche's reading of Gatys 2016: relu4_2 content, style layer weights 1/C²,
   G = F·Fᵀ/(h·w) and mean((G_o − G_s)²) per layer, β 1e3, L-BFGS lr 1, 500 steps, the short edge
-  capped at 512 (styles keep their aspect, short edge matched).
+  capped at 512 (styles keep their aspect, short edge matched); pystiche too optimises the
+  extractor's preprocessed image, unclamped (its image_optimization), so the space is the same.
+`space: pixels` optimises [0, 1] pixels clamped after every step instead (an ablation).
 
 Optional terms (weight 0 by default): TV = anisotropic total variation per pixel; Laplacian
 (Li et al. 2017) = MSE between the Laplacians of the 4×4 average-pooled image and content;
@@ -37,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nstlab.errors import ConfigError, NstlabError
-from nstlab.functional import gram, laplacian, total_variation
+from nstlab.functional import gram, imagenet_denormalize, imagenet_normalize, laplacian, total_variation
 from nstlab.gatys_settings import (
     INVERSE_CHANNELS_SQUARED,
     LOSS_TERMS,
@@ -207,8 +210,9 @@ class GatysTransfer(nn.Module):
                 ) -> tuple[torch.Tensor, list[dict[str, float]]]:
         """content (1, 3, H, W) in [0, 1]; styles: (1, 3, H', W') images, blended with
         `style_weights` (default equal, summing to 1) by mixing their Gram matrices. Runs on the
-        content's device (the extractor follows it). Returns the image (1, 3, H, W) in [0, 1]
-        and the history: one dict per logged step (step, total, content, style, tv, laplacian,
+        content's device (the extractor follows it). Returns the image (1, 3, H, W), in [0, 1]
+        for space pixels, not clamped for space normalised (clamp it to show it), and the
+        history: one dict per logged step (step, total, content, style, tv, laplacian,
         perceptual, elapsed_s), from step 0 to `steps`; `progress_callback` gets each entry."""
         if content.dim() != 4 or tuple(content.shape[:2]) != (1, 3):
             raise NstlabError(f"content of shape {tuple(content.shape)}: stylize takes one image (1, 3, H, W)")
@@ -230,13 +234,19 @@ class GatysTransfer(nn.Module):
 
     def _optimise(self, image: torch.Tensor, targets: Targets,
                   progress_callback: Callable[[dict[str, float]], None] | None) -> tuple[torch.Tensor, list[dict[str, float]]]:
-        """`steps` optimiser steps on the pixels of image (1, 3, h, w), clamped to [0, 1] after
-        each; logs the terms every `log_every` steps (those of the step's evaluation) and at the end."""
+        """`steps` optimiser steps on image (1, 3, h, w) in `space`: its ImageNet-normalised values,
+        unclamped, or its [0, 1] pixels, clamped after each step; logs the terms every `log_every`
+        steps (those of the step's evaluation) and at the end. Returns the image in pixel units."""
         settings, history = self.settings, []
+        normalised = settings.space == "normalised"
         # L-BFGS flattens the gradient with view(-1): a channels-last content (decoded HWC images)
         # would hand it a non-contiguous one.
-        image = image.contiguous().requires_grad_(True)
-        optimizer = self._optimizer(image)
+        variable = (imagenet_normalize(image) if normalised else image).contiguous().requires_grad_(True)
+        optimizer = self._optimizer(variable)
+
+        def as_image() -> torch.Tensor:  # the extractors take [0, 1]-scaled RGB and normalise it themselves
+            return imagenet_denormalize(variable) if normalised else variable
+
         evaluated: dict[str, Any] = {}
         started = time.perf_counter()
 
@@ -249,18 +259,20 @@ class GatysTransfer(nn.Module):
 
         def objective() -> torch.Tensor:
             optimizer.zero_grad()
-            evaluated["terms"] = self.terms(image, targets)
+            evaluated["terms"] = self.terms(as_image(), targets)
             evaluated["total"] = self._weighted_total(evaluated["terms"])
             evaluated["total"].backward()
             return evaluated["total"]
 
         for step in range(settings.steps):
             optimizer.step(objective)
-            with torch.no_grad():
-                image.clamp_(0, 1)
+            if not normalised:
+                with torch.no_grad():
+                    variable.clamp_(0, 1)
             if step % settings.log_every == 0:
                 log(step, evaluated["terms"], evaluated["total"])
         with torch.no_grad():
+            image = as_image()
             terms = self.terms(image, targets)
             log(settings.steps, terms, self._weighted_total(terms))
         return image.detach(), history

@@ -121,7 +121,8 @@ class IEST(SANet):
     loss_defaults = {"content": 1.0, "style": 1.0, "identity1": 50.0, "identity2": 1.0,
                      "contrastive_content": 0.3, "contrastive_style": 0.3, "adversarial": 5.0}
     # train.py: τ 0.2 in compute_contrastive_loss; D Adam betas (0.5, 0.999) (configure_optimizers)
-    option_defaults = {"tau": 0.2, "d_betas": (0.5, 0.999)}
+    # and D's lr decayed as G's (train.py:143; false: constant), read by the trainer
+    option_defaults = {"tau": 0.2, "d_betas": (0.5, 0.999), "d_lr_decay": True}
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -131,6 +132,9 @@ class IEST(SANet):
         betas = self.options["d_betas"]
         if len(betas) != 2 or not all(0 <= beta < 1 for beta in betas):
             raise ConfigError(f"baselines.iest.options.d_betas = {betas!r}: give two numbers in [0, 1)")
+        if not isinstance(self.options["d_lr_decay"], bool):
+            raise ConfigError(f"baselines.iest.options.d_lr_decay = {self.options['d_lr_decay']!r}: "
+                              "give true or false")
         contrastive = weights["contrastive_content"] or weights["contrastive_style"]
         if contrastive and cfg.baselines["iest"].batch_size < 4:
             raise ConfigError(f"baselines.iest.batch_size = {cfg.baselines['iest'].batch_size}: the contrastive "

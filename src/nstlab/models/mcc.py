@@ -17,11 +17,6 @@ from nstlab.errors import ConfigError
 from nstlab.functional import mvn, total_variation
 from nstlab.models.blocks import FeatureTransferNet
 
-# Σg over positions equals H·W·bias_g[c] exactly (mvn features sum to 0), so v = Σg²/Σg blows up
-# for channels whose bias is near 0. The released code has no guard; we keep |mean g| ≥ this.
-MIN_KEY_MEAN = 1e-3
-
-
 class MCCModule(nn.Module):
     """Multi-channel correlation at relu4_1 (MCCNet net.py MCCNet.forward, without its unused conv h).
     content (B, C, h, w), style (B, C, h', w') -> (B, C, h, w)."""
@@ -37,12 +32,18 @@ class MCCModule(nn.Module):
         content = content_features["relu4_1"]
         queries = self.f(mvn(content))  # (B, C, h, w)
         keys = self.g(mvn(style_features["relu4_1"])).flatten(2)  # (B, C, h'·w')
-        key_mean = keys.mean(dim=2)
-        key_mean = torch.copysign(key_mean.abs().clamp_min(MIN_KEY_MEAN), key_mean)
-        # v[c] = Σ g² / Σ g over style positions (the code's bmm(G, Gᵀ) / G.sum), as means
-        channel_correlation = keys.square().mean(dim=2) / key_mean  # (B, C)
+        # v[c] = Σ g² / Σ g over style positions (the code's bmm(G, Gᵀ) / G.sum), as means. Σ g equals
+        # H·W·bias_g[c] (mvn features sum to 0), so a bias near 0 makes v large: the released code has
+        # no guard against it, and neither has a faithful run.
+        channel_correlation = keys.square().mean(dim=2) / keys.mean(dim=2)  # (B, C)
         channel_weights = self.fc(channel_correlation)[..., None, None]  # (B, C, 1, 1)
         return content + self.out_conv(queries * channel_weights)
+
+
+def replica_sum_weights(weights: dict[str, float], replicas: int) -> dict[str, float]:
+    """The weights that make one process's loss equal the official Σ over `replicas` DataParallel
+    replicas (equal shares of the batch): mean-based terms × replicas, the summed TV term × 1."""
+    return {name: weight if name == "tv" else weight * replicas for name, weight in weights.items()}
 
 
 class MCC(FeatureTransferNet):
@@ -50,8 +51,11 @@ class MCC(FeatureTransferNet):
     # MCCNet train.py loss_cal: content 3, style 10, identity 70 and 1, noise 3000, TV 10e-5 (= 1e-4)
     loss_defaults = {"content": 3.0, "style": 10.0, "identity1": 70.0, "identity2": 1.0,
                      "illumination": 3000.0, "tv": 1e-4}
-    # net.py: noise std drawn once per step from U(0.01, 0.02)
-    option_defaults = {"noise_std_range": (0.01, 0.02)}
+    # net.py: noise std drawn once per step from U(0.01, 0.02). train.py runs the model under
+    # DataParallel on 2 GPUs and back-propagates loss.sum() of the replicas' losses: each replica's
+    # mean-based terms are means over its half-batch, so they count `dataparallel_replicas` times,
+    # while the summed TV term adds up to one full-batch sum. 1 = one process's plain loss.
+    option_defaults = {"noise_std_range": (0.01, 0.02), "dataparallel_replicas": 2}
     last_layer = "relu4_1"
 
     def __init__(self, cfg):
@@ -60,6 +64,12 @@ class MCC(FeatureTransferNet):
         if len(noise_range) != 2 or not 0 <= noise_range[0] <= noise_range[1]:
             raise ConfigError(f"baselines.mcc.options.noise_std_range = {noise_range!r}: "
                               "give [low, high] with 0 ≤ low ≤ high")
+        replicas, batch_size = self.options["dataparallel_replicas"], cfg.baselines["mcc"].batch_size
+        whole = isinstance(replicas, int) and not isinstance(replicas, bool)
+        if not whole or replicas < 1 or batch_size % replicas:
+            raise ConfigError(f"baselines.mcc.options.dataparallel_replicas = {replicas!r}: give a whole "
+                              f"number ≥ 1 that divides baselines.mcc.batch_size = {batch_size}")
+        self.loss_weights = replica_sum_weights(self.loss_weights, replicas)
         self.transform = MCCModule(self.encoder.channels["relu4_1"])
 
     def losses(self, content: torch.Tensor, style: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -288,15 +288,33 @@ def train_spec(cfg: Config, stage: int, n_train_pairs: int) -> TrainSpec:
     stage_cfg = cfg.train.stage1 if stage == 1 else cfg.train.stage2
     return TrainSpec("vit_lora", stage, output_key("vit_lora", stage), run_name(cfg, stage), batch_size,
                      stage_cfg.epochs * steps_per_epoch, steps_per_epoch, cfg.train.lr, None,
-                     multistep_factor(stage_cfg.milestones, stage_cfg.gamma), "train.batch_size")
+                     multistep_factor(stage_cfg.milestones, stage_cfg.gamma), "train.batch_size",
+                     keep=cfg.train.keep)
+
+
+def stage1_weights(models_dir: Path, start_from: str) -> Path:
+    """The stage-1 weights stage 2 starts from (train.stage2_from): "last", the final ones, as
+    NST-Project main.py continues the stage-1 model in memory; "best", the best-validation ones.
+    Stage 1 keeps one in model.pt (train.keep) and, keeping the best, its final ones in last.pt."""
+    folder = models_dir / output_key("vit_lora", 1)
+    kept = folder / "model.pt"
+    if not kept.is_file():
+        raise NstlabError(f"{kept}: missing; train stage 1 first (nstlab train vit_lora --stage 1)")
+    if load_checkpoint(kept).get("kept", "best") == start_from:
+        return kept
+    if start_from == "last" and (folder / "last.pt").is_file():
+        return folder / "last.pt"
+    raise NstlabError(f"{folder}: stage 1 kept no {start_from} weights for train.stage2_from = {start_from}; "
+                      f"rerun stage 1 (train.keep = best also saves last.pt) or set train.stage2_from")
 
 
 def prepare_training(model: ViTLoRA, cfg: Config, stage: int, models_dir: Path) -> None:
-    """Stage 2 starts from stage 1's best weights (models/vit_lora_stage1/model.pt) and adds LoRA
-    to both encoders, its init drawn from cfg.seed; stage 1 trains the decoders as built."""
+    """Stage 2 starts from stage 1's weights (train.stage2_from: the final ones by default, as
+    NST-Project) and adds LoRA to both encoders, its init drawn from cfg.seed; stage 1 trains the
+    decoders as built."""
     if stage != 2:
         return
-    stage1 = models_dir / output_key("vit_lora", 1) / "model.pt"
+    stage1 = stage1_weights(models_dir, cfg.train.stage2_from)
     load_trained_state(model, load_checkpoint(stage1)["model"], stage1)
     with seeded(cfg.seed):
         model.enable_lora()
