@@ -32,7 +32,7 @@ def test_no_committed_report_holds_an_absolute_path_of_a_machine():
 
 
 def test_the_scan_sees_a_machine_path():
-    assert MACHINE_PATH.search('"tracking_uri": "sqlite:////work/main/mlruns.db"')
+    assert MACHINE_PATH.search('"tracking_uri": "sqlite:////home/alice/nstlab/mlruns.db"')
     assert not MACHINE_PATH.search('"tracking_uri": "sqlite:///mlruns.db", "path": "data/cache/tmp/a.png"')
 
 

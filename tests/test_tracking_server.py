@@ -97,8 +97,8 @@ def test_a_training_logs_params_metrics_and_artefacts_over_http(server, tiny_con
     assert run.data.params["encoder.layers"] == "2" and run.data.tags["tracking_uri"] == server.url
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train.total")] == list(range(1, 9))
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val.score")] == [3, 6, 8]
-    metrics = json.loads((run_dirs["logs_dir"] / "vit_lora_stage1" / "metrics.json").read_text())
-    assert metrics["mlflow_run_url"] == f"{server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    record = json.loads((run_dirs["logs_dir"] / "vit_lora_stage1" / "run.json").read_text())
+    assert record["mlflow_run_url"] == f"{server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     # Artefacts went through the server into its --artifacts-destination, not into a local folder.
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
     grid = client.download_artifacts(run.info.run_id, "samples/step_000008.png", str(tmp_path / "download"))

@@ -71,7 +71,8 @@ def test_a_run_logs_its_own_params_its_data_version_and_its_source(tiny_config, 
     cfg = tiny_config(*FAST, "lora.r=8")
     train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, **run_dirs)
     client = MlflowClient()
-    (run,) = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id])
+    experiment_id = client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
+    (run,) = client.search_runs([experiment_id], "tags.model = 'vit_lora'")  # not its seed group's parent
     assert run.data.params["encoder.layers"] == "2" and run.data.params["profile"] == "demo"
     assert not [key for key in run.data.params if key.startswith(("baselines.", "lora.", "mlflow."))]
     inputs = {item.dataset.name: item for item in run.inputs.dataset_inputs}
@@ -157,7 +158,7 @@ def test_a_nan_loss_stops_with_a_message_keeps_the_checkpoint_and_fails_the_run(
         train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, **run_dirs)
     checkpoint = load_checkpoint(run_dirs["checkpoints_dir"] / "vit_lora_stage1" / "last.pt")
     assert checkpoint["step"] == 3 and all(torch.isfinite(t).all() for t in checkpoint["model"].values())
-    assert list(search_runs(cfg.mlflow)["status"]) == ["FAILED"]
+    assert list(search_runs(cfg.mlflow, "tags.model = 'vit_lora'")["status"]) == ["FAILED"]
 
 
 def test_a_pickled_checkpoint_with_code_is_refused(tmp_path):
