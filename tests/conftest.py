@@ -8,9 +8,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A ViT-LoRA small enough for CPU tests: hidden 32, 2 blocks, 32 px images.
 TINY = [
-    "backbone.vit_hidden=32", "backbone.vit_heads=2", "backbone.vit_mlp=64", "backbone.vit_layers=4",
-    "backbone.vgg_width=0.0625", "encoder.layers=2", "decoder.layers=1", "decoder.heads=2",
-    "decoder.ffn=64", "decoder.cnn_width=0.0625", "data.image_size=32",
+    "backbone.vit_hidden=32",
+    "backbone.vit_heads=2",
+    "backbone.vit_mlp=64",
+    "backbone.vit_layers=4",
+    "backbone.vgg_width=0.0625",
+    "encoder.layers=2",
+    "decoder.layers=1",
+    "decoder.heads=2",
+    "decoder.ffn=64",
+    "decoder.cnn_width=0.0625",
+    "data.image_size=32",
 ]
 
 
@@ -18,12 +26,20 @@ SHRINK = {  # the demo profile, smaller still: every stage runs, each in seconds
     "data": {"image_size": 32, "n_train": 8, "n_val": 2, "n_test": 2, "test_max_side": 48},
     "backbone": {"vit_hidden": 32, "vit_heads": 2, "vit_mlp": 64, "vit_layers": 4, "vgg_width": 0.0625},
     "decoder": {"ffn": 64, "cnn_width": 0.0625},
-    "train": {"batch_size": 2, "stage1": {"epochs": 1}, "stage2": {"epochs": 1, "milestones": [], "gamma": 1.0},
-              "log_every": 1, "val_every": 2, "max_val_pairs": 2, "sample_every": 2},
+    "train": {
+        "batch_size": 2,
+        "stage1": {"epochs": 1},
+        "stage2": {"epochs": 1, "milestones": [], "gamma": 1.0},
+        "log_every": 1,
+        "val_every": 2,
+        "max_val_pairs": 2,
+        "sample_every": 2,
+    },
     "eval": {"max_size": 48, "max_pairs": 2, "gallery_pairs": 2},
-    "baselines": {name: {"batch_size": 4 if name == "iest" else 2, "iterations": 2,
-                         "data": {"resize": 48, "crop": 32}}
-                  for name in ("stytr2", "adain", "sanet", "mcc", "artflow", "iest")},
+    "baselines": {
+        name: {"batch_size": 4 if name == "iest" else 2, "iterations": 2, "data": {"resize": 48, "crop": 32}}
+        for name in ("stytr2", "adain", "sanet", "mcc", "artflow", "iest")
+    },
 }
 
 

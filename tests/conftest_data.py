@@ -130,7 +130,10 @@ def fake_mirror():
 def serve_coco(mirror: FakeMirror, n_images: int, size: tuple[int, int] = (40, 30)) -> list[str]:
     """A fake COCO tree under coco/: the annotations zip with a tiny captions JSON, and the images."""
     names = [f"COCO_train2014_{image_id:012d}.jpg" for image_id in range(1, n_images + 1)]
-    captions = {"images": [{"id": i, "file_name": name} for i, name in enumerate(names, 1)], "annotations": []}
+    captions = {
+        "images": [{"id": i, "file_name": name} for i, name in enumerate(names, 1)],
+        "annotations": [],
+    }
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as bundle:
         bundle.writestr("annotations/captions_train2014.json", json.dumps(captions))
@@ -140,8 +143,9 @@ def serve_coco(mirror: FakeMirror, n_images: int, size: tuple[int, int] = (40, 3
     return names
 
 
-def serve_wikiart(mirror: FakeMirror, n_images: int, size: tuple[int, int] = (40, 30),
-                  odd_names: bool = False) -> list[str]:
+def serve_wikiart(
+    mirror: FakeMirror, n_images: int, size: tuple[int, int] = (40, 30), odd_names: bool = False
+) -> list[str]:
     """A fake ArtGAN WikiArt tree under wikiart/: style_train.csv and the images in style folders.
 
     odd_names: file names as real WikiArt has them, with spaces, apostrophes and accents.
@@ -150,7 +154,10 @@ def serve_wikiart(mirror: FakeMirror, n_images: int, size: tuple[int, int] = (40
     titles = ("l'été à Giverny", "the night café", "Ève et l'ange", "señora", "Straße")
     stems = [f"{titles[i % len(titles)]} {i}" if odd_names else f"painting-{i}" for i in range(n_images)]
     names = [f"{styles[i % 3]}/artist_{stem}.jpg" for i, stem in enumerate(stems)]
-    mirror.add("wikiart/wikiart_csv/style_train.csv", "".join(f"{name},{i % 3}\n" for i, name in enumerate(names)).encode())
+    mirror.add(
+        "wikiart/wikiart_csv/style_train.csv",
+        "".join(f"{name},{i % 3}\n" for i, name in enumerate(names)).encode(),
+    )
     for seed, name in enumerate(names):
         mirror.add(f"wikiart/wikiart/{name}", image_bytes(size, seed=100 + seed))
     return names

@@ -56,18 +56,27 @@ def test_the_repository_grids_differ_by_profile_only_where_the_demo_budget_deman
     assert max(demo[f"steps-{i}"]["baselines.gatys.iterations"] for i in range(5)) == 160
 
 
-@pytest.mark.parametrize("text, message", [
-    ("grids: [1, 2", "not valid YAML"),
-    ("lora.r: 4", "expected a top-level 'experiments:' or 'grids:'"),
-    ("grids: {a: [{x: 1}]}\nsweeps: {}", "unknown top-level key"),
-    ("grids: {a: {x: 1}}", "grids.a must be a list"),
-    ("grids: [a, b]", "grids: must map names to lists"),
-    ("grids: {a: [{}]}", "experiment a-0 must be a non-empty mapping"),
-    ("grids: {a: [{x: 1}]}\nprofiles: {tiny: {}}", "profiles: must map profile names"),
-    ("grids: {a: [{x: 1}]}\nprofiles: {demo: {grids: {b: [{x: 2}]}}}", "profiles.demo.grids.b replaces nothing"),
-    ("grids: {a: [{x: 1}]}\nprofiles: {demo: {grids: {a: {x: 2}}}}", "profiles.demo.grids.a must be a list"),
-    ("grids: {a: [{x: 1}]}\nprofiles: {demo: {lora: 1}}", "profiles.demo may only hold"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("grids: [1, 2", "not valid YAML"),
+        ("lora.r: 4", "expected a top-level 'experiments:' or 'grids:'"),
+        ("grids: {a: [{x: 1}]}\nsweeps: {}", "unknown top-level key"),
+        ("grids: {a: {x: 1}}", "grids.a must be a list"),
+        ("grids: [a, b]", "grids: must map names to lists"),
+        ("grids: {a: [{}]}", "experiment a-0 must be a non-empty mapping"),
+        ("grids: {a: [{x: 1}]}\nprofiles: {tiny: {}}", "profiles: must map profile names"),
+        (
+            "grids: {a: [{x: 1}]}\nprofiles: {demo: {grids: {b: [{x: 2}]}}}",
+            "profiles.demo.grids.b replaces nothing",
+        ),
+        (
+            "grids: {a: [{x: 1}]}\nprofiles: {demo: {grids: {a: {x: 2}}}}",
+            "profiles.demo.grids.a must be a list",
+        ),
+        ("grids: {a: [{x: 1}]}\nprofiles: {demo: {lora: 1}}", "profiles.demo may only hold"),
+    ],
+)
 def test_bad_grid_files_name_the_file_and_the_entry(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError, match=message) as error:
@@ -77,14 +86,20 @@ def test_bad_grid_files_name_the_file_and_the_entry(tmp_path, text, message):
 
 def test_override_args_are_dvc_set_params():
     assert override_args({"lora.r": 32, "lora.target_modules": ["query", "value"], "x": None}) == [
-        "lora.r=32", "lora.target_modules=[query, value]", "x=null"]
+        "lora.r=32",
+        "lora.target_modules=[query, value]",
+        "x=null",
+    ]
 
 
-@pytest.mark.parametrize("overrides, touched", [
-    ({"lora.r": 8}, ("vit_lora", 2)),
-    ({"baselines.gatys.lr": 0.1}, ("gatys", 0)),
-    ({"profiles.demo.baselines.adain.iterations": 5}, ("adain", 0)),
-])
+@pytest.mark.parametrize(
+    "overrides, touched",
+    [
+        ({"lora.r": 8}, ("vit_lora", 2)),
+        ({"baselines.gatys.lr": 0.1}, ("gatys", 0)),
+        ({"profiles.demo.baselines.adain.iterations": 5}, ("adain", 0)),
+    ],
+)
 def test_an_experiment_is_identified_by_the_method_it_changes(overrides, touched):
     assert methods_touched(overrides) == touched
 
@@ -107,11 +122,16 @@ def test_spellings_of_one_configuration_share_a_digest(tiny_config):
         return run_digest(tiny_config(*overrides), "gatys", 0)
 
     default = gatys()
-    assert gatys("++baselines.gatys.options.optimizer=adam", "++baselines.gatys.options.style_weight=1000000.0") == default
+    assert (
+        gatys("++baselines.gatys.options.optimizer=adam", "++baselines.gatys.options.style_weight=1000000.0")
+        == default
+    )
     assert gatys("++baselines.gatys.options.optimizer=adamw") != default
     assert gatys("baselines.gatys.iterations=41") != default
-    lora = [run_digest(tiny_config(f"lora.target_modules={targets}"), "vit_lora", 2)
-            for targets in ("[query, value, key, dense]", "[query, key, value, dense]", "[query, value]")]
+    lora = [
+        run_digest(tiny_config(f"lora.target_modules={targets}"), "vit_lora", 2)
+        for targets in ("[query, value, key, dense]", "[query, key, value, dense]", "[query, value]")
+    ]
     assert lora[0] == lora[1] != lora[2]
 
 
@@ -137,19 +157,25 @@ def test_seeds_plan_each_configuration_under_each_seed_and_skip_the_done_points(
     grid = write(tmp_path, "experiments:\n  a: {lora.r: 8}\n  b: {lora.r: 4}\nseeds: 2\n")
     plan = plan_grid(grid, params_path=params)
     assert [(name, point.state, point.seed) for name, point in plan.items()] == [  # configuration-major
-        ("a-s324", "queued", 324), ("a-s325", "done", 325),
-        ("b-s324", "queued", 324), ("b-s325", "queued", 325)]
+        ("a-s324", "queued", 324),
+        ("a-s325", "done", 325),
+        ("b-s324", "queued", 324),
+        ("b-s325", "queued", 325),
+    ]
     assert plan["a-s325"].args == ["lora.r=8", "seed=325"]
     three = plan_grid(grid, params_path=params, seeds=3)
     assert [point.seed for point in three.values()][:3] == [324, 325, 326]
     assert plan_grid(grid, params_path=params, force=True)["a-s325"].state == "queued"
     listed = write(tmp_path, "experiments:\n  a: {lora.r: 8}\nseeds: [325, 7]\n")
     assert {name: point.state for name, point in plan_grid(listed, params_path=params).items()} == {
-        "a-s325": "done", "a-s7": "queued"}
+        "a-s325": "done",
+        "a-s7": "queued",
+    }
     single = write(tmp_path, "experiments:\n  a: {lora.r: 8}\n")
     one = plan_grid(single, params_path=params)
     assert {name: (point.args, point.seed) for name, point in one.items()} == {
-        "a": (["lora.r=8"], 324)}  # no seeds asked for: one run at params.yaml's seed, named as before
+        "a": (["lora.r=8"], 324)
+    }  # no seeds asked for: one run at params.yaml's seed, named as before
 
 
 def test_dry_run_with_seeds_prints_every_configuration_seed_pair(tmp_path, empty_store):
@@ -159,14 +185,23 @@ def test_dry_run_with_seeds_prints_every_configuration_seed_pair(tmp_path, empty
     from nstlab.cli import app
 
     grid = write(tmp_path, "experiments:\n  a: {lora.r: 8}\n  b: {lora.r: 4}\n")
-    result = CliRunner().invoke(app, ["ablate", str(grid), "--seeds", "2", "--dry-run", "--params",
-                                      str(REPO / "params.yaml")], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app,
+        ["ablate", str(grid), "--seeds", "2", "--dry-run", "--params", str(REPO / "params.yaml")],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
-    rows = [[cell.strip() for cell in line.split("│")[1:4]] for line in result.output.splitlines()
-            if line.count("│") >= 4]
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:4]]
+        for line in result.output.splitlines()
+        if line.count("│") >= 4
+    ]
     assert [row for row in rows if row[0] != "experiment"] == [
-        ["a-s324", "queued", "324"], ["a-s325", "queued", "325"],
-        ["b-s324", "queued", "324"], ["b-s325", "queued", "325"]]
+        ["a-s324", "queued", "324"],
+        ["a-s325", "queued", "325"],
+        ["b-s324", "queued", "324"],
+        ["b-s325", "queued", "325"],
+    ]
     assert "2 configurations × 2 seeds" in " ".join(result.output.split())  # the title may wrap
     assert CliRunner().invoke(app, ["ablate", str(grid), "--seeds", "0", "--dry-run"]).exit_code == 2
 

@@ -16,8 +16,16 @@ from nstlab.train import train
 
 from conftest import REPO, TINY
 
-FAST = ["train.batch_size=4", "train.lr=0.01", "train.stage1.epochs=1", "train.stage2.epochs=1", "train.log_every=1",
-        "train.val_every=2", "train.sample_every=2", "train.max_val_pairs=2"]
+FAST = [
+    "train.batch_size=4",
+    "train.lr=0.01",
+    "train.stage1.epochs=1",
+    "train.stage2.epochs=1",
+    "train.log_every=1",
+    "train.val_every=2",
+    "train.sample_every=2",
+    "train.max_val_pairs=2",
+]
 RANKS = {"a": 16, "b": 4}  # two stage-2 trainings of different LoRA rank from one stage 1
 
 
@@ -32,14 +40,31 @@ def trained(tmp_path_factory):
         patch.chdir(root)  # MLflow artefacts land in root/mlartifacts
         pairs = tiny_pairs.__wrapped__(root)  # the fixture's body, run once for the module
         base = load_config(REPO / "params.yaml", [*TINY, *FAST])
-        train(base, "vit_lora", 1, pairs_dir=pairs, models_dir=root / "a", logs_dir=root / "logs_a",
-              checkpoints_dir=root / "ckpt", progress=False, tracking=False)
+        train(
+            base,
+            "vit_lora",
+            1,
+            pairs_dir=pairs,
+            models_dir=root / "a",
+            logs_dir=root / "logs_a",
+            checkpoints_dir=root / "ckpt",
+            progress=False,
+            tracking=False,
+        )
         shutil.copytree(root / "a" / "vit_lora_stage1", root / "b" / "vit_lora_stage1")
         runs = {}
         for name, rank in RANKS.items():
             cfg = load_config(REPO / "params.yaml", [*TINY, *FAST, f"lora.r={rank}"])
-            summary = train(cfg, "vit_lora", 2, pairs_dir=pairs, models_dir=root / name, logs_dir=root / f"logs_{name}",
-                            checkpoints_dir=root / f"ckpt_{name}", progress=False)
+            summary = train(
+                cfg,
+                "vit_lora",
+                2,
+                pairs_dir=pairs,
+                models_dir=root / name,
+                logs_dir=root / f"logs_{name}",
+                checkpoints_dir=root / f"ckpt_{name}",
+                progress=False,
+            )
             runs[name] = summary["mlflow_run_id"]
         yield {"root": root, "cfg": base, "pairs": pairs, "runs": runs}
 
@@ -77,8 +102,21 @@ def test_two_adapters_give_two_images_from_one_base_model(store, tmp_path, monke
 
     monkeypatch.setattr(ViTLoRA, "__init__", counting_init)
     content, style = _images(store)
-    result = CliRunner().invoke(app, _cli(store, "stylize", content, style, "-o", str(tmp_path / "out.png"),
-                                          "--adapter", _adapter(store, "a"), "--adapter", _adapter(store, "b")))
+    result = CliRunner().invoke(
+        app,
+        _cli(
+            store,
+            "stylize",
+            content,
+            style,
+            "-o",
+            str(tmp_path / "out.png"),
+            "--adapter",
+            _adapter(store, "a"),
+            "--adapter",
+            _adapter(store, "b"),
+        ),
+    )
     assert result.exit_code == 0, result.output
     first, second = tmp_path / "out_vit_lora_stage2.png", tmp_path / "out_vit_lora_stage2-2.png"
     assert result.output.split() == [str(first), str(second)]
@@ -95,7 +133,9 @@ def test_each_adapter_reproduces_its_own_stage2_model(store):
     outputs = {}
     for name in ("a", "b", "a"):  # switching back restores the first adapter exactly
         own_cfg = load_config(REPO / "params.yaml", [*TINY, *FAST, f"lora.r={RANKS[name]}"])
-        own = load_model(own_cfg, "vit_lora", checkpoint=store["root"] / name / "vit_lora_stage2" / "model.pt")
+        own = load_model(
+            own_cfg, "vit_lora", checkpoint=store["root"] / name / "vit_lora_stage2" / "model.pt"
+        )
         model.set_adapter(adapter_names[name], decoders[adapter_names[name]])
         with torch.no_grad():
             outputs[name] = model(content, style)
@@ -114,7 +154,9 @@ def _fail(arguments, capsys):
 def test_a_bad_adapter_path_or_run_is_one_line_naming_it(store, tmp_path, capsys):
     content, style = _images(store)
     stylize = ["stylize", content, style, "-o", str(tmp_path / "out.png")]
-    assert "--adapter no/such/adapter: no such directory" in _fail(_cli(store, *stylize, "--adapter", "no/such/adapter"), capsys)
+    assert "--adapter no/such/adapter: no such directory" in _fail(
+        _cli(store, *stylize, "--adapter", "no/such/adapter"), capsys
+    )
     unknown = "0123456789abcdef0123456789abcdef"
     assert f"MLflow run {unknown!r}" in _fail(_cli(store, *stylize, "--adapter", unknown), capsys)
 
@@ -124,8 +166,19 @@ def test_decoders_from_another_training_are_refused(store, tmp_path, capsys):
     shutil.copytree(store["root"] / "a" / "vit_lora_stage2" / "adapter", mixed / "adapter")
     shutil.copy(store["root"] / "b" / "vit_lora_stage2" / "model.pt", mixed / "model.pt")
     content, style = _images(store)
-    error = _fail(_cli(store, "stylize", content, style, "-o", str(tmp_path / "out.png"), "--adapter",
-                       str(mixed / "adapter")), capsys)
+    error = _fail(
+        _cli(
+            store,
+            "stylize",
+            content,
+            style,
+            "-o",
+            str(tmp_path / "out.png"),
+            "--adapter",
+            str(mixed / "adapter"),
+        ),
+        capsys,
+    )
     assert "was not trained with this adapter" in error
 
 
@@ -133,8 +186,20 @@ def test_an_mlflow_run_id_alone_stylises_with_the_decoders_logged_beside_its_ada
     content, style = _images(store)
     run_a, run_b = store["runs"]["a"], store["runs"]["b"]
     no_local_weights = tmp_path / "empty-models"
-    written = _cli(store, "stylize", content, style, "-o", str(tmp_path / "out.png"), "--adapter", f"runs:/{run_a}/adapter",
-                   "--adapter", run_b, "--models", str(no_local_weights))
+    written = _cli(
+        store,
+        "stylize",
+        content,
+        style,
+        "-o",
+        str(tmp_path / "out.png"),
+        "--adapter",
+        f"runs:/{run_a}/adapter",
+        "--adapter",
+        run_b,
+        "--models",
+        str(no_local_weights),
+    )
     result = CliRunner().invoke(app, written)
     assert result.exit_code == 0, result.output
     first, second = (tmp_path / f"out_{run[:8]}.png" for run in (run_a, run_b))
@@ -144,7 +209,11 @@ def test_an_mlflow_run_id_alone_stylises_with_the_decoders_logged_beside_its_ada
 def test_adapters_lists_each_logged_adapter_with_its_lora_config_and_test_losses(store):
     from nstlab.tracking_queries import log_to_run
 
-    log_to_run(store["cfg"].mlflow, store["runs"]["a"], {"test.paper_content_loss": 2.5, "test.paper_style_loss": 0.5})
+    log_to_run(
+        store["cfg"].mlflow,
+        store["runs"]["a"],
+        {"test.paper_content_loss": 2.5, "test.paper_style_loss": 0.5},
+    )
     result = CliRunner().invoke(app, _cli(store, "adapters", "--json"))
     assert result.exit_code == 0, result.output
     rows = {row["run_id"]: row for row in json.loads(result.output)}

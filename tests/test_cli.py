@@ -9,8 +9,16 @@ from nstlab.cli import app
 
 from conftest import REPO
 
-PAPER_RANDOM = ["-S", "profile=paper", "-S", "backbone.vit=random", "-S", "backbone.vgg19=random",
-                "-S", "backbone.adain_vgg=random"]
+PAPER_RANDOM = [
+    "-S",
+    "profile=paper",
+    "-S",
+    "backbone.vit=random",
+    "-S",
+    "backbone.vgg19=random",
+    "-S",
+    "backbone.adain_vgg=random",
+]
 runner = CliRunner()
 
 
@@ -35,12 +43,16 @@ def test_help_lists_every_stage_and_tool():
     ],
 )
 def test_info_reports_the_reference_parameter_counts(model, trainable):
-    result = runner.invoke(app, ["info", "--model", model, "--json", "--params", str(REPO / "params.yaml"), *PAPER_RANDOM])
+    result = runner.invoke(
+        app, ["info", "--model", model, "--json", "--params", str(REPO / "params.yaml"), *PAPER_RANDOM]
+    )
     assert result.exit_code == 0, result.output
     counts = json.loads(result.output)
     assert counts["trainable"] == trainable and counts["profile"] == "paper"
 
 
 def test_info_stage1_has_no_lora():
-    result = runner.invoke(app, ["info", "--stage", "1", "--json", "--params", str(REPO / "params.yaml"), *PAPER_RANDOM])
+    result = runner.invoke(
+        app, ["info", "--stage", "1", "--json", "--params", str(REPO / "params.yaml"), *PAPER_RANDOM]
+    )
     assert json.loads(result.output)["trainable"] == 31_859_523

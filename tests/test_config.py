@@ -39,8 +39,11 @@ def test_each_method_trains_by_its_official_protocol_in_the_paper_profile():
 
 
 def test_a_crop_larger_than_the_resize_is_refused():
-    with pytest.raises(ConfigError, match=r"baselines\.sanet\.data\.crop = 300: must be at most "
-                                          r"baselines\.sanet\.data\.resize = 256"):
+    with pytest.raises(
+        ConfigError,
+        match=r"baselines\.sanet\.data\.crop = 300: must be at most "
+        r"baselines\.sanet\.data\.resize = 256",
+    ):
         load_config(PARAMS, ["baselines.sanet.data.crop=300"])
 
 
@@ -79,7 +82,9 @@ def test_bad_values_name_the_key_value_and_allowed_range(override, message):
 
 
 def test_encoder_layers_bounded_by_the_vit():
-    with pytest.raises(ConfigError, match=r"encoder.layers = 13: must be in \[1, 12\] \(ViT-B/16 has 12 blocks\)"):
+    with pytest.raises(
+        ConfigError, match=r"encoder.layers = 13: must be in \[1, 12\] \(ViT-B/16 has 12 blocks\)"
+    ):
         load_config(PARAMS, ["profile=paper", "encoder.layers=13"])
 
 
@@ -102,7 +107,14 @@ def test_missing_file_says_what_to_do(tmp_path):
 
 def test_paper_target_names_map_to_transformers_5_modules_by_role():
     assert lora_modules(["query", "value"]) == ["q_proj", "v_proj"]
-    assert lora_modules(["query", "key", "value", "dense"]) == ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"]
+    assert lora_modules(["query", "key", "value", "dense"]) == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "fc1",
+        "fc2",
+    ]
     assert lora_modules(["q_proj", "fc1"]) == ["q_proj", "fc1"]
 
 
@@ -113,8 +125,12 @@ def test_flat_params_for_mlflow():
 
 
 def test_cli_prints_one_line_and_exits_2_on_a_bad_override():
-    result = subprocess.run([sys.executable, "-m", "nstlab", "info", "--params", str(PARAMS), "-S", "lora.r=0"],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "nstlab", "info", "--params", str(PARAMS), "-S", "lora.r=0"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "lora.r = 0: must be in [1, 1024]" in result.stderr and "Traceback" not in result.stderr
@@ -134,13 +150,25 @@ def test_run_params_hold_the_shared_keys_and_only_the_trained_models_block():
     assert not any(key.startswith("baselines.") for key in vit_lora)
     assert vit_lora["lora.r"] == 16 and vit_lora["profile"] == "demo" and vit_lora["seed"] == 324
     assert vit_lora["train.stage2.epochs"] == 3 and vit_lora["data.n_train"] == 120
-    assert {key.split(".")[0] for key in vit_lora} == {"profile", "seed", "data", "backbone", "eval",
-                                                       "encoder", "decoder", "lora", "loss", "train"}
+    assert {key.split(".")[0] for key in vit_lora} == {
+        "profile",
+        "seed",
+        "data",
+        "backbone",
+        "eval",
+        "encoder",
+        "decoder",
+        "lora",
+        "loss",
+        "train",
+    }
     assert not any(key.startswith("lora.") for key in run_params(cfg, "vit_lora", 1))  # LoRA: stage 2 only
     sanet = run_params(cfg, "sanet")
     assert sanet["baselines.sanet.lr"] == 1e-3 and sanet["train.workers"] == 0
-    assert not any(key.startswith(("baselines.adain", "lora.", "encoder.", "train.batch_size", "train.lr"))
-                   for key in sanet)
+    assert not any(
+        key.startswith(("baselines.adain", "lora.", "encoder.", "train.batch_size", "train.lr"))
+        for key in sanet
+    )
     gatys = run_params(cfg, "gatys")
     assert gatys["baselines.gatys.iterations"] == 40 and gatys["train.device"] == "auto"
     assert not any(key.startswith(("baselines.sanet", "train.workers")) for key in gatys)

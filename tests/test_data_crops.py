@@ -24,8 +24,19 @@ def pairs_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("crops")
     contents = [write_image(root / "raw/content" / f"c{i}.jpg", (40, 30), seed=i) for i in range(7)]
     styles = [write_image(root / "raw/style" / f"s{i}.png", (36, 50), seed=50 + i) for i in range(6)]
-    build_pairs(contents, styles, n_train=6, n_val=1, n_test=1, seed=0, image_size=16,
-                cache_dir=root / "cache", out_dir=root / "pairs", workers=1, progress=False)
+    build_pairs(
+        contents,
+        styles,
+        n_train=6,
+        n_val=1,
+        n_test=1,
+        seed=0,
+        image_size=16,
+        cache_dir=root / "cache",
+        out_dir=root / "pairs",
+        workers=1,
+        progress=False,
+    )
     return root / "pairs"
 
 
@@ -57,8 +68,12 @@ def test_each_crop_is_a_window_of_the_source_resized_square(pairs_dir):
     assert content.shape == style.shape == (3, CROP, CROP)
     for crop, source in zip((content, style), dataset.sources_at(5)):
         resized = to_tensor(load_rgb(source).resize((RESIZE, RESIZE), Image.Resampling.BILINEAR))
-        windows = [(top, left) for top in range(RESIZE - CROP + 1) for left in range(RESIZE - CROP + 1)
-                   if torch.equal(resized[:, top:top + CROP, left:left + CROP], crop)]
+        windows = [
+            (top, left)
+            for top in range(RESIZE - CROP + 1)
+            for left in range(RESIZE - CROP + 1)
+            if torch.equal(resized[:, top : top + CROP, left : left + CROP], crop)
+        ]
         assert len(windows) == 1
 
 
@@ -68,8 +83,8 @@ def test_content_and_style_are_drawn_independently_each_pass_a_permutation(pairs
     contents = [stream_index(n_content, "content", 3, p) for p in range(3 * n_content)]
     styles = [stream_index(n_style, "style", 3, p) for p in range(3 * n_style)]
     for passes, n in ((contents, n_content), (styles, n_style)):
-        assert all(sorted(passes[k:k + n]) == list(range(n)) for k in range(0, len(passes), n))
-    assert contents[:n_content] != contents[n_content:2 * n_content]  # reshuffled each pass
+        assert all(sorted(passes[k : k + n]) == list(range(n)) for k in range(0, len(passes), n))
+    assert contents[:n_content] != contents[n_content : 2 * n_content]  # reshuffled each pass
     seen = {dataset.sources_at(p) for p in range(60)}
     train_pairs = {(Path(c), Path(s)) for c, s in _pair_sources(pairs_dir)}
     assert len(seen) > len(train_pairs) and not seen <= train_pairs  # not the fixed pairs

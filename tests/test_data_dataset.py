@@ -28,7 +28,9 @@ def test_items_are_chw_float_tensors_in_unit_range(pairs_csv, tmp_path):
     assert len(dataset) == 10
     assert content.shape == style.shape == (3, 32, 32) and content.dtype == style.dtype == torch.float32
     assert 0 <= content.min() and style.max() <= 1
-    assert content[0, 0, 0].item() == pytest.approx(30 / 255) and style[0, 0, 0].item() == pytest.approx(225 / 255)
+    assert content[0, 0, 0].item() == pytest.approx(30 / 255) and style[0, 0, 0].item() == pytest.approx(
+        225 / 255
+    )
 
 
 def test_relative_paths_resolve_from_the_working_directory_by_default(pairs_csv, tmp_path, monkeypatch):

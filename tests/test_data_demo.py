@@ -100,7 +100,9 @@ def test_generator_reproduces_committed_pixels(regenerated):
 
 
 def test_generator_reproduces_committed_bytes(regenerated):
-    changed = [path.name for path in regenerated if path.read_bytes() != (DEMO / "style" / path.name).read_bytes()]
+    changed = [
+        path.name for path in regenerated if path.read_bytes() != (DEMO / "style" / path.name).read_bytes()
+    ]
     assert not changed, (
         f"{changed} differ from the committed files; if the pixel test passes, this Pillow/numpy build "
         "encodes differently: regenerate with `python -m nstlab.data.demo_art src/nstlab/data/demo/style`"

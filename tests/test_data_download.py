@@ -41,14 +41,20 @@ def names_in(directory) -> set[str]:
 
 def test_full_download_writes_files_and_manifest(fake_mirror, tmp_path):
     files = serve(fake_mirror, 3)
-    remotes = [remote(fake_mirror, "img0.bin", files["img0.bin"]), remote(fake_mirror, "img1.bin"),
-               RemoteFile(fake_mirror.url("img2.bin"), "sub/dir/img2.bin")]
+    remotes = [
+        remote(fake_mirror, "img0.bin", files["img0.bin"]),
+        remote(fake_mirror, "img1.bin"),
+        RemoteFile(fake_mirror.url("img2.bin"), "sub/dir/img2.bin"),
+    ]
     summary = download_all(remotes, tmp_path, workers=3, **FAST)
     assert summary.ok and summary.downloaded == ("img0.bin", "img1.bin", "sub/dir/img2.bin")
     assert (tmp_path / "sub/dir/img2.bin").read_bytes() == files["img2.bin"]
     manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
-    assert manifest["img1.bin"] == {"sha256": sha256(files["img1.bin"]), "size": 50_000,
-                                    "url": fake_mirror.url("img1.bin")}
+    assert manifest["img1.bin"] == {
+        "sha256": sha256(files["img1.bin"]),
+        "size": 50_000,
+        "url": fake_mirror.url("img1.bin"),
+    }
     assert not any(name.endswith(".part") for name in names_in(tmp_path))
 
 
@@ -82,7 +88,9 @@ def test_persistently_wrong_checksum_is_reported_and_never_kept(fake_mirror, tmp
     data = serve(fake_mirror, 1)["img0.bin"]
     fake_mirror.fail("img0.bin", "corrupt", "corrupt", "corrupt")
     summary = download_all([remote(fake_mirror, "img0.bin", data)], tmp_path, **FAST)
-    assert "sha256 mismatch" in summary.failed["img0.bin"] and "after 3 attempts" in summary.failed["img0.bin"]
+    assert (
+        "sha256 mismatch" in summary.failed["img0.bin"] and "after 3 attempts" in summary.failed["img0.bin"]
+    )
     assert names_in(tmp_path) == {MANIFEST_NAME, ".download.lock"}
 
 
@@ -135,8 +143,9 @@ def test_a_file_on_disk_never_verified_is_verified_before_it_is_skipped(fake_mir
     summary = download_all([RemoteFile(fake_mirror.url("a.jpg"), "a.jpg")], tmp_path, verify=decodes, **FAST)
     assert summary.downloaded == ("a.jpg",) and (tmp_path / "a.jpg").read_bytes() == data
     fake_mirror.requests.clear()
-    assert download_all([RemoteFile(fake_mirror.url("a.jpg"), "a.jpg")], tmp_path, verify=decodes,
-                        **FAST).skipped == ("a.jpg",)
+    assert download_all(
+        [RemoteFile(fake_mirror.url("a.jpg"), "a.jpg")], tmp_path, verify=decodes, **FAST
+    ).skipped == ("a.jpg",)
     assert fake_mirror.requests == []
 
 
@@ -144,8 +153,9 @@ def test_server_errors_are_retried_with_backoff(fake_mirror, tmp_path):
     data = serve(fake_mirror, 1)["img0.bin"]
     fake_mirror.fail("img0.bin", "500", "500")
     started = time.perf_counter()
-    summary = download_all([remote(fake_mirror, "img0.bin")], tmp_path, retries=3, backoff_s=0.1, timeout_s=2.0,
-                           progress=False)
+    summary = download_all(
+        [remote(fake_mirror, "img0.bin")], tmp_path, retries=3, backoff_s=0.1, timeout_s=2.0, progress=False
+    )
     assert summary.ok and (tmp_path / "img0.bin").read_bytes() == data
     assert len(fake_mirror.requests_for("img0.bin")) == 3
     assert time.perf_counter() - started >= 0.1 + 0.2  # waited backoff_s·2^0 + backoff_s·2^1
@@ -155,7 +165,9 @@ def test_stalled_server_times_out(fake_mirror, tmp_path):
     serve(fake_mirror, 1)
     fake_mirror.fail("img0.bin", "stall")
     started = time.perf_counter()
-    summary = download_all([remote(fake_mirror, "img0.bin")], tmp_path, retries=0, timeout_s=0.5, progress=False)
+    summary = download_all(
+        [remote(fake_mirror, "img0.bin")], tmp_path, retries=0, timeout_s=0.5, progress=False
+    )
     assert time.perf_counter() - started < 3
     assert "timed out" in summary.failed["img0.bin"]
     assert not (tmp_path / "img0.bin").exists()
@@ -163,8 +175,11 @@ def test_stalled_server_times_out(fake_mirror, tmp_path):
 
 def test_rerun_skips_verified_files_without_any_request(fake_mirror, tmp_path):
     files = serve(fake_mirror, 3)
-    remotes = [remote(fake_mirror, "img0.bin", files["img0.bin"]), remote(fake_mirror, "img1.bin"),
-               remote(fake_mirror, "img2.bin")]
+    remotes = [
+        remote(fake_mirror, "img0.bin", files["img0.bin"]),
+        remote(fake_mirror, "img1.bin"),
+        remote(fake_mirror, "img2.bin"),
+    ]
     download_all(remotes, tmp_path, **FAST)
     fake_mirror.requests.clear()
     summary = download_all(remotes, tmp_path, **FAST)
@@ -188,6 +203,7 @@ def test_unsafe_file_names_are_refused(tmp_path):
 
 def _download_noting_the_interrupt(remotes, target_dir, interrupted_marker):
     """download_all in a child process; its Ctrl-C handler first leaves a file the test waits for."""
+
     def interrupted(signum, frame):
         interrupted_marker.touch()
         raise KeyboardInterrupt
@@ -214,7 +230,8 @@ def test_interrupt_leaves_a_resumable_part_and_no_final_file(fake_mirror, tmp_pa
     part, marker = tmp_path / "img0.bin.part", tmp_path / "interrupted"
     child = multiprocessing.get_context("spawn").Process(
         target=_download_noting_the_interrupt,
-        args=([remote(fake_mirror, "img0.bin", data)], tmp_path, marker))
+        args=([remote(fake_mirror, "img0.bin", data)], tmp_path, marker),
+    )
     child.start()
     wait_for(lambda: part.is_file() and part.stat().st_size == 50_000, "half the file in the .part", child)
     os.kill(child.pid, signal.SIGINT)
@@ -235,8 +252,14 @@ def test_two_processes_share_a_target_dir_safely(fake_mirror, tmp_path):
     fake_mirror.delay_s = 0.3  # the first process is still busy when the second starts
     remotes = [remote(fake_mirror, name) for name in files]
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=download_all, args=(remotes, tmp_path),
-                                kwargs=dict(workers=2, retries=0, timeout_s=5.0, progress=False)) for _ in range(2)]
+    children = [
+        context.Process(
+            target=download_all,
+            args=(remotes, tmp_path),
+            kwargs=dict(workers=2, retries=0, timeout_s=5.0, progress=False),
+        )
+        for _ in range(2)
+    ]
     for child in children:
         child.start()
     for child in children:
@@ -250,7 +273,9 @@ def test_two_processes_share_a_target_dir_safely(fake_mirror, tmp_path):
 def test_summary_with_failures_does_not_raise():
     summary = DownloadSummary(downloaded=("a",), failed={"b": "b: HTTP 404"})
     assert not summary.ok and summary.describe().splitlines() == [
-        "1 downloaded (0 bytes), 0 already present, 1 failed", "  b: HTTP 404"]
+        "1 downloaded (0 bytes), 0 already present, 1 failed",
+        "  b: HTTP 404",
+    ]
 
 
 # -- archives --------------------------------------------------------------------------------

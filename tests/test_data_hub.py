@@ -25,12 +25,17 @@ def offline(monkeypatch):
 
 def make_dataset(root, n_rows: int, bad_rows: tuple[int, ...] = ()) -> dict[bytes, int]:
     """A parquet dataset of `n_rows` PNG/JPEG images and a label; bad rows hold bytes that do not decode."""
-    rows = [b"not an image at all" * 10 if index in bad_rows
-            else image_bytes((40, 32), seed=index, image_format="PNG" if index % 2 else "JPEG")
-            for index in range(n_rows)]
+    rows = [
+        b"not an image at all" * 10
+        if index in bad_rows
+        else image_bytes((40, 32), seed=index, image_format="PNG" if index % 2 else "JPEG")
+        for index in range(n_rows)
+    ]
     features = datasets.Features({"image": datasets.Image(), "style": datasets.Value("int64")})
-    table = datasets.Dataset.from_dict({"image": [{"bytes": data, "path": None} for data in rows],
-                                        "style": list(range(n_rows))}, features=features)
+    table = datasets.Dataset.from_dict(
+        {"image": [{"bytes": data, "path": None} for data in rows], "style": list(range(n_rows))},
+        features=features,
+    )
     (root / "data").mkdir(parents=True)
     table.to_parquet(str(root / "data" / "train-00000-of-00001.parquet"))
     return {data: index for index, data in enumerate(rows)}
@@ -57,8 +62,15 @@ def test_streams_a_seeded_draw_byte_identical_and_resumes_without_the_network(tm
 
 def test_an_interrupted_draw_keeps_what_it_has_and_writes_only_the_rest(tmp_path):
     make_dataset(tmp_path / "hub", 20)
-    draw = partial(fetch_source, f"hf:{tmp_path / 'hub'}", "content", raw_dir=tmp_path / "raw", seed=5,
-                   hub_shuffle_buffer=4, progress=False)
+    draw = partial(
+        fetch_source,
+        f"hf:{tmp_path / 'hub'}",
+        "content",
+        raw_dir=tmp_path / "raw",
+        seed=5,
+        hub_shuffle_buffer=4,
+        progress=False,
+    )
     first, _ = draw(n_images=3)
     inodes = {path.name: path.stat().st_ino for path in first}
     paths, summary = draw(n_images=7)
@@ -68,12 +80,28 @@ def test_an_interrupted_draw_keeps_what_it_has_and_writes_only_the_rest(tmp_path
 
 def test_rows_that_do_not_decode_are_replaced_by_the_next_rows(tmp_path):
     make_dataset(tmp_path / "hub", 12, bad_rows=tuple(range(0, 12, 3)))
-    paths, summary = fetch_source(f"hf:{tmp_path / 'hub'}", "style", 6, tmp_path / "raw", seed=0,
-                                  hub_shuffle_buffer=12, max_missing=1.0, progress=False)
+    paths, summary = fetch_source(
+        f"hf:{tmp_path / 'hub'}",
+        "style",
+        6,
+        tmp_path / "raw",
+        seed=0,
+        hub_shuffle_buffer=12,
+        max_missing=1.0,
+        progress=False,
+    )
     assert len(paths) == 6 and summary.missing and all("not an image" in r for r in summary.missing.values())
     with pytest.raises(DownloadError, match=r"do not decode .*more than data.max_missing = 0.1"):
-        fetch_source(f"hf:{tmp_path / 'hub'}", "style", 6, tmp_path / "raw2", seed=0, hub_shuffle_buffer=12,
-                     max_missing=0.1, progress=False)
+        fetch_source(
+            f"hf:{tmp_path / 'hub'}",
+            "style",
+            6,
+            tmp_path / "raw2",
+            seed=0,
+            hub_shuffle_buffer=12,
+            max_missing=0.1,
+            progress=False,
+        )
 
 
 def test_without_datasets_installed_the_error_says_which_extra(tmp_path, monkeypatch):

@@ -23,8 +23,11 @@ def rejection(path, **limits) -> str:
 
 def png_header_only(path, width: int, height: int):
     """A valid PNG signature and IHDR claiming width×height, with no pixel data: tiny on disk."""
+
     def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
@@ -66,7 +69,9 @@ def test_header_claiming_30000_squared_is_rejected_without_decoding(tmp_path):
     assert "decompression-bomb" in message
 
 
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # 10000² is in Pillow's warning band
+@pytest.mark.filterwarnings(
+    "ignore::PIL.Image.DecompressionBombWarning"
+)  # 10000² is in Pillow's warning band
 @pytest.mark.parametrize("side", [9000, 10000])
 def test_max_pixels_is_checked_from_the_header_before_decoding(tmp_path, side):
     # With no pixel data in the file, a decode would have said "truncated" instead.
@@ -135,8 +140,9 @@ def test_palette_png_transparency_is_composited_on_white(tmp_path):
     assert loaded.getpixel((5, 5)) == (200, 0, 0)
 
 
-@pytest.mark.parametrize("mode, opaque, transparent", [("RGBA", (0, 0, 255, 255), (0, 0, 255, 0)),
-                                                      ("LA", (40, 255), (40, 0))])
+@pytest.mark.parametrize(
+    "mode, opaque, transparent", [("RGBA", (0, 0, 255, 255), (0, 0, 255, 0)), ("LA", (40, 255), (40, 0))]
+)
 def test_alpha_is_composited_on_white(tmp_path, mode, opaque, transparent):
     path = tmp_path / f"{mode}.png"
     image = Image.new(mode, (32, 32), opaque)

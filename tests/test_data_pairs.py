@@ -16,15 +16,27 @@ COUNTS = dict(n_train=30, n_val=4, n_test=3)
 
 @pytest.fixture
 def images(tmp_path):
-    contents = [write_image(tmp_path / "raw/content" / f"c{i:02d}.jpg", (40 + i, 30), seed=i) for i in range(12)]
-    styles = [write_image(tmp_path / "raw/style" / f"s{i:02d}.png", (30, 50 + i), seed=50 + i) for i in range(10)]
+    contents = [
+        write_image(tmp_path / "raw/content" / f"c{i:02d}.jpg", (40 + i, 30), seed=i) for i in range(12)
+    ]
+    styles = [
+        write_image(tmp_path / "raw/style" / f"s{i:02d}.png", (30, 50 + i), seed=50 + i) for i in range(10)
+    ]
     return contents, styles
 
 
 def pair(images, tmp_path, out: str = "pairs", seed: int = 0, **overrides):
     contents, styles = images
-    options = dict(COUNTS, seed=seed, image_size=32, test_max_side=24, cache_dir=tmp_path / "cache",
-                   out_dir=tmp_path / out, workers=2, progress=False)
+    options = dict(
+        COUNTS,
+        seed=seed,
+        image_size=32,
+        test_max_side=24,
+        cache_dir=tmp_path / "cache",
+        out_dir=tmp_path / out,
+        workers=2,
+        progress=False,
+    )
     return build_pairs(contents, styles, **(options | overrides))
 
 
@@ -59,26 +71,36 @@ def test_counts_header_and_no_duplicate_pairs(images, tmp_path):
         assert len(split_rows) == n_pairs == summary.pairs[split]
         assert len({(row["content"], row["style"]) for row in split_rows}) == n_pairs
     report = json.loads((tmp_path / "pairs/pairs.json").read_text())
-    assert report["pairs"] == {"train": 30, "val": 4, "test": 3} and report["seed"] == 0 and report["skipped"] == 0
+    assert (
+        report["pairs"] == {"train": 30, "val": 4, "test": 3}
+        and report["seed"] == 0
+        and report["skipped"] == 0
+    )
     assert sum(counts["content"] for counts in report["images"].values()) == 12
 
 
 def test_splits_are_disjoint_in_content_and_style(images, tmp_path):
     pair(images, tmp_path)
     for column in ("content", "style"):
-        train, val, test = (sources(tmp_path / f"pairs/{split}.csv", column) for split in ("train", "val", "test"))
+        train, val, test = (
+            sources(tmp_path / f"pairs/{split}.csv", column) for split in ("train", "val", "test")
+        )
         assert not (test & (train | val)) and not (train & val)
 
 
 def test_a_source_group_stays_in_one_split(images, tmp_path):
     """Crops of one photo never straddle splits: c00..c02 are one group, the others stand alone."""
+
     def photo(path: Path) -> str:
         return "one_photo" if path.stem < "c03" else path.stem
 
     summary = pair(images, tmp_path, group_of={"content": photo})
     grouped = {f"c{i:02d}" for i in range(3)}
-    splits_holding = [split for split in ("train", "val", "test")
-                      if {name.split("-")[0] for name in sources(tmp_path / f"pairs/{split}.csv", "content")} & grouped]
+    splits_holding = [
+        split
+        for split in ("train", "val", "test")
+        if {name.split("-")[0] for name in sources(tmp_path / f"pairs/{split}.csv", "content")} & grouped
+    ]
     assert len(splits_holding) == 1
     assert sum(counts["content"] for counts in summary.images.values()) == 12
 
@@ -88,7 +110,9 @@ def test_the_demo_splits_share_no_photo():
     from nstlab.data.pairs import _plan_splits
     from nstlab.data.sources import demo_images, source_group
 
-    plan = _plan_splits(demo_images("content"), {"train": 120, "val": 8, "test": 6}, 324, "content", source_group("demo"))
+    plan = _plan_splits(
+        demo_images("content"), {"train": 120, "val": 8, "test": 6}, 324, "content", source_group("demo")
+    )
     photos = {split: {source_group("demo")(path) for path in files} for split, files in plan.items()}
     assert not (photos["test"] & (photos["train"] | photos["val"])) and not (photos["train"] & photos["val"])
     assert all(plan.values()) and sum(map(len, plan.values())) == 20
@@ -111,12 +135,22 @@ def test_unusable_images_are_skipped_and_listed(images, tmp_path):
     broken.write_bytes(contents[0].read_bytes()[:200])
     empty = tmp_path / "raw/style/empty.png"
     empty.write_bytes(b"")
-    summary = build_pairs([*contents, broken], [*styles, empty], **(COUNTS | {"n_val": 3}), seed=0, image_size=32,
-                          cache_dir=tmp_path / "cache", out_dir=tmp_path / "pairs", progress=False)
+    summary = build_pairs(
+        [*contents, broken],
+        [*styles, empty],
+        **(COUNTS | {"n_val": 3}),
+        seed=0,
+        image_size=32,
+        cache_dir=tmp_path / "cache",
+        out_dir=tmp_path / "pairs",
+        progress=False,
+    )
     listed = {row["path"]: row["reason"] for row in rows(tmp_path / "pairs/skipped.csv")}
     assert set(listed) == {broken.as_posix(), empty.as_posix()}
     assert "truncated" in listed[broken.as_posix()] and "empty file" in listed[empty.as_posix()]
-    assert len(summary.skipped) == 2 and json.loads((tmp_path / "pairs/pairs.json").read_text())["skipped"] == 2
+    assert (
+        len(summary.skipped) == 2 and json.loads((tmp_path / "pairs/pairs.json").read_text())["skipped"] == 2
+    )
     assert len(rows(tmp_path / "pairs/train.csv")) == 30
 
 
@@ -128,8 +162,16 @@ def test_more_pairs_than_exist_is_a_config_error(images, tmp_path):
 def test_fewer_images_than_splits_is_a_config_error(images, tmp_path):
     contents, styles = images
     with pytest.raises(ConfigError, match="2 content images given: need at least 3"):
-        build_pairs(contents[:2], styles, **COUNTS, seed=0, image_size=32, cache_dir=tmp_path / "cache",
-                    out_dir=tmp_path / "pairs", progress=False)
+        build_pairs(
+            contents[:2],
+            styles,
+            **COUNTS,
+            seed=0,
+            image_size=32,
+            cache_dir=tmp_path / "cache",
+            out_dir=tmp_path / "pairs",
+            progress=False,
+        )
 
 
 def test_split_sizes_follow_the_square_root_of_the_pairs_asked():

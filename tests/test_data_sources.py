@@ -19,7 +19,9 @@ def image_requests(mirror, folder: str) -> list[str]:
 
 def test_coco_fetches_exactly_n_images_chosen_by_the_seed(fake_mirror, tmp_path):
     names = serve_coco(fake_mirror, 12)
-    paths, summary = fetch_source("coco", "content", 5, tmp_path / "a", seed=1, mirror=fake_mirror.base_url, **FAST)
+    paths, summary = fetch_source(
+        "coco", "content", 5, tmp_path / "a", seed=1, mirror=fake_mirror.base_url, **FAST
+    )
     assert summary.ok and len(paths) == 5 and len(image_requests(fake_mirror, "coco/train2014/")) == 5
     assert list_images(tmp_path / "a" / "content") == paths
     assert {path.name for path in paths} <= set(names)
@@ -40,8 +42,9 @@ def test_a_smaller_draw_removes_the_images_not_chosen(fake_mirror, tmp_path):
 
 def test_wikiart_keeps_style_folders_and_fetches_exactly_n(fake_mirror, tmp_path):
     names = serve_wikiart(fake_mirror, 9)
-    paths, summary = fetch_source("wikiart", "style", 4, tmp_path, seed=0, base_url=f"{fake_mirror.base_url}/wikiart",
-                                  **FAST)
+    paths, summary = fetch_source(
+        "wikiart", "style", 4, tmp_path, seed=0, base_url=f"{fake_mirror.base_url}/wikiart", **FAST
+    )
     assert summary.ok and len(image_requests(fake_mirror, "wikiart/wikiart/")) == 4
     assert {path.relative_to(tmp_path / "style").as_posix() for path in paths} <= set(names)
     assert all(path.is_file() for path in paths)
@@ -75,19 +78,22 @@ def test_files_missing_on_the_mirror_are_replaced_by_the_next_of_the_draw(fake_m
     lost = order[1:3]  # two of the first six drawn: listed in the CSV, absent on the mirror
     for name in lost:
         del fake_mirror.files[f"wikiart/wikiart/{name}"]
-    paths, summary = fetch_source("wikiart", "style", 6, tmp_path, seed=0, mirror=fake_mirror.base_url,
-                                  max_missing=0.5, **FAST)
+    paths, summary = fetch_source(
+        "wikiart", "style", 6, tmp_path, seed=0, mirror=fake_mirror.base_url, max_missing=0.5, **FAST
+    )
     relative = [path.relative_to(tmp_path / "style").as_posix() for path in paths]
     assert relative == sorted([*order[:1], *order[3:8]])  # the next two of the same draw took their place
     assert sorted(summary.missing) == sorted(lost) and all("HTTP 404" in r for r in summary.missing.values())
     served = fake_mirror.files
     assert all(path.read_bytes() == served[f"wikiart/wikiart/{name}"] for path, name in zip(paths, relative))
     fake_mirror.requests.clear()
-    again, summary = fetch_source("wikiart", "style", 6, tmp_path, seed=0, mirror=fake_mirror.base_url,
-                                  max_missing=0.5, **FAST)
+    again, summary = fetch_source(
+        "wikiart", "style", 6, tmp_path, seed=0, mirror=fake_mirror.base_url, max_missing=0.5, **FAST
+    )
     assert again == paths and not summary.downloaded
-    assert sorted(path for path, _ in fake_mirror.requests if "/wikiart/wikiart/" in f"/{path}") == \
-        sorted(f"wikiart/wikiart/{name}" for name in lost)  # only the lost files are asked for again
+    assert sorted(path for path, _ in fake_mirror.requests if "/wikiart/wikiart/" in f"/{path}") == sorted(
+        f"wikiart/wikiart/{name}" for name in lost
+    )  # only the lost files are asked for again
 
 
 def test_more_missing_than_max_missing_fails_with_one_line(fake_mirror, tmp_path):
@@ -95,8 +101,9 @@ def test_more_missing_than_max_missing_fails_with_one_line(fake_mirror, tmp_path
     for name in draw_order(names, 0, "coco-content")[:3]:
         del fake_mirror.files[f"coco/train2014/{name}"]
     with pytest.raises(DownloadError, match=r"3 of the 10 images drawn are missing.*missing = 0.2") as error:
-        fetch_source("coco", "content", 10, tmp_path, seed=0, mirror=fake_mirror.base_url, max_missing=0.2,
-                     **FAST)
+        fetch_source(
+            "coco", "content", 10, tmp_path, seed=0, mirror=fake_mirror.base_url, max_missing=0.2, **FAST
+        )
     assert "\n" not in str(error.value)
 
 
@@ -104,8 +111,9 @@ def test_an_image_that_never_decodes_counts_as_missing_and_is_replaced(fake_mirr
     names = serve_coco(fake_mirror, 10)
     bad = draw_order(names, 0, "coco-content")[0]
     fake_mirror.fail(f"coco/train2014/{bad}", *["corrupt"] * 2)
-    paths, summary = fetch_source("coco", "content", 4, tmp_path, seed=0, mirror=fake_mirror.base_url,
-                                  max_missing=0.25, **FAST)
+    paths, summary = fetch_source(
+        "coco", "content", 4, tmp_path, seed=0, mirror=fake_mirror.base_url, max_missing=0.25, **FAST
+    )
     assert len(paths) == 4 and bad not in {path.name for path in paths}
     assert "unusable bytes" in summary.missing[bad]
     manifest = json.loads((tmp_path / "content" / MANIFEST_NAME).read_text())
@@ -153,14 +161,19 @@ def test_dir_source_works_for_style_too_and_keeps_sub_folders(tmp_path):
     write_image(tmp_path / "art" / "Cubism" / "a.jpg")
     write_image(tmp_path / "art" / "Baroque" / "l'été.jpg", seed=1)
     paths, _ = fetch_source(f"dir:{tmp_path / 'art'}", "style", 10, tmp_path / "raw", seed=0)
-    assert [path.relative_to(tmp_path / "raw" / "style").as_posix() for path in paths] == \
-        ["Baroque/l'été.jpg", "Cubism/a.jpg"]
+    assert [path.relative_to(tmp_path / "raw" / "style").as_posix() for path in paths] == [
+        "Baroque/l'été.jpg",
+        "Cubism/a.jpg",
+    ]
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda root: None, "no such folder"),
-    (lambda root: (root / "empty").mkdir(), "no images"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda root: None, "no such folder"),
+        (lambda root: (root / "empty").mkdir(), "no images"),
+    ],
+)
 def test_bad_dir_sources_are_one_line_config_errors(tmp_path, setup, message):
     setup(tmp_path)
     with pytest.raises(ConfigError, match=f"data.content_source=dir:.*{message}"):
@@ -181,10 +194,20 @@ def test_dir_sources_for_both_roles_feed_the_same_pair_stage(tmp_path):
 
     for index in range(6):
         write_image(tmp_path / "photos" / f"p{index}.jpg", size=(48, 40), seed=index)
-        write_image(tmp_path / "paintings" / "Baroque" / f"l'œuvre {index}.png", size=(40, 48), seed=50 + index)
-    cfg = load_config(REPO / "params.yaml", [f"data.content_source=dir:{tmp_path / 'photos'}",
-                                              f"data.style_source=dir:{tmp_path / 'paintings'}", "data.n_train=3",
-                                              "data.n_val=1", "data.n_test=1", "data.image_size=32"])
+        write_image(
+            tmp_path / "paintings" / "Baroque" / f"l'œuvre {index}.png", size=(40, 48), seed=50 + index
+        )
+    cfg = load_config(
+        REPO / "params.yaml",
+        [
+            f"data.content_source=dir:{tmp_path / 'photos'}",
+            f"data.style_source=dir:{tmp_path / 'paintings'}",
+            "data.n_train=3",
+            "data.n_val=1",
+            "data.n_test=1",
+            "data.image_size=32",
+        ],
+    )
     download_stage(cfg, tmp_path / "raw", progress=False)
     assert len(list_images(tmp_path / "raw" / "content")) == len(list_images(tmp_path / "raw" / "style")) == 5
     pair_stage(cfg, tmp_path / "raw", tmp_path / "pairs", cache_dir=tmp_path / "cache", progress=False)
@@ -207,8 +230,12 @@ def test_a_folder_on_another_filesystem_is_copied(tmp_path, monkeypatch):
     monkeypatch.setattr(sources.os, "link", cross_device)
     paths, summary = fetch_source(f"dir:{tmp_path / 'photos'}", "content", 3, tmp_path / "raw", seed=0)
     assert summary.describe() == f"0 hard-linked, 3 copied (another filesystem) from {tmp_path / 'photos'}"
-    assert all(not path.is_symlink() and path.stat().st_ino != (tmp_path / "photos" / path.name).stat().st_ino
-               and path.read_bytes() == (tmp_path / "photos" / path.name).read_bytes() for path in paths)
+    assert all(
+        not path.is_symlink()
+        and path.stat().st_ino != (tmp_path / "photos" / path.name).stat().st_ino
+        and path.read_bytes() == (tmp_path / "photos" / path.name).read_bytes()
+        for path in paths
+    )
     monkeypatch.setattr(sources.shutil, "copy2", lambda *args: pytest.fail("copied again"))
     again, _ = fetch_source(f"dir:{tmp_path / 'photos'}", "content", 3, tmp_path / "raw", seed=0)
     assert again == paths  # a rerun keeps the copies it made

@@ -18,8 +18,10 @@ def test_folder_hash_is_the_md5_of_its_sorted_file_listing(tmp_path):
     (tmp_path / "pairs" / "b.csv").write_text("x\n")
     (tmp_path / "pairs" / "sub" / "a.csv").write_text("")
     # md5("x\n") and md5(""), listed by relpath: "b.csv" < "sub/a.csv"
-    listing = ('[{"md5": "401b30e3b8b5d629635a5c613cdb7919", "relpath": "b.csv"}, '
-               '{"md5": "d41d8cd98f00b204e9800998ecf8427e", "relpath": "sub/a.csv"}]')
+    listing = (
+        '[{"md5": "401b30e3b8b5d629635a5c613cdb7919", "relpath": "b.csv"}, '
+        '{"md5": "d41d8cd98f00b204e9800998ecf8427e", "relpath": "sub/a.csv"}]'
+    )
     assert dvc_md5(tmp_path / "pairs") == hashlib.md5(listing.encode()).hexdigest() + ".dir"
     assert dvc_md5(tmp_path / "pairs" / "b.csv") == "401b30e3b8b5d629635a5c613cdb7919"
     with pytest.raises(NstlabError, match="missing: no such file or folder to hash"):

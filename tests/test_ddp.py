@@ -23,8 +23,15 @@ from nstlab.train import Trainer, check_distributable, train
 REPO = Path(__file__).resolve().parents[1]
 # 8 pairs, global batch 2 (1 per rank), 2 epochs = 8 steps. Dropout off: its masks depend on how
 # a batch is split over ranks, so with dropout DDP and one process agree in distribution only.
-RUN = ["train.batch_size=2", "train.stage1.epochs=2", "train.log_every=1", "train.val_every=3",
-       "train.sample_every=3", "train.max_val_pairs=2", "decoder.dropout=0"]
+RUN = [
+    "train.batch_size=2",
+    "train.stage1.epochs=2",
+    "train.log_every=1",
+    "train.val_every=3",
+    "train.sample_every=3",
+    "train.max_val_pairs=2",
+    "decoder.dropout=0",
+]
 
 
 def _dirs(root: Path) -> dict[str, Path]:
@@ -46,11 +53,21 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _rank_main(rank: int, port: int, cfg, pairs_dir: Path, dirs: dict, resume: str, stop_at_step: int | None,
-               method: str, stage: int) -> None:
+def _rank_main(
+    rank: int,
+    port: int,
+    cfg,
+    pairs_dir: Path,
+    dirs: dict,
+    resume: str,
+    stop_at_step: int | None,
+    method: str,
+    stage: int,
+) -> None:
     """One spawned rank: torchrun's variables, then the ordinary train(); the outcome goes to a file."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
+    )
     torch.set_num_threads(1)
     if stop_at_step is not None:  # Ctrl-C reaches every rank of a torchrun job at the same step
         original_step = Trainer._step
@@ -62,16 +79,24 @@ def _rank_main(rank: int, port: int, cfg, pairs_dir: Path, dirs: dict, resume: s
 
         Trainer._step = interrupt
     try:
-        summary = train(cfg, method, stage, pairs_dir=pairs_dir, progress=False, tracking=False, resume=resume,
-                        **dirs)
+        summary = train(
+            cfg, method, stage, pairs_dir=pairs_dir, progress=False, tracking=False, resume=resume, **dirs
+        )
         outcome = f"finished at step {summary['steps']}"
     except NstlabError as error:
         outcome = str(error)
     (dirs["models_dir"].parent / f"rank{rank}.txt").write_text(outcome)
 
 
-def _spawn(cfg, pairs_dir: Path, dirs: dict, resume: str = "auto", stop_at_step: int | None = None,
-           method: str = "vit_lora", stage: int = 1) -> list[str]:
+def _spawn(
+    cfg,
+    pairs_dir: Path,
+    dirs: dict,
+    resume: str = "auto",
+    stop_at_step: int | None = None,
+    method: str = "vit_lora",
+    stage: int = 1,
+) -> list[str]:
     args = (_free_port(), cfg, pairs_dir, dirs, resume, stop_at_step, method, stage)
     mp.spawn(_rank_main, args=args, nprocs=2)
     return [(dirs["models_dir"].parent / f"rank{rank}.txt").read_text() for rank in range(2)]
@@ -96,13 +121,16 @@ def test_methods_ddp_cannot_train_and_batches_that_do_not_split_are_refused():
         check_distributable("iest", 4, 2)
     with pytest.raises(NstlabError, match="artflow cannot train under torchrun: ActNorm"):
         check_distributable("artflow", 4, 2)
-    with pytest.raises(NstlabError, match=r"baselines.sanet.batch_size = 5 is the global batch .* multiple of 2"):
+    with pytest.raises(
+        NstlabError, match=r"baselines.sanet.batch_size = 5 is the global batch .* multiple of 2"
+    ):
         check_distributable("sanet", 5, 2)
     check_distributable("sanet", 4, 2)
 
 
-def test_torchrun_writes_one_run_and_matches_one_process_on_the_same_global_batch(tiny_config, tiny_overrides,
-                                                                                   tiny_pairs, tmp_path, monkeypatch):
+def test_torchrun_writes_one_run_and_matches_one_process_on_the_same_global_batch(
+    tiny_config, tiny_overrides, tiny_pairs, tmp_path, monkeypatch
+):
     from nstlab.tracking_queries import search_runs
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
@@ -113,14 +141,42 @@ def test_torchrun_writes_one_run_and_matches_one_process_on_the_same_global_batc
     ddp_root = tmp_path / "ddp"
     ddp_root.mkdir()
     overrides = [flag for override in [*tiny_overrides, *RUN] for flag in ("-S", override)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "nstlab", "train", "vit_lora", "--stage", "1", "--params", str(REPO / "params.yaml"), *overrides,
-               "--pairs", str(tiny_pairs), "--models", "models", "--no-progress"]
-    result = subprocess.run(command, cwd=ddp_root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                            text=True, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "nstlab",
+        "train",
+        "vit_lora",
+        "--stage",
+        "1",
+        "--params",
+        str(REPO / "params.yaml"),
+        *overrides,
+        "--pairs",
+        str(tiny_pairs),
+        "--models",
+        "models",
+        "--no-progress",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=ddp_root,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    ddp = {"models_dir": ddp_root / "models", "logs_dir": ddp_root / "reports" / "train",
-           "checkpoints_dir": ddp_root / "checkpoints"}
+    ddp = {
+        "models_dir": ddp_root / "models",
+        "logs_dir": ddp_root / "reports" / "train",
+        "checkpoints_dir": ddp_root / "checkpoints",
+    }
 
     runs = search_runs(cfg.mlflow, "tags.model = 'vit_lora'")  # the run (its seed-group parent aside)
     assert len(runs) == 1 and list(runs["status"]) == ["FINISHED"]
@@ -129,10 +185,13 @@ def test_torchrun_writes_one_run_and_matches_one_process_on_the_same_global_batc
     run = json.loads((ddp["logs_dir"] / "vit_lora_stage1" / "run.json").read_text())
     assert metrics["steps"] == 8 and run["mlflow_run_id"] == runs["run_id"][0]
     ddp_log, single_log = _log(ddp), _log(single)
-    assert [row["step"] for row in ddp_log] == [str(step) for step in range(1, 9)]  # one writer, no repeated rows
+    assert [row["step"] for row in ddp_log] == [
+        str(step) for step in range(1, 9)
+    ]  # one writer, no repeated rows
     # The logged loss is the mean over ranks, i.e. the global batch's loss.
-    assert [float(row["total"]) for row in ddp_log] == pytest.approx([float(row["total"]) for row in single_log],
-                                                                      rel=1e-5)
+    assert [float(row["total"]) for row in ddp_log] == pytest.approx(
+        [float(row["total"]) for row in single_log], rel=1e-5
+    )
     # Adam divides each gradient by its own running scale, so float-level differences in the
     # averaged gradient move a weight by a small fraction of one step (about lr); another data
     # split or a missing average would move it by whole steps.
@@ -142,7 +201,9 @@ def test_torchrun_writes_one_run_and_matches_one_process_on_the_same_global_batc
         torch.testing.assert_close(ddp_weights[name], tensor, rtol=0, atol=cfg.train.lr / 5, msg=name)
 
 
-def test_an_interrupted_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_config, tiny_pairs, tmp_path):
+def test_an_interrupted_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(
+    tiny_config, tiny_pairs, tmp_path
+):
     cfg = tiny_config(*RUN)
     uninterrupted, interrupted = _dirs(tmp_path / "a"), _dirs(tmp_path / "b")
     assert _spawn(cfg, tiny_pairs, uninterrupted) == ["finished at step 8"] * 2
@@ -157,15 +218,22 @@ def test_an_interrupted_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(t
 def test_a_baseline_under_two_ranks_trains_on_the_crops_of_one_process(tiny_config, tiny_pairs, tmp_path):
     """The crop loader under torchrun (each rank its share of every global batch, see
     test_data_crops) ends where one process ends."""
-    cfg = tiny_config("train.log_every=1", "train.val_every=4", "train.sample_every=4",
-                      "train.max_val_pairs=2",
-                      "baselines.adain.batch_size=4", "baselines.adain.iterations=4",
-                      "baselines.adain.data.resize=32", "baselines.adain.data.crop=16")
+    cfg = tiny_config(
+        "train.log_every=1",
+        "train.val_every=4",
+        "train.sample_every=4",
+        "train.max_val_pairs=2",
+        "baselines.adain.batch_size=4",
+        "baselines.adain.iterations=4",
+        "baselines.adain.data.resize=32",
+        "baselines.adain.data.crop=16",
+    )
     single, ddp = _dirs(tmp_path / "single"), _dirs(tmp_path / "ddp")
     train(cfg, "adain", pairs_dir=tiny_pairs, progress=False, tracking=False, **single)
     assert _spawn(cfg, tiny_pairs, ddp, method="adain", stage=0) == ["finished at step 4"] * 2
     assert [float(row["total"]) for row in _log(ddp, "adain")] == pytest.approx(
-        [float(row["total"]) for row in _log(single, "adain")], rel=1e-5)
+        [float(row["total"]) for row in _log(single, "adain")], rel=1e-5
+    )
     lr = cfg.baselines["adain"].lr
     for name, tensor in _weights(single, "adain").items():
         torch.testing.assert_close(_weights(ddp, "adain")[name], tensor, rtol=0, atol=lr / 5, msg=name)

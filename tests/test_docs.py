@@ -25,7 +25,9 @@ MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
 def tracked_text_files() -> list[Path]:
     """Tracked text files, less generated outputs and this file (its examples are the patterns)."""
     try:
-        listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
+        listed = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout: the tracked files are unknown")
     files = []
@@ -56,8 +58,14 @@ def heading_anchors(markdown: str) -> set[str]:
 
 def test_heading_anchors_follow_github():
     text = "# Top\n## ViT-LoRA\n### Shared parts: the AdaIN family\n### StyTr2\n## Notes\n## Notes\n"
-    assert heading_anchors(text) == {"top", "vit-lora", "shared-parts-the-adain-family", "stytr2", "notes",
-                                     "notes-1"}
+    assert heading_anchors(text) == {
+        "top",
+        "vit-lora",
+        "shared-parts-the-adain-family",
+        "stytr2",
+        "notes",
+        "notes-1",
+    }
 
 
 def test_no_tracked_file_cites_a_path_outside_the_repository():
@@ -71,7 +79,12 @@ def test_no_tracked_file_cites_a_path_outside_the_repository():
 
 
 def test_the_check_catches_each_kind_of_outside_citation():
-    for line in ("Numbers: ../shared/METHODS.md §2.", "(METHODS §3)", "see DESIGN.md", "/work/main/mlruns.db"):
+    for line in (
+        "Numbers: ../shared/METHODS.md §2.",
+        "(METHODS §3)",
+        "see DESIGN.md",
+        "/work/main/mlruns.db",
+    ):
         assert OUTSIDE.search(line), line
     for line in ("docs/methods.md#sanet", "dvc remote add -d store /shared/nstlab-dvc", "CNN_METHODS = ()"):
         assert not OUTSIDE.search(line), line
@@ -99,7 +112,9 @@ def test_links_inside_docs_resolve(doc):
         linked = (doc.parent / file_part).resolve() if file_part else doc
         if not linked.exists():
             broken.append(target)
-        elif anchor and (linked.suffix != ".md" or anchor not in heading_anchors(linked.read_text(encoding="utf-8"))):
+        elif anchor and (
+            linked.suffix != ".md" or anchor not in heading_anchors(linked.read_text(encoding="utf-8"))
+        ):
             broken.append(target)
     assert not broken, f"{doc.name}: broken links {broken}"
 
@@ -112,6 +127,8 @@ def test_every_parameter_count_in_the_spec_is_a_test_literal():
     in_tests = set()
     for path in (REPO / "tests").glob("test_*.py"):
         if path.name != Path(__file__).name:
-            in_tests |= {int(n.replace("_", "")) for n in re.findall(r"\b\d{1,3}(?:_\d{3})+\b", path.read_text())}
+            in_tests |= {
+                int(n.replace("_", "")) for n in re.findall(r"\b\d{1,3}(?:_\d{3})+\b", path.read_text())
+            }
     assert len(documented) >= 25, "the Parameter counts section lost its numbers"
     assert not documented - in_tests, f"documented but asserted by no test: {sorted(documented - in_tests)}"

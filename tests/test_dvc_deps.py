@@ -83,16 +83,26 @@ def stage_imports(tmp_path_factory) -> dict[str, set[str]]:
     write_shrunk_params(workdir / "params.yaml")
     for folder in ("pipeline", "experiments"):
         (workdir / folder).symlink_to(REPO / folder)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlruns.db'}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlruns.db'}",
+    }
     env.pop("DVC_ROOT", None)
     plan = []
     for name, (command, _) in STAGES.items():
         program, script, *args = shlex.split(command)
         assert program == "python", f"{name}: expected a `python pipeline/...` command, got {command!r}"
         plan.append((name, script, args))
-    result = subprocess.run([sys.executable, "-c", RUN_STAGES, json.dumps(plan)], cwd=workdir, env=env,
-                            capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_STAGES, json.dumps(plan)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     if result.returncode:
         failed = result.stderr.strip().splitlines()[-1].split(":")[0]
         log = workdir / f"{failed}.log"
@@ -121,17 +131,21 @@ def test_every_imported_project_file_is_a_dep_of_the_stage(stage_imports, addres
     where = f"stage {name!r}"
     if item:
         where += f" (its `do:` deps, or item {item!r}'s entry if only that item imports it)"
-    assert not missing, (f"dvc.yaml: {address} runs code DVC does not watch, so editing it would not rerun "
-                         f"the stage; add to the deps of {where}: " + ", ".join(missing))
+    assert not missing, (
+        f"dvc.yaml: {address} runs code DVC does not watch, so editing it would not rerun "
+        f"the stage; add to the deps of {where}: " + ", ".join(missing)
+    )
 
 
 @pytest.mark.parametrize("address", STAGES)
 def test_every_source_file_dep_is_still_imported(stage_imports, address):
     deps = STAGES[address][1]
     stale = sorted(dep for dep in deps if dep.endswith(".py") and dep not in stage_imports[address])
-    assert not stale, (f"dvc.yaml: {address} depends on {', '.join(stale)}, which its command no longer "
-                       "imports (moved or renamed?): replace it with the module that holds that code now, "
-                       "or remove it")
+    assert not stale, (
+        f"dvc.yaml: {address} depends on {', '.join(stale)}, which its command no longer "
+        "imports (moved or renamed?): replace it with the module that holds that code now, "
+        "or remove it"
+    )
 
 
 def test_a_folder_dep_covers_the_files_under_it_only():

@@ -7,9 +7,14 @@ from nstlab.encoders import NormalisedVGG, ResNet50Features, TorchVGG19, load_we
 from nstlab.errors import ConfigError
 
 
-@pytest.mark.parametrize("build", [lambda: TorchVGG19(["relu2_1"], width=0.125),
-                                   lambda: NormalisedVGG(width=0.125),
-                                   lambda: ResNet50Features(["stem"])])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: TorchVGG19(["relu2_1"], width=0.125),
+        lambda: NormalisedVGG(width=0.125),
+        lambda: ResNet50Features(["stem"]),
+    ],
+)
 def test_every_encoder_is_frozen_and_stays_in_eval_mode(build):
     encoder = build()
     encoder.train()
@@ -31,7 +36,9 @@ def test_random_weights_follow_the_seed_and_leave_the_caller_rng_alone():
 def test_tapped_layers_only_and_their_shapes():
     features = TorchVGG19(["relu1_1", "relu2_1"], width=0.125)(torch.rand(2, 3, 32, 32))
     assert {name: tuple(value.shape) for name, value in features.items()} == {
-        "relu1_1": (2, 8, 32, 32), "relu2_1": (2, 16, 16, 16)}
+        "relu1_1": (2, 8, 32, 32),
+        "relu2_1": (2, 16, 16, 16),
+    }
 
 
 def test_load_weights_reads_a_file_and_names_the_key_when_missing(tmp_path):

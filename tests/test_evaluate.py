@@ -49,8 +49,9 @@ def _colour_stats(image: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("method", MODELS)
-def test_preserve_color_gives_every_model_a_style_in_the_contents_colours(cfg, images, tmp_path, monkeypatch,
-                                                                           method):
+def test_preserve_color_gives_every_model_a_style_in_the_contents_colours(
+    cfg, images, tmp_path, monkeypatch, method
+):
     seen = {}
     loader = evaluate.load_model
 
@@ -67,8 +68,15 @@ def test_preserve_color_gives_every_model_a_style_in_the_contents_colours(cfg, i
 
     monkeypatch.setattr(evaluate, "load_model", spying_loader)
     output = tmp_path / "out.png"
-    written = stylize_file(cfg, method, images["content"], [images["style"]], output, preserve_color=True,
-                           checkpoint=_untrained_checkpoint(cfg, method, tmp_path))
+    written = stylize_file(
+        cfg,
+        method,
+        images["content"],
+        [images["style"]],
+        output,
+        preserve_color=True,
+        checkpoint=_untrained_checkpoint(cfg, method, tmp_path),
+    )
     assert written == [output] and Image.open(output).size == (48, 40)
     content_stats, style_stats = _colour_stats(seen["content"]), _colour_stats(seen["style"])
     assert torch.allclose(style_stats, content_stats, atol=1e-4)  # channel means and stds
@@ -95,8 +103,9 @@ def test_alpha_one_is_the_default_and_alpha_zero_the_contents_own_path(cfg, meth
 
 
 @pytest.mark.parametrize("method", ["vit_lora", "gatys"])
-def test_alpha_for_a_model_without_a_trade_off_is_one_line_naming_those_with_one(cfg, images, tmp_path,
-                                                                                 method):
+def test_alpha_for_a_model_without_a_trade_off_is_one_line_naming_those_with_one(
+    cfg, images, tmp_path, method
+):
     message = f"--alpha: {method} has no content–style trade-off; models with one: adain, sanet"
     with pytest.raises(NstlabError, match=message):
         stylize_file(cfg, method, images["content"], [images["style"]], tmp_path / "out.png", alpha=0.5)
@@ -107,8 +116,9 @@ def test_several_styles_stay_an_adain_feature(cfg, images, tmp_path):
         stylize_file(cfg, "sanet", images["content"], [images["style"]] * 2, tmp_path / "out.png")
 
 
-def test_the_command_line_passes_both_options_and_refuses_alpha_in_one_line(cfg, images, tmp_path, capsys,
-                                                                             tiny_overrides):
+def test_the_command_line_passes_both_options_and_refuses_alpha_in_one_line(
+    cfg, images, tmp_path, capsys, tiny_overrides
+):
     from conftest import REPO
 
     from nstlab.cli import main
@@ -117,8 +127,21 @@ def test_the_command_line_passes_both_options_and_refuses_alpha_in_one_line(cfg,
     common = [str(images["content"]), str(images["style"]), "--params", str(REPO / "params.yaml"), *settings]
     checkpoint = _untrained_checkpoint(cfg, "sanet", tmp_path)
     with pytest.raises(SystemExit) as done:
-        main(["stylize", *common, "--model", "sanet", "--checkpoint", str(checkpoint), "--alpha", "0.5",
-              "--preserve-color", "-o", str(tmp_path / "sanet.png")])
+        main(
+            [
+                "stylize",
+                *common,
+                "--model",
+                "sanet",
+                "--checkpoint",
+                str(checkpoint),
+                "--alpha",
+                "0.5",
+                "--preserve-color",
+                "-o",
+                str(tmp_path / "sanet.png"),
+            ]
+        )
     assert done.value.code == 0 and Image.open(tmp_path / "sanet.png").size == (48, 40)
     with pytest.raises(SystemExit) as refused:
         main(["stylize", *common, "--model", "gatys", "--alpha", "0.5", "-o", str(tmp_path / "gatys.png")])

@@ -37,7 +37,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = "open"
         for target in sorted(graph.get(node, ())):
             if state.get(target) == "open":
-                return path[path.index(target):] + [target] if target in path else [node, target, node]
+                return path[path.index(target) :] + [target] if target in path else [node, target, node]
             if target not in state:
                 found = visit(target, path + [target])
                 if found:
@@ -67,10 +67,16 @@ def test_the_package_has_no_import_circle():
 
 def test_the_model_stack_imports_one_way():
     graph = import_graph()
-    below = {"nstlab.functional": set(), "nstlab.encoders": {"nstlab.losses"},
-             "nstlab.losses": set(), "nstlab.models.blocks": set()}
+    below = {
+        "nstlab.functional": set(),
+        "nstlab.encoders": {"nstlab.losses"},
+        "nstlab.losses": set(),
+        "nstlab.models.blocks": set(),
+    }
     for name, forbidden in below.items():
-        upward = {target for target in graph[name] if target.startswith("nstlab.models")} | (graph[name] & forbidden)
+        upward = {target for target in graph[name] if target.startswith("nstlab.models")} | (
+            graph[name] & forbidden
+        )
         assert not upward, f"{name} imports {sorted(upward)}"
 
 

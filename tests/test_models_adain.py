@@ -34,8 +34,10 @@ def test_alpha_zero_decodes_the_content_features(model):
     with torch.no_grad():
         expected = model.decoder(model.encoder(content, "relu4_1")["relu4_1"])
         assert torch.allclose(model(content, style, alpha=0.0), expected, atol=1e-6)
-        half = model.decoder(0.5 * adain(model.encoder(content)["relu4_1"], model.encoder(style)["relu4_1"])
-                             + 0.5 * model.encoder(content)["relu4_1"])
+        half = model.decoder(
+            0.5 * adain(model.encoder(content)["relu4_1"], model.encoder(style)["relu4_1"])
+            + 0.5 * model.encoder(content)["relu4_1"]
+        )
         assert torch.allclose(model(content, style, alpha=0.5), half, atol=1e-5)
 
 
@@ -63,14 +65,19 @@ def test_losses_match_the_definition(model):
         style_features = model.encoder(style, "relu4_1")
         target = adain(model.encoder(content)["relu4_1"], style_features["relu4_1"])
         output_features = model.encoder(model.decoder(target), "relu4_1")
-        assert terms["content"].item() == pytest.approx(F.mse_loss(output_features["relu4_1"], target).item(), rel=1e-5)
+        assert terms["content"].item() == pytest.approx(
+            F.mse_loss(output_features["relu4_1"], target).item(), rel=1e-5
+        )
         expected_style = mean_std_style_loss(output_features, style_features, STYLE_LAYERS)
         assert terms["style"].item() == pytest.approx(expected_style.item(), rel=1e-5)
 
 
 def test_zero_weight_terms_are_absent_and_names_checked():
-    assert set(build_model("adain", cnn_config(loss={"style": 0.0})).losses(torch.rand(1, 3, 32, 32),
-                                                                            torch.rand(1, 3, 32, 32))) == {"content"}
+    assert set(
+        build_model("adain", cnn_config(loss={"style": 0.0})).losses(
+            torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+        )
+    ) == {"content"}
     with pytest.raises(ConfigError, match=r"baselines\.adain\.loss\.identity1.*allowed: content, style"):
         build_model("adain", cnn_config(loss={"identity1": 1.0}))
 

@@ -14,10 +14,20 @@ TINY_OPTIONS = {"hidden": 16, "flows": 2}
 
 def make_config(options=None, loss=None):
     """A stand-in for nstlab.config.Config with only what ArtFlow reads."""
-    block = SimpleNamespace(batch_size=2, iterations=1, lr=1e-3, lr_schedule="constant", lr_decay=0.0,
-                            warmup_iterations=0, grad_clip=5.0, loss=loss or {}, options=options or {})
-    return SimpleNamespace(seed=0, backbone=SimpleNamespace(adain_vgg="random", vgg_width=0.125),
-                           baselines={"artflow": block})
+    block = SimpleNamespace(
+        batch_size=2,
+        iterations=1,
+        lr=1e-3,
+        lr_schedule="constant",
+        lr_decay=0.0,
+        warmup_iterations=0,
+        grad_clip=5.0,
+        loss=loss or {},
+        options=options or {},
+    )
+    return SimpleNamespace(
+        seed=0, backbone=SimpleNamespace(adain_vgg="random", vgg_width=0.125), baselines={"artflow": block}
+    )
 
 
 def reconstruction_error(model, images: torch.Tensor) -> float:
@@ -138,9 +148,17 @@ def test_zero_weight_drops_the_term():
 @pytest.mark.parametrize(
     ("options", "loss", "message"),
     [
-        ({"hiden": 16}, {}, "baselines.artflow.options.hiden: unknown name; allowed: blocks, flows, hidden, transfer"),
+        (
+            {"hiden": 16},
+            {},
+            "baselines.artflow.options.hiden: unknown name; allowed: blocks, flows, hidden, transfer",
+        ),
         ({}, {"identity1": 1.0}, "baselines.artflow.loss.identity1: unknown name; allowed: content, style"),
-        ({"transfer": "decorator"}, {}, "baselines.artflow.options.transfer = 'decorator': choose one of adain, wct"),
+        (
+            {"transfer": "decorator"},
+            {},
+            "baselines.artflow.options.transfer = 'decorator': choose one of adain, wct",
+        ),
         ({"flows": 0}, {}, "baselines.artflow.options.flows = 0"),
     ],
 )

@@ -17,14 +17,30 @@ from nstlab.models.blocks import AdaINDecoder, count_parameters, method_settings
 CNN_METHODS = ("adain", "sanet", "mcc", "iest")
 
 
-def cnn_config(width: float = 0.125, batch_size: int = 4, seed: int = 0, adain_vgg: str = "random",
-               loss: dict | None = None, options: dict | None = None):
+def cnn_config(
+    width: float = 0.125,
+    batch_size: int = 4,
+    seed: int = 0,
+    adain_vgg: str = "random",
+    loss: dict | None = None,
+    options: dict | None = None,
+):
     """The slice of nstlab.config.Config the CNN baselines read, as plain namespaces; `loss` and
     `options` go to every method's block."""
-    methods = {name: types.SimpleNamespace(batch_size=batch_size, iterations=10, lr=1e-4, lr_schedule="inverse",
-                                           lr_decay=5e-5, warmup_iterations=0, grad_clip=None,
-                                           loss=dict(loss or {}), options=dict(options or {}))
-               for name in CNN_METHODS}
+    methods = {
+        name: types.SimpleNamespace(
+            batch_size=batch_size,
+            iterations=10,
+            lr=1e-4,
+            lr_schedule="inverse",
+            lr_decay=5e-5,
+            warmup_iterations=0,
+            grad_clip=None,
+            loss=dict(loss or {}),
+            options=dict(options or {}),
+        )
+        for name in CNN_METHODS
+    }
     backbone = types.SimpleNamespace(adain_vgg=adain_vgg, vgg_width=width)
     return types.SimpleNamespace(seed=seed, backbone=backbone, baselines=methods)
 
@@ -39,7 +55,9 @@ def assert_training_reduces_loss(model, steps: int = 4, lr: float = 1e-3, size: 
     """A few Adam steps on one fixed tiny batch lower the weighted loss (fixed seeds)."""
     torch.manual_seed(0)
     content, style = torch.rand(4, 3, size, size), torch.rand(4, 3, size, size)
-    trainable = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("discriminator.")]
+    trainable = [
+        p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("discriminator.")
+    ]
     optimizer = torch.optim.Adam(trainable, lr=lr)
     history = []
     for _ in range(steps):
@@ -76,8 +94,13 @@ def test_vgg_features_shapes_ceil_mode_and_frozen():
     assert list(features) == list(VGG_LAYERS)
     shapes = {name: tuple(value.shape) for name, value in features.items()}
     # ceil-mode pooling: 40×56 -> 20×28 -> 10×14 -> 5×7 -> 3×4
-    assert shapes == {"relu1_1": (2, 16, 40, 56), "relu2_1": (2, 32, 20, 28), "relu3_1": (2, 64, 10, 14),
-                      "relu4_1": (2, 128, 5, 7), "relu5_1": (2, 128, 3, 4)}
+    assert shapes == {
+        "relu1_1": (2, 16, 40, 56),
+        "relu2_1": (2, 32, 20, 28),
+        "relu3_1": (2, 64, 10, 14),
+        "relu4_1": (2, 128, 5, 7),
+        "relu5_1": (2, 128, 3, 4),
+    }
     assert list(encoder(torch.rand(1, 3, 24, 24), last_layer="relu3_1")) == ["relu1_1", "relu2_1", "relu3_1"]
 
 

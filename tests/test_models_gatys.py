@@ -29,8 +29,15 @@ def images(*sizes: tuple[int, int], seed: int = 0) -> list[torch.Tensor]:
 def gatys_cfg(iterations: int = 3, lr: float = 0.05, **options) -> SimpleNamespace:
     """The shape of nstlab.config.Config that gatys.build reads."""
     method = SimpleNamespace(iterations=iterations, lr=lr, options=options, loss={})
-    backbone = SimpleNamespace(vgg19="random", vgg_width=VGG_WIDTH, vit="random", vit_hidden=32, vit_heads=2,
-                               vit_mlp=64, vit_layers=2)
+    backbone = SimpleNamespace(
+        vgg19="random",
+        vgg_width=VGG_WIDTH,
+        vit="random",
+        vit_hidden=32,
+        vit_heads=2,
+        vit_mlp=64,
+        vit_layers=2,
+    )
     return SimpleNamespace(seed=0, baselines={"gatys": method}, backbone=backbone)
 
 
@@ -60,8 +67,15 @@ def test_content_only_from_noise_moves_towards_the_content():
     # A random-init VGG's relu4_2 barely depends on its input (the biases dominate it), so this
     # test reconstructs from shallow layers, where even random features pin the pixels down; in
     # [0, 1] pixels, as unclamped random features leave the overshoot outside [0, 1] unpunished.
-    model = transfer(init="noise", style_weight=0.0, content_layers=["relu1_1", "relu2_1", "relu3_1"],
-                     lr=0.05, steps=40, log_every=5, space="pixels")
+    model = transfer(
+        init="noise",
+        style_weight=0.0,
+        content_layers=["relu1_1", "relu2_1", "relu3_1"],
+        lr=0.05,
+        steps=40,
+        log_every=5,
+        space="pixels",
+    )
     output, history = model.stylize(content, [style])
     noise = torch.rand(content.shape, generator=torch.Generator().manual_seed(0))
     assert history[-1]["content"] < 0.3 * history[0]["content"]
@@ -80,8 +94,11 @@ def test_every_optimizer_reduces_the_loss(optimizer, lr):
 def _first_variable(model: GatysTransfer, monkeypatch) -> list[torch.Tensor]:
     """Records the tensor each optimiser is built on (the one it moves)."""
     seen, build_optimizer = [], model._optimizer
-    monkeypatch.setattr(model, "_optimizer", lambda variable: seen.append(variable.detach().clone())
-                        or build_optimizer(variable))
+    monkeypatch.setattr(
+        model,
+        "_optimizer",
+        lambda variable: seen.append(variable.detach().clone()) or build_optimizer(variable),
+    )
     return seen
 
 
@@ -128,7 +145,16 @@ def test_history_and_progress():
     _, history = transfer(steps=7, log_every=3).stylize(content, [style], progress_callback=seen.append)
     assert [record["step"] for record in history] == [0, 3, 6, 7]
     assert seen == history
-    assert set(history[0]) == {"step", "total", "content", "style", "tv", "laplacian", "perceptual", "elapsed_s"}
+    assert set(history[0]) == {
+        "step",
+        "total",
+        "content",
+        "style",
+        "tv",
+        "laplacian",
+        "perceptual",
+        "elapsed_s",
+    }
     assert history[0]["total"] == pytest.approx(1e6 * history[0]["style"])  # α·0 + β·style
     assert all(a["elapsed_s"] <= b["elapsed_s"] for a, b in zip(history, history[1:]))
 
@@ -166,15 +192,30 @@ def test_max_size_caps_the_short_edge_and_returns_the_input_size():
 
 def test_presets():
     default = settings_from_options({})
-    assert (default.optimizer, default.lr, default.steps, default.style_weight, default.init) == ("adam", 0.003, 2000, 1e6, "content")
+    assert (default.optimizer, default.lr, default.steps, default.style_weight, default.init) == (
+        "adam",
+        0.003,
+        2000,
+        1e6,
+        "content",
+    )
     assert default.space == "normalised"
     model = GatysTransfer(default, vgg_width=VGG_WIDTH)
     assert model.content_layers == ("relu4_2",)
     assert model.style_layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
     assert model.style_layer_weights == SEED_LAYER_WEIGHTS
     reference = settings_from_options({"preset": "reference", "steps": 9})
-    assert (reference.optimizer, reference.lr, reference.steps, reference.style_weight) == ("lbfgs", 1.0, 9, 1e3)
-    assert (reference.style_loss, reference.max_size, reference.style_layer_weights) == ("pystiche", 512, "1/C^2")
+    assert (reference.optimizer, reference.lr, reference.steps, reference.style_weight) == (
+        "lbfgs",
+        1.0,
+        9,
+        1e3,
+    )
+    assert (reference.style_loss, reference.max_size, reference.style_layer_weights) == (
+        "pystiche",
+        512,
+        "1/C^2",
+    )
     assert reference.space == "normalised"  # pystiche optimises its preprocessed image, unclamped
     targets = GatysTransfer(reference, vgg_width=VGG_WIDTH).encode_targets(*images((32, 32), (32, 32)), [1.0])
     assert targets.layer_weights["relu1_1"] == 1.0 / 8**2  # 64 channels × width 0.125
@@ -187,13 +228,19 @@ def test_parameter_counts():
 
 
 def test_settings_errors_name_the_key():
-    with pytest.raises(ConfigError, match=r"^baselines\.gatys\.optimizer = 'sgd': choose lbfgs, adam or adamw$"):
+    with pytest.raises(
+        ConfigError, match=r"^baselines\.gatys\.optimizer = 'sgd': choose lbfgs, adam or adamw$"
+    ):
         settings_from_options({"optimizer": "sgd"})
-    with pytest.raises(ConfigError, match=r"unknown key baselines\.gatys\.optimiser: allowed keys are preset, "):
+    with pytest.raises(
+        ConfigError, match=r"unknown key baselines\.gatys\.optimiser: allowed keys are preset, "
+    ):
         settings_from_options({"optimiser": "adam"})
     with pytest.raises(ConfigError, match=r"baselines\.gatys\.style_layers: unknown vgg19 layer 'layer3'"):
         settings_from_options({"style_layers": ["relu1_1", "layer3"]})
-    with pytest.raises(ConfigError, match=r"baselines\.gatys\.style_layer_weights: 2 weights for 5 style layers"):
+    with pytest.raises(
+        ConfigError, match=r"baselines\.gatys\.style_layer_weights: 2 weights for 5 style layers"
+    ):
         settings_from_options({"style_layer_weights": [1.0, 1.0]})
     with pytest.raises(ConfigError, match=r"baselines\.gatys\.steps = 0: expected a whole number ≥ 1"):
         settings_from_options({"steps": 0})
@@ -203,7 +250,9 @@ def test_settings_errors_name_the_key():
         settings_from_options({"style_weight": "1e6"})
     with pytest.raises(ConfigError, match="every loss weight is 0"):
         settings_from_options({"content_weight": 0, "style_weight": 0})
-    with pytest.raises(ConfigError, match=r"baselines\.gatys\.options\.steps: set baselines\.gatys\.iterations"):
+    with pytest.raises(
+        ConfigError, match=r"baselines\.gatys\.options\.steps: set baselines\.gatys\.iterations"
+    ):
         build(gatys_cfg(steps=10))
     with pytest.raises(ConfigError, match=r"baselines\.gatys\.options\.init = 'white'"):
         build(gatys_cfg(init="white"))
@@ -217,7 +266,9 @@ def test_build_reads_the_method_block_and_the_profile():
 
 
 def test_build_from_the_real_params(tiny_config):
-    cfg = tiny_config("baselines.gatys.iterations=2", "baselines.gatys.options={tv_weight: 1.0, laplacian_weight: 1.0}")
+    cfg = tiny_config(
+        "baselines.gatys.iterations=2", "baselines.gatys.options={tv_weight: 1.0, laplacian_weight: 1.0}"
+    )
     model = build(cfg)
     assert model.settings.steps == 2 and model.loss_weights["laplacian"] == 1.0
     assert model(*images((32, 32), (32, 32))).shape == (1, 3, 32, 32)
@@ -229,11 +280,21 @@ def test_resnet50_extractor():
     with torch.no_grad():
         features = model.extractor(content)
     assert {name: tuple(features[name].shape) for name in features} == {
-        "layer1": (1, 256, 8, 12), "layer2": (1, 512, 4, 6), "layer3": (1, 1024, 2, 3), "layer4": (1, 2048, 1, 2)}
+        "layer1": (1, 256, 8, 12),
+        "layer2": (1, 512, 4, 6),
+        "layer3": (1, 1024, 2, 3),
+        "layer4": (1, 2048, 1, 2),
+    }
     assert model.parameter_counts()["extractor.frozen"] == 23_508_032  # ResNet-50 without fc
     # The optimisation runs through the first two stages only, to keep CPU time down.
-    shallow = transfer(extractor="resnet50", content_layers=["layer2"], style_layers=["layer1", "layer2"],
-                       perceptual_layers=["layer1"], lr=0.02, steps=4)
+    shallow = transfer(
+        extractor="resnet50",
+        content_layers=["layer2"],
+        style_layers=["layer1", "layer2"],
+        perceptual_layers=["layer1"],
+        lr=0.02,
+        steps=4,
+    )
     _, history = shallow.stylize(content, [style])
     assert history[-1]["total"] < history[0]["total"]
 
@@ -241,13 +302,22 @@ def test_resnet50_extractor():
 def test_vit_extractor_from_pretrained(tmp_path):
     from transformers import ViTConfig, ViTModel
 
-    tiny = ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                     image_size=32, patch_size=8)
+    tiny = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
     ViTModel(tiny, add_pooling_layer=False).save_pretrained(tmp_path)
-    settings = settings_from_options({"extractor": "vit", "weights": str(tmp_path), "lr": 0.02, "steps": 8,
-                                      "perceptual_weight": 1.0})
+    settings = settings_from_options(
+        {"extractor": "vit", "weights": str(tmp_path), "lr": 0.02, "steps": 8, "perceptual_weight": 1.0}
+    )
     model = GatysTransfer(settings)
-    assert model.style_layers == ("block1", "block2", "block3", "block4") and model.content_layers == ("block3",)
+    assert model.style_layers == ("block1", "block2", "block3", "block4") and model.content_layers == (
+        "block3",
+    )
     content, style = images((33, 40), (24, 24))  # 33 px: padded to 40, 5×5 tokens
     assert tuple(model.extractor(content)["block3"].shape) == (1, 32, 5, 5)
     output, history = model.stylize(content, [style])
@@ -265,8 +335,14 @@ def test_every_ablation_in_the_grid_file_resolves(tiny_config):
 
     for profile, reference_steps in (("paper", 500), ("demo", 40)):
         experiments = read_grid(REPO / "experiments" / "gatys.yaml", profile)
-        assert {name.rsplit("-", 1)[0] for name in experiments} >= {"optimizer", "extractor", "extra_losses", "steps",
-                                                                     "style_weight", "lr"}
+        assert {name.rsplit("-", 1)[0] for name in experiments} >= {
+            "optimizer",
+            "extractor",
+            "extra_losses",
+            "steps",
+            "style_weight",
+            "lr",
+        }
         for name, overrides in experiments.items():
             settings = settings_from_config(tiny_config(*override_args(overrides)))
             assert settings.weights is not None, name

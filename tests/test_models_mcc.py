@@ -61,8 +61,14 @@ def test_loss_terms():
     torch.manual_seed(0)
     model = build_model("mcc", cnn_config())
     # the code's weights, mean-based ones doubled: its loss.sum() over 2 DataParallel replicas
-    assert model.loss_weights == {"content": 6.0, "style": 20.0, "identity1": 140.0, "identity2": 2.0,
-                                  "illumination": 6000.0, "tv": 1e-4}
+    assert model.loss_weights == {
+        "content": 6.0,
+        "style": 20.0,
+        "identity1": 140.0,
+        "identity2": 2.0,
+        "illumination": 6000.0,
+        "tv": 1e-4,
+    }
     content, style = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     terms = model.losses(content, style)
     assert set(terms) == set(model.loss_weights)

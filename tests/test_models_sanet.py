@@ -68,14 +68,19 @@ def test_identity_terms_match_the_definition():
         content_identity = model.decoder(model.transform(content_features, content_features))
         style_identity = model.decoder(model.transform(style_features, style_features))
         identity1 = F.mse_loss(content_identity, content) + F.mse_loss(style_identity, style)
-        identity2 = sum(F.mse_loss(model.encoder(content_identity)[layer], content_features[layer])
-                        + F.mse_loss(model.encoder(style_identity)[layer], style_features[layer]) for layer in VGG_LAYERS)
+        identity2 = sum(
+            F.mse_loss(model.encoder(content_identity)[layer], content_features[layer])
+            + F.mse_loss(model.encoder(style_identity)[layer], style_features[layer])
+            for layer in VGG_LAYERS
+        )
     assert terms["identity1"].item() == pytest.approx(identity1.item(), rel=1e-5)
     assert terms["identity2"].item() == pytest.approx(identity2.item(), rel=1e-5)
 
 
 def test_unknown_loss_name():
-    with pytest.raises(ConfigError, match=r"baselines\.sanet\.loss\.stlye.*content, style, identity1, identity2"):
+    with pytest.raises(
+        ConfigError, match=r"baselines\.sanet\.loss\.stlye.*content, style, identity1, identity2"
+    ):
         build_model("sanet", cnn_config(loss={"stlye": 3.0}))
 
 

@@ -8,15 +8,32 @@ import torch
 from nstlab.errors import ConfigError
 from nstlab.models.stytr2 import StyTr2
 
-TINY_OPTIONS = {"d_model": 32, "heads": 4, "ffn": 64, "encoder_layers": 1, "decoder_layers": 1, "dropout": 0.0}
+TINY_OPTIONS = {
+    "d_model": 32,
+    "heads": 4,
+    "ffn": 64,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "dropout": 0.0,
+}
 
 
 def make_config(options=None, loss=None, vgg_width=0.125):
     """A stand-in for nstlab.config.Config with only what StyTr² reads."""
-    block = SimpleNamespace(batch_size=2, iterations=1, lr=1e-3, lr_schedule="constant", lr_decay=0.0,
-                            warmup_iterations=0, grad_clip=None, loss=loss or {}, options=options or {})
-    return SimpleNamespace(seed=0, backbone=SimpleNamespace(adain_vgg="random", vgg_width=vgg_width),
-                           baselines={"stytr2": block})
+    block = SimpleNamespace(
+        batch_size=2,
+        iterations=1,
+        lr=1e-3,
+        lr_schedule="constant",
+        lr_decay=0.0,
+        warmup_iterations=0,
+        grad_clip=None,
+        loss=loss or {},
+        options=options or {},
+    )
+    return SimpleNamespace(
+        seed=0, backbone=SimpleNamespace(adain_vgg="random", vgg_width=vgg_width), baselines={"stytr2": block}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +103,18 @@ def test_zero_weights_drop_terms():
     ("options", "loss", "message"),
     [
         ({"d_modle": 64}, {}, "baselines.stytr2.options.d_modle: unknown name; allowed: d_model, heads"),
-        ({}, {"tv": 1.0}, "baselines.stytr2.loss.tv: unknown name; allowed: content, style, identity1, identity2"),
+        (
+            {},
+            {"tv": 1.0},
+            "baselines.stytr2.loss.tv: unknown name; allowed: content, style, identity1, identity2",
+        ),
         ({"d_model": 30, "heads": 4}, {}, "baselines.stytr2.options.heads = 4"),
         ({"encoder_layers": 0}, {}, "baselines.stytr2.options.encoder_layers = 0"),
-        ({"d_model": 2, "heads": 1}, {}, "baselines.stytr2.options.d_model = 2: expected a whole number >= 4"),
+        (
+            {"d_model": 2, "heads": 1},
+            {},
+            "baselines.stytr2.options.d_model = 2: expected a whole number >= 4",
+        ),
         ({"dropout": 1.5}, {}, "baselines.stytr2.options.dropout = 1.5"),
     ],
 )

@@ -57,8 +57,12 @@ def test_lora_counts_match_the_paper(tiny_config, overrides, lora):
     cfg = load_config(REPO / "params.yaml", PAPER + overrides)
     total = 0
     for _ in range(2):
-        encoder = get_peft_model(load_vit(cfg), LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                           target_modules=lora_modules(cfg.lora.target_modules)))
+        encoder = get_peft_model(
+            load_vit(cfg),
+            LoraConfig(
+                r=cfg.lora.r, lora_alpha=cfg.lora.alpha, target_modules=lora_modules(cfg.lora.target_modules)
+            ),
+        )
         total += _lora_count(encoder)
     assert total == lora
 
@@ -82,8 +86,17 @@ def test_four_layer_decoder_counts(tiny_config):
 @pytest.fixture
 def pretrained_tiny(tmp_path, tiny_config):
     """A tiny ViT saved with save_pretrained, so the real from_pretrained path is exercised."""
-    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                             image_size=32, patch_size=16), add_pooling_layer=False)
+    vit = ViTModel(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=16,
+        ),
+        add_pooling_layer=False,
+    )
     vit.save_pretrained(tmp_path / "tiny-vit")
     return tiny_config(f"backbone.vit={tmp_path / 'tiny-vit'}", "encoder.layers=2")
 
@@ -131,7 +144,12 @@ def test_stage2_trains_only_lora_and_decoders(tiny_config):
     encoder_trainable = {n for n in trainable if n.startswith(("content_encoder", "style_encoder"))}
     assert encoder_trainable and all("lora_A" in n or "lora_B" in n for n in encoder_trainable)
     assert all(("q_proj" in n or "v_proj" in n) for n in encoder_trainable)
-    assert {n.split(".")[0] for n in trainable} == {"content_encoder", "style_encoder", "transformer_decoder", "cnn_decoder"}
+    assert {n.split(".")[0] for n in trainable} == {
+        "content_encoder",
+        "style_encoder",
+        "transformer_decoder",
+        "cnn_decoder",
+    }
 
 
 def test_identity_terms_only_when_weighted(tiny_config):
@@ -176,8 +194,17 @@ def test_unexpected_keys_other_than_the_dropped_blocks_still_warn(tmp_path):
 
     from nstlab.models.vit_lora import load_truncated_vit
 
-    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                             image_size=32, patch_size=16), add_pooling_layer=False)
+    vit = ViTModel(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=16,
+        ),
+        add_pooling_layer=False,
+    )
     vit.save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
     weights["stray.weight"] = torch.zeros(3)

@@ -35,14 +35,28 @@ def weights(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
-    config = ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                       image_size=224, patch_size=16, hidden_act="gelu", layer_norm_eps=1e-12)
+    config = ViTConfig(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        image_size=224,
+        patch_size=16,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+    )
     ViTModel(config, add_pooling_layer=True).save_pretrained(root / "vit-base-patch16-224-in21k")
     vgg = {f"features.{key}": value for key, value in _vgg19_features(37, 1.0).state_dict().items()}
     torch.save(vgg, root / "vgg19.pth")
     convs = [m for m in NormalisedVGG("random").modules() if isinstance(m, torch.nn.Conv2d)]
-    torch.save({f"{index}.{name}": getattr(conv, name) for index, conv in enumerate(convs)
-                for name in ("weight", "bias")}, root / "vgg_normalised.pth")
+    torch.save(
+        {
+            f"{index}.{name}": getattr(conv, name)
+            for index, conv in enumerate(convs)
+            for name in ("weight", "bias")
+        },
+        root / "vgg_normalised.pth",
+    )
     return root
 
 
@@ -51,8 +65,14 @@ def _nstlab(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
         env.pop(name, None)
     quiet = [] if args[0] == "report" else ["--no-progress"]
-    return subprocess.run([sys.executable, "-m", "nstlab", *args, *quiet], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "nstlab", *args, *quiet],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _ok(result: subprocess.CompletedProcess) -> str:
@@ -79,23 +99,45 @@ def test_paper_profile_through_a_faulty_mirror_to_the_report(fake_mirror, weight
         del fake_mirror.files[f"wikiart/wikiart/{name}"]
 
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    settings = ["-S", "profile=paper", "-S", f"data.mirror={fake_mirror.base_url}",
-                *[item for key_value in (
-                    "data.n_train=4", "data.n_val=1", "data.n_test=2", "data.max_missing=0.3",
-                    "data.download_timeout_s=2", "data.download_workers=4",
-                    f"backbone.vit={weights / 'vit-base-patch16-224-in21k'}",
-                    f"backbone.vgg19={weights / 'vgg19.pth'}",
-                    f"backbone.adain_vgg={weights / 'vgg_normalised.pth'}",
-                    "train.batch_size=2", "train.stage1={epochs: 1}", "train.stage2={epochs: 1}",
-                    "train.workers=0",
-                    "train.log_every=1", "train.val_every=2", "train.max_val_pairs=1", "train.sample_every=2",
-                    "eval.max_pairs=2", "eval.gallery_pairs=2") for item in ("-S", key_value)]]
+    settings = [
+        "-S",
+        "profile=paper",
+        "-S",
+        f"data.mirror={fake_mirror.base_url}",
+        *[
+            item
+            for key_value in (
+                "data.n_train=4",
+                "data.n_val=1",
+                "data.n_test=2",
+                "data.max_missing=0.3",
+                "data.download_timeout_s=2",
+                "data.download_workers=4",
+                f"backbone.vit={weights / 'vit-base-patch16-224-in21k'}",
+                f"backbone.vgg19={weights / 'vgg19.pth'}",
+                f"backbone.adain_vgg={weights / 'vgg_normalised.pth'}",
+                "train.batch_size=2",
+                "train.stage1={epochs: 1}",
+                "train.stage2={epochs: 1}",
+                "train.workers=0",
+                "train.log_every=1",
+                "train.val_every=2",
+                "train.max_val_pairs=1",
+                "train.sample_every=2",
+                "eval.max_pairs=2",
+                "eval.gallery_pairs=2",
+            )
+            for item in ("-S", key_value)
+        ],
+    ]
 
     served_bytes = fake_mirror.files
     output = _ok(_nstlab(["download", *settings], tmp_path))
     assert "2 missing on the server" in output and all(name in output for name in lost)
-    for role, folder, drawn, served in (("content", "coco/train2014", coco_drawn, coco),
-                                        ("style", "wikiart/wikiart", art_drawn, wikiart)):
+    for role, folder, drawn, served in (
+        ("content", "coco/train2014", coco_drawn, coco),
+        ("style", "wikiart/wikiart", art_drawn, wikiart),
+    ):
         files = sorted(path for path in (tmp_path / "data/raw" / role).rglob("*.jpg"))
         names = [path.relative_to(tmp_path / "data/raw" / role).as_posix() for path in files]
         assert len(names) == IMAGES_PER_ROLE and set(names) <= set(served)

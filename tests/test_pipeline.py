@@ -17,9 +17,12 @@ from conftest import REPO, write_shrunk_params
 
 pytestmark = pytest.mark.slow
 
+
 def _run(args, cwd, env):
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result.stdout + result.stderr
 
 
@@ -27,17 +30,38 @@ def _run(args, cwd, env):
 def repo(tmp_path_factory):
     """A git + DVC copy of this working tree with a shrunk demo profile, committed."""
     root = tmp_path_factory.mktemp("repo")
-    keep = ["dvc.yaml", "params.yaml", "pyproject.toml", "README.md", "pipeline", "src", "experiments", ".dvc",
-            ".dvcignore", ".gitignore"]
+    keep = [
+        "dvc.yaml",
+        "params.yaml",
+        "pyproject.toml",
+        "README.md",
+        "pipeline",
+        "src",
+        "experiments",
+        ".dvc",
+        ".dvcignore",
+        ".gitignore",
+    ]
     for name in keep:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("cache", "tmp", "__pycache__", "config.local"))
+            shutil.copytree(
+                source,
+                root / name,
+                ignore=shutil.ignore_patterns("cache", "tmp", "__pycache__", "config.local"),
+            )
         elif source.exists():
             shutil.copy(source, root / name)
     write_shrunk_params(root / "params.yaml")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("DVC_ROOT", None)
     _run(["git", "init", "-q"], root, env)
@@ -54,7 +78,14 @@ def test_dvc_repro_runs_the_whole_study(repo):
     root, env = repo
     output = _run(["dvc", "repro"], root, env)
     ran = _ran_stages(output)
-    assert {"download", "pair", "train_vit_lora_stage1", "train_vit_lora_stage2", "evaluate_gatys", "report"} <= ran
+    assert {
+        "download",
+        "pair",
+        "train_vit_lora_stage1",
+        "train_vit_lora_stage2",
+        "evaluate_gatys",
+        "report",
+    } <= ran
     assert {f"train_baseline@{m}" for m in ("stytr2", "adain", "sanet", "mcc", "artflow", "iest")} <= ran
     table1 = (root / "reports" / "table1.csv").read_text().splitlines()
     assert len(table1) == 1 + 8  # header + ViT-LoRA, six baselines and Gatys
@@ -64,7 +95,9 @@ def test_dvc_repro_runs_the_whole_study(repo):
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-qm", "results"], root, env)
     status = _run(["dvc", "status"], root, env)
-    assert "train_" not in status and "evaluate" not in status and "pair" not in status  # only report: always_changed
+    assert (
+        "train_" not in status and "evaluate" not in status and "pair" not in status
+    )  # only report: always_changed
 
 
 def test_results_travel_through_a_dvc_remote(repo, tmp_path):
@@ -78,8 +111,9 @@ def test_results_travel_through_a_dvc_remote(repo, tmp_path):
     clone = tmp_path / "clone"
     _run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
     _run(["dvc", "pull"], clone, env)
-    assert (clone / "models" / "vit_lora_stage2" / "model.pt").read_bytes() == \
-        (root / "models" / "vit_lora_stage2" / "model.pt").read_bytes()
+    assert (clone / "models" / "vit_lora_stage2" / "model.pt").read_bytes() == (
+        root / "models" / "vit_lora_stage2" / "model.pt"
+    ).read_bytes()
     shared_store = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns.db'}"}
     assert _ran_stages(_run(["dvc", "repro"], clone, shared_store)) == {"report"}
     for name in ("table1.csv", "table1.md", "table2.csv", "table2.md"):
@@ -109,8 +143,10 @@ def test_ablate_runs_a_grid_from_the_dvc_queue_and_skips_done_configs(repo):
         return int(((runs["tags.model"] == "vit_lora") & (runs["tags.stage"] == "2")).sum())
 
     grid = root / "experiments" / "small.yaml"
-    grid.write_text("experiments:\n  a: {lora.r: 32}\n  b: {lora.r: 4}\n"
-                    "  c: {lora.r: 8, lora.target_modules: [query, value]}\n")
+    grid.write_text(
+        "experiments:\n  a: {lora.r: 32}\n  b: {lora.r: 4}\n"
+        "  c: {lora.r: 8, lora.target_modules: [query, value]}\n"
+    )
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-qm", "grid"], root, env)
     before = stage2_runs()
@@ -127,5 +163,7 @@ def test_ablate_runs_a_grid_from_the_dvc_queue_and_skips_done_configs(repo):
     # a ran as an experiment of the commit before, so it is not counted.
     elsewhere = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'empty.db'}"}
     plan = _run(["nstlab", "ablate", "experiments/small.yaml", "--dry-run"], root, elsewhere)
-    rows = [[cell.strip() for cell in line.split("│")[1:3]] for line in plan.splitlines() if line.count("│") >= 3]
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:3]] for line in plan.splitlines() if line.count("│") >= 3
+    ]
     assert {name: state for name, state in rows if name} == {"a": "queued", "b": "done", "c": "done"}

@@ -8,16 +8,25 @@ from nstlab.runtime import autocast_dtype
 from nstlab.train import train
 
 CPU = torch.device("cpu")
-FAST = ["train.batch_size=2", "train.stage1.epochs=1", "train.log_every=1", "train.val_every=4",
-        "train.sample_every=4", "train.max_val_pairs=2"]
+FAST = [
+    "train.batch_size=2",
+    "train.stage1.epochs=1",
+    "train.log_every=1",
+    "train.val_every=4",
+    "train.sample_every=4",
+    "train.max_val_pairs=2",
+]
 
 
-@pytest.mark.parametrize(("precision", "native", "expected"), [
-    ("auto", True, torch.bfloat16),
-    ("auto", False, None),
-    ("bf16", False, torch.bfloat16),  # explicit bf16 wins even where it is emulated
-    ("fp32", True, None),  # explicit fp32 wins even where bf16 is native
-])
+@pytest.mark.parametrize(
+    ("precision", "native", "expected"),
+    [
+        ("auto", True, torch.bfloat16),
+        ("auto", False, None),
+        ("bf16", False, torch.bfloat16),  # explicit bf16 wins even where it is emulated
+        ("fp32", True, None),  # explicit fp32 wins even where bf16 is native
+    ],
+)
 def test_precision_on_cpu(tiny_config, monkeypatch, precision, native, expected):
     monkeypatch.setattr(runtime, "native_bf16_cpu", lambda: native)
     assert autocast_dtype(tiny_config(f"train.precision={precision}"), CPU) is expected
@@ -48,8 +57,17 @@ def test_bf16_training_losses_track_fp32(tiny_config, tiny_pairs, tmp_path):
     for precision in ("fp32", "bf16"):
         cfg = tiny_config(*FAST, f"train.precision={precision}")
         out = tmp_path / precision
-        train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, models_dir=out / "models", logs_dir=out / "logs",
-              checkpoints_dir=out / "ckpt", progress=False, tracking=False)
+        train(
+            cfg,
+            "vit_lora",
+            1,
+            pairs_dir=tiny_pairs,
+            models_dir=out / "models",
+            logs_dir=out / "logs",
+            checkpoints_dir=out / "ckpt",
+            progress=False,
+            tracking=False,
+        )
         rows = (out / "logs" / "vit_lora_stage1" / "train_log.csv").read_text().splitlines()
         header = rows[0].split(",")
         totals[precision] = [float(row.split(",")[header.index("total")]) for row in rows[1:]]

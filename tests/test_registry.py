@@ -24,7 +24,10 @@ def test_names_kinds_and_output_keys():
     assert set(method_names(TRAINED)) == {"vit_lora", "stytr2", "adain", "sanet", "mcc", "artflow", "iest"}
     assert "vit_lora" not in baseline_names() and "gatys" in baseline_names()
     assert (output_key("vit_lora", 1), final_output_key("vit_lora"), output_key("sanet", 0)) == (
-        "vit_lora_stage1", "vit_lora_stage2", "sanet")
+        "vit_lora_stage1",
+        "vit_lora_stage2",
+        "sanet",
+    )
     with pytest.raises(ConfigError, match="unknown model 'sanet2': choose one of vit_lora, artflow"):
         get_method("sanet2")
 
@@ -34,7 +37,10 @@ def test_registry_is_torch_free():
     import sys
 
     code = "import sys, nstlab.registry, nstlab.config; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        == "False\n"
+    )
 
 
 def test_every_registered_method_has_a_module_with_build():

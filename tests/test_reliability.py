@@ -43,8 +43,16 @@ from nstlab.train import Trainer, train
 _SCRIPT = Path(sys.executable).with_name("nstlab")
 NSTLAB = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "nstlab"]
 # 8 train pairs, batch 2: 4 steps per epoch; a checkpoint every 2 steps.
-SCHEDULE = ["train.batch_size=2", "train.stage1.epochs=1", "train.stage2.epochs=1", "train.stage2.milestones=[]",
-            "train.log_every=1", "train.val_every=2", "train.sample_every=4", "train.max_val_pairs=2"]
+SCHEDULE = [
+    "train.batch_size=2",
+    "train.stage1.epochs=1",
+    "train.stage2.epochs=1",
+    "train.stage2.milestones=[]",
+    "train.log_every=1",
+    "train.val_every=2",
+    "train.sample_every=4",
+    "train.max_val_pairs=2",
+]
 ROLES = ("content", "style")
 
 
@@ -76,9 +84,11 @@ class CliRuns:
 
 def run_cli_cases(cases: dict[str, list[str]], folder: Path) -> CliRuns:
     """Run `nstlab <args>` for every case in `folder`, two at a time."""
+
     def run(args: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run([*NSTLAB, *args], cwd=folder, env=cli_env(folder), capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run(
+            [*NSTLAB, *args], cwd=folder, env=cli_env(folder), capture_output=True, text=True, timeout=300
+        )
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return CliRuns(folder, dict(zip(cases, pool.map(run, cases.values()))))
@@ -104,10 +114,21 @@ def cli_in_process(args: list[str], capsys) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, exit_info.value.code, captured.out, captured.err)
 
 
-def stylize_args(trained: "Trained", content: Path, style: Path, output: Path, *extra: str,
-                 checkpoint: Path | None = None) -> list[str]:
-    return ["stylize", str(content), str(style), "-o", str(output), "--params", str(trained.params),
-            "--checkpoint", str(checkpoint or trained.stage2), *extra]
+def stylize_args(
+    trained: "Trained", content: Path, style: Path, output: Path, *extra: str, checkpoint: Path | None = None
+) -> list[str]:
+    return [
+        "stylize",
+        str(content),
+        str(style),
+        "-o",
+        str(output),
+        "--params",
+        str(trained.params),
+        "--checkpoint",
+        str(checkpoint or trained.stage2),
+        *extra,
+    ]
 
 
 # -- bad and odd image files: name → (writer, what the one-line error says) --------------------
@@ -136,7 +157,9 @@ def _tiny_7x9(path: Path) -> None:
 
 
 def _eps_named_jpg(path: Path) -> None:  # Pillow would hand an EPS to Ghostscript
-    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n0 0 moveto 32 32 lineto stroke\n%%EOF\n")
+    path.write_bytes(
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n0 0 moveto 32 32 lineto stroke\n%%EOF\n"
+    )
 
 
 BAD_IMAGES = {
@@ -227,8 +250,19 @@ def make_pairs(root: Path) -> Path:
     """Eight content and eight style noise images through the real pair stage."""
     contents = [write_image(root / "raw/content" / f"c{i}.jpg", (40, 30), seed=i) for i in range(8)]
     styles = [write_image(root / "raw/style" / f"s{i}.png", (36, 36), seed=50 + i) for i in range(8)]
-    build_pairs(contents, styles, n_train=8, n_val=2, n_test=2, seed=0, image_size=32, cache_dir=root / "cache",
-                out_dir=root / "pairs", workers=2, progress=False)
+    build_pairs(
+        contents,
+        styles,
+        n_train=8,
+        n_val=2,
+        n_test=2,
+        seed=0,
+        image_size=32,
+        cache_dir=root / "cache",
+        out_dir=root / "pairs",
+        workers=2,
+        progress=False,
+    )
     return root / "pairs"
 
 
@@ -242,8 +276,14 @@ def trained(tmp_path_factory) -> Trained:
         train(cfg, "vit_lora", stage, pairs_dir=pairs, progress=False, tracking=False, **dirs)
     params = write_params(root / "params.yaml", [*TINY, *SCHEDULE])
     assert load_config(params) == cfg
-    return Trained(params, pairs, root / "models/vit_lora_stage1/model.pt",
-                   root / "models/vit_lora_stage2/model.pt", root / "raw/content/c0.jpg", root / "raw/style/s0.png")
+    return Trained(
+        params,
+        pairs,
+        root / "models/vit_lora_stage1/model.pt",
+        root / "models/vit_lora_stage2/model.pt",
+        root / "raw/content/c0.jpg",
+        root / "raw/style/s0.png",
+    )
 
 
 # -- 1. nstlab stylize: bad files are one line, exit 2; odd files are stylised ------------------
@@ -252,12 +292,20 @@ def trained(tmp_path_factory) -> Trained:
 # name → (how to make the --checkpoint file, extra args, words of the error, run as a subprocess?)
 CHECKPOINT_CASES = {
     "missing": (None, [], ["absent.pt", "no such checkpoint"], True),
-    "stage1_weights_for_stage2": ("stage1", [], ["vit_lora_stage1/model.pt", "checkpoint lacks tensor",
-                                                 "made by another model or config"], True),
+    "stage1_weights_for_stage2": (
+        "stage1",
+        [],
+        ["vit_lora_stage1/model.pt", "checkpoint lacks tensor", "made by another model or config"],
+        True,
+    ),
     "code_in_torch_save": ("torch.save", [], ["code.pt", "refused to load", "io.open"], True),
     "code_in_raw_pickle": ("pickle", [], ["code.pkl", "refused to load"], False),
-    "other_lora_rank": ("stage2", ["-S", "lora.r=8"], ["vit_lora_stage2/model.pt",
-                                                      "checkpoint shapes do not fit this model"], False),
+    "other_lora_rank": (
+        "stage2",
+        ["-S", "lora.r=8"],
+        ["vit_lora_stage2/model.pt", "checkpoint shapes do not fit this model"],
+        False,
+    ),
     "no_model_tensors": ("no_model", [], ["foreign.pt", "not an nstlab checkpoint"], False),
 }
 
@@ -288,8 +336,14 @@ def stylize_errors(trained, tmp_path_factory) -> CliRuns:
     for name, (kind, extra, _, as_subprocess) in CHECKPOINT_CASES.items():
         if as_subprocess:
             checkpoint = _checkpoint_file(kind, trained, folder)
-            cases[name] = stylize_args(trained, trained.content, trained.style, folder / f"out-{name}.png", *extra,
-                                       checkpoint=checkpoint)
+            cases[name] = stylize_args(
+                trained,
+                trained.content,
+                trained.style,
+                folder / f"out-{name}.png",
+                *extra,
+                checkpoint=checkpoint,
+            )
     return run_cli_cases(cases, folder)
 
 
@@ -298,7 +352,9 @@ def test_stylize_refuses_a_bad_content_image_in_one_line(stylize_errors, name):
     folder = stylize_errors.folder
     result = stylize_errors.results[name]
     error_line(result, str(folder / name), BAD_IMAGES[name][1])
-    assert result.stderr.count("\n") == 1  # that line is all of stderr: images are read before the model is built
+    assert (
+        result.stderr.count("\n") == 1
+    )  # that line is all of stderr: images are read before the model is built
     assert not (folder / f"out-{name}.png").exists()
 
 
@@ -306,7 +362,9 @@ def test_stylize_refuses_a_bad_content_image_in_one_line(stylize_errors, name):
 def test_stylize_refuses_a_bad_style_image_in_one_line(trained, tmp_path, capsys, name):
     write, reason = BAD_IMAGES[name]
     write(tmp_path / name)
-    result = cli_in_process(stylize_args(trained, trained.content, tmp_path / name, tmp_path / "out.png"), capsys)
+    result = cli_in_process(
+        stylize_args(trained, trained.content, tmp_path / name, tmp_path / "out.png"), capsys
+    )
     error_line(result, str(tmp_path / name), reason)
     assert result.stderr.count("\n") == 1 and not (tmp_path / "out.png").exists()
 
@@ -338,9 +396,16 @@ def test_damaged_files_are_refused_in_one_line_or_loaded(tmp_path, n_files):
     exif = Image.Exif()
     exif[0x0112] = 6
     seeds = {}
-    for image_format, mode, options in (("JPEG", "RGB", {"exif": exif.tobytes()}), ("JPEG", "CMYK", {}),
-                                        ("PNG", "RGBA", {}), ("PNG", "I;16", {}), ("GIF", "P", {}),
-                                        ("WEBP", "RGB", {}), ("BMP", "RGB", {}), ("TIFF", "RGB", {})):
+    for image_format, mode, options in (
+        ("JPEG", "RGB", {"exif": exif.tobytes()}),
+        ("JPEG", "CMYK", {}),
+        ("PNG", "RGBA", {}),
+        ("PNG", "I;16", {}),
+        ("GIF", "P", {}),
+        ("WEBP", "RGB", {}),
+        ("BMP", "RGB", {}),
+        ("TIFF", "RGB", {}),
+    ):
         buffer = io.BytesIO()
         noise_image((40, 32)).convert(mode).save(buffer, format=image_format, **options)
         seeds[f"{image_format}-{mode}"] = buffer.getvalue()
@@ -354,7 +419,7 @@ def test_damaged_files_are_refused_in_one_line_or_loaded(tmp_path, n_files):
             if kind < 0.6:
                 data[at] = rng.randrange(256)
             elif kind < 0.8:
-                del data[at:at + rng.randint(1, 64)]
+                del data[at : at + rng.randint(1, 64)]
             else:
                 data[at:at] = rng.randbytes(rng.randint(1, 8))
         path.write_bytes(bytes(data))
@@ -371,8 +436,17 @@ def test_stylize_refuses_a_bad_checkpoint_in_one_line(trained, stylize_errors, t
         folder, result = stylize_errors.folder, stylize_errors.results[name]
     else:
         folder, checkpoint = tmp_path, _checkpoint_file(kind, trained, tmp_path)
-        result = cli_in_process(stylize_args(trained, trained.content, trained.style, folder / f"out-{name}.png",
-                                             *extra, checkpoint=checkpoint), capsys)
+        result = cli_in_process(
+            stylize_args(
+                trained,
+                trained.content,
+                trained.style,
+                folder / f"out-{name}.png",
+                *extra,
+                checkpoint=checkpoint,
+            ),
+            capsys,
+        )
     error_line(result, *words)
     assert not (folder / f"out-{name}.png").exists()
     assert not list(folder.glob("marker-*"))  # a payload's code did not run
@@ -406,13 +480,17 @@ def test_stylize_converts_odd_but_valid_images(trained, tmp_path, capsys, name, 
 def test_an_unwritable_output_is_one_line(trained, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the output folder should be")
-    result = cli_in_process(stylize_args(trained, trained.content, trained.style, blocker / "out.png"), capsys)
+    result = cli_in_process(
+        stylize_args(trained, trained.content, trained.style, blocker / "out.png"), capsys
+    )
     error_line(result, str(blocker), "File exists")
     assert result.stderr.count("\n") == 1
 
 
 def test_stylize_applies_the_data_limits_its_errors_name(trained, tmp_path, capsys):
-    args = stylize_args(trained, trained.content, trained.style, tmp_path / "out.png", "-S", "data.max_pixels=1000")
+    args = stylize_args(
+        trained, trained.content, trained.style, tmp_path / "out.png", "-S", "data.max_pixels=1000"
+    )
     error_line(cli_in_process(args, capsys), "exceeds max_pixels=1000")
 
 
@@ -430,15 +508,28 @@ def test_pair_stage_skips_and_lists_every_kind_of_bad_image(tmp_path):
         write(path)
         bad[path.as_posix()] = reason
         (contents if index % 2 == 0 else styles).append(path)
-    summary = build_pairs(contents, styles, n_train=6, n_val=1, n_test=1, seed=0, image_size=32,
-                          cache_dir=tmp_path / "cache", out_dir=tmp_path / "pairs", workers=2, progress=False)
+    summary = build_pairs(
+        contents,
+        styles,
+        n_train=6,
+        n_val=1,
+        n_test=1,
+        seed=0,
+        image_size=32,
+        cache_dir=tmp_path / "cache",
+        out_dir=tmp_path / "pairs",
+        workers=2,
+        progress=False,
+    )
 
     with open(tmp_path / "pairs/skipped.csv", newline="") as handle:
         listed = {row["path"]: row["reason"] for row in csv.DictReader(handle)}
     assert set(listed) == set(bad)
     for path, reason in bad.items():
         assert reason in listed[path] and "\n" not in listed[path]
-    assert len(summary.skipped) == len(bad) == json.loads((tmp_path / "pairs/pairs.json").read_text())["skipped"]
+    assert (
+        len(summary.skipped) == len(bad) == json.loads((tmp_path / "pairs/pairs.json").read_text())["skipped"]
+    )
     assert sum(counts["content"] for counts in summary.images.values()) == 9
     assert sum(counts["style"] for counts in summary.images.values()) == 8
     cached = set()
@@ -456,7 +547,11 @@ def test_pair_stage_skips_and_lists_every_kind_of_bad_image(tmp_path):
 
 def _params_args(name: str, folder: Path) -> list[str]:
     """`nstlab info` with one kind of bad params; the file, when there is one, is written to `folder`."""
-    overrides = {"unknown_key": "lora.rank=4", "wrong_type": "lora.r=sixteen", "impossible": "train.batch_size=0"}
+    overrides = {
+        "unknown_key": "lora.rank=4",
+        "wrong_type": "lora.r=sixteen",
+        "impossible": "train.batch_size=0",
+    }
     if name in ("set_wrong_type", "set_not_key_value"):
         override = "decoder.dropout=high" if name == "set_wrong_type" else "lora.r"
         return ["info", "--params", str(REPO / "params.yaml"), "-S", override]
@@ -490,7 +585,9 @@ def params_errors(tmp_path_factory) -> CliRuns:
 @pytest.mark.parametrize("name", PARAMS_CASES)
 def test_bad_params_are_one_line_naming_the_key(params_errors, tmp_path, capsys, name):
     words, as_subprocess = PARAMS_CASES[name]
-    result = params_errors.results[name] if as_subprocess else cli_in_process(_params_args(name, tmp_path), capsys)
+    result = (
+        params_errors.results[name] if as_subprocess else cli_in_process(_params_args(name, tmp_path), capsys)
+    )
     error_line(result, *words)
     assert result.stderr.count("\n") == 1 and result.stdout == ""
 
@@ -502,8 +599,14 @@ def test_a_binary_params_file_is_one_line(params_errors):
 # -- 4. SIGKILL mid-training, then --resume require: bit-identical weights ----------------------
 
 
-KILL_SCHEDULE = ["train.batch_size=2", "train.stage1.epochs=8", "train.log_every=1", "train.val_every=1",
-                 "train.sample_every=1000", "train.max_val_pairs=2"]  # 32 steps, a checkpoint after each
+KILL_SCHEDULE = [
+    "train.batch_size=2",
+    "train.stage1.epochs=8",
+    "train.log_every=1",
+    "train.val_every=1",
+    "train.sample_every=1000",
+    "train.max_val_pairs=2",
+]  # 32 steps, a checkpoint after each
 # The victim runs `nstlab train` but holds still after its step-24 checkpoint until it is killed: the
 # kill lands at a random moment, and a fast machine cannot finish the run before it.
 HOLD_AFTER_STEP = 24
@@ -527,8 +630,20 @@ main(sys.argv[1:])
 
 def test_training_killed_with_sigkill_resumes_to_bit_identical_weights(trained, tmp_path):
     params = write_params(tmp_path / "params.yaml", [*TINY, *KILL_SCHEDULE])
-    arguments = ["train", "vit_lora", "--stage", "1", "--no-tracking", "--no-progress", "--params",
-                 str(params), "--pairs", str(trained.pairs), "--models", "models"]
+    arguments = [
+        "train",
+        "vit_lora",
+        "--stage",
+        "1",
+        "--no-tracking",
+        "--no-progress",
+        "--params",
+        str(params),
+        "--pairs",
+        str(trained.pairs),
+        "--models",
+        "models",
+    ]
     command = [*NSTLAB, *arguments]
     last = Path("checkpoints/vit_lora_stage1/last.pt")
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
@@ -537,8 +652,9 @@ def test_training_killed_with_sigkill_resumes_to_bit_identical_weights(trained, 
     for folder, argv in ((reference_dir, command), (killed_dir, victim_command)):
         folder.mkdir()
         with open(folder / "stderr.txt", "w") as stderr:
-            processes[folder] = subprocess.Popen(argv, cwd=folder, env=cli_env(tmp_path),
-                                                 stdout=subprocess.DEVNULL, stderr=stderr)
+            processes[folder] = subprocess.Popen(
+                argv, cwd=folder, env=cli_env(tmp_path), stdout=subprocess.DEVNULL, stderr=stderr
+            )
     victim = processes[killed_dir]
     deadline = time.monotonic() + 240
     while not (killed_dir / last).is_file():
@@ -553,15 +669,25 @@ def test_training_killed_with_sigkill_resumes_to_bit_identical_weights(trained, 
     killed_at = load_checkpoint(killed_dir / last)
     assert 1 <= killed_at["step"] <= HOLD_AFTER_STEP and not killed_at["finished"], killed_at["step"]
 
-    resumed = subprocess.run([*command, "--resume", "require"], cwd=killed_dir, env=cli_env(tmp_path),
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [*command, "--resume", "require"],
+        cwd=killed_dir,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert processes[reference_dir].wait(timeout=300) == 0, (reference_dir / "stderr.txt").read_text()
     expected, actual = load_checkpoint(reference_dir / last), load_checkpoint(killed_dir / last)
     assert actual["step"] == expected["step"] == 32 and actual["finished"]
     assert actual["model"].keys() == expected["model"].keys()
-    changed = [name for name in expected["model"] if not torch.equal(actual["model"][name], expected["model"][name])]
-    assert not changed, f"killed at step {killed_at['step']}, {delay_s:.2f} s after its first checkpoint: {changed[:3]}"
+    changed = [
+        name for name in expected["model"] if not torch.equal(actual["model"][name], expected["model"][name])
+    ]
+    assert not changed, (
+        f"killed at step {killed_at['step']}, {delay_s:.2f} s after its first checkpoint: {changed[:3]}"
+    )
 
 
 # -- 5. a full disk while writing a checkpoint --------------------------------------------------
@@ -580,6 +706,7 @@ class FullDisk(io.FileIO):
 
 def _fill_disk(monkeypatch, how: str) -> None:
     if how == "torch.save raises":
+
         def save_part_then_fail(payload, handle):
             handle.write(b"PK\x03\x04" + bytes(4000))
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -598,13 +725,17 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, how):
         _fill_disk(patch, how)
         save_atomic({"model": {"weight": torch.zeros(100_000)}, "step": 2}, path)
     message = str(error.value)
-    assert message.startswith(f"{path}: checkpoint not written (No space left on device)") and "\n" not in message
+    assert (
+        message.startswith(f"{path}: checkpoint not written (No space left on device)")
+        and "\n" not in message
+    )
     assert path.read_bytes() == before and load_checkpoint(path)["step"] == 1
     assert list(path.parent.iterdir()) == [path]  # no temp file left behind
 
 
-def test_a_full_disk_during_training_stops_it_with_the_last_checkpoint_intact(tiny_config, tiny_pairs, tmp_path,
-                                                                           monkeypatch):
+def test_a_full_disk_during_training_stops_it_with_the_last_checkpoint_intact(
+    tiny_config, tiny_pairs, tmp_path, monkeypatch
+):
     cfg = tiny_config(*SCHEDULE)
     real_save = torch.save
     saves = []
@@ -617,10 +748,22 @@ def test_a_full_disk_during_training_stops_it_with_the_last_checkpoint_intact(ti
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_save(payload, handle)
 
-    with monkeypatch.context() as patch, pytest.raises(NstlabError, match=r"last.pt: checkpoint not written \(No"):
+    with (
+        monkeypatch.context() as patch,
+        pytest.raises(NstlabError, match=r"last.pt: checkpoint not written \(No"),
+    ):
         patch.setattr(nstlab.checkpoint.torch, "save", fail_the_second_checkpoint)
-        train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, models_dir=tmp_path / "models", logs_dir=tmp_path / "logs",
-              checkpoints_dir=tmp_path / "checkpoints", progress=False, tracking=False)
+        train(
+            cfg,
+            "vit_lora",
+            1,
+            pairs_dir=tiny_pairs,
+            models_dir=tmp_path / "models",
+            logs_dir=tmp_path / "logs",
+            checkpoints_dir=tmp_path / "checkpoints",
+            progress=False,
+            tracking=False,
+        )
     folder = tmp_path / "checkpoints/vit_lora_stage1"
     assert saves == [2, 4] and load_checkpoint(folder / "last.pt")["step"] == 2
     assert [path.name for path in folder.iterdir()] == ["last.pt"]
@@ -630,8 +773,12 @@ def test_a_full_disk_during_training_stops_it_with_the_last_checkpoint_intact(ti
 
 
 def _run_together(commands: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
-    processes = [subprocess.Popen(command, cwd=cwd, env=cli_env(cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for command in commands]
+    processes = [
+        subprocess.Popen(
+            command, cwd=cwd, env=cli_env(cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for command in commands
+    ]
     results = []
     for process, command in zip(processes, commands):
         stdout, stderr = process.communicate(timeout=300)
@@ -654,10 +801,27 @@ def test_two_demo_downloads_at_once_leave_intact_files(tmp_path):
 def test_two_network_downloads_at_once_fetch_each_file_once(fake_mirror, tmp_path):
     coco, wikiart = serve_coco(fake_mirror, 10), serve_wikiart(fake_mirror, 10)
     fake_mirror.delay_s = 0.05  # long enough for the two runs to overlap
-    command = [*NSTLAB, "download", "--params", str(REPO / "params.yaml"), "--out", "raw", "--no-progress",
-               "-S", "data.content_source=coco", "-S", "data.style_source=wikiart",
-               "-S", f"data.mirror={fake_mirror.base_url}", "-S", "data.n_train=4", "-S", "data.n_val=1",
-               "-S", "data.n_test=1"]
+    command = [
+        *NSTLAB,
+        "download",
+        "--params",
+        str(REPO / "params.yaml"),
+        "--out",
+        "raw",
+        "--no-progress",
+        "-S",
+        "data.content_source=coco",
+        "-S",
+        "data.style_source=wikiart",
+        "-S",
+        f"data.mirror={fake_mirror.base_url}",
+        "-S",
+        "data.n_train=4",
+        "-S",
+        "data.n_val=1",
+        "-S",
+        "data.n_test=1",
+    ]
     for result in _run_together([command, command], tmp_path):
         assert result.returncode == 0, result.stderr
     for role, source, names in (("content", "coco/train2014", coco), ("style", "wikiart/wikiart", wikiart)):
@@ -678,7 +842,11 @@ def test_two_network_downloads_at_once_fetch_each_file_once(fake_mirror, tmp_pat
 def tracked(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     monkeypatch.chdir(tmp_path)
-    return {"models_dir": tmp_path / "models", "logs_dir": tmp_path / "logs", "checkpoints_dir": tmp_path / "ckpt"}
+    return {
+        "models_dir": tmp_path / "models",
+        "logs_dir": tmp_path / "logs",
+        "checkpoints_dir": tmp_path / "ckpt",
+    }
 
 
 def _fail_at_step(monkeypatch, error: BaseException, at_step: int = 3) -> None:
@@ -692,7 +860,9 @@ def _fail_at_step(monkeypatch, error: BaseException, at_step: int = 3) -> None:
     monkeypatch.setattr(Trainer, "_step", step_or_fail)
 
 
-def test_an_exception_in_a_training_stage_ends_the_run_as_failed(tiny_config, tiny_pairs, tracked, monkeypatch):
+def test_an_exception_in_a_training_stage_ends_the_run_as_failed(
+    tiny_config, tiny_pairs, tracked, monkeypatch
+):
     from nstlab.tracking_queries import search_runs
 
     cfg = tiny_config(*SCHEDULE)

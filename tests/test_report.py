@@ -27,10 +27,19 @@ def store(tmp_path, tiny_config, monkeypatch):
     cfg = tiny_config()
     for r, targets, encoder, decoder, content, style in CONFIGS:
         with Tracker(cfg.mlflow, f"vit_lora-r{r}", {"model": "vit_lora", "stage": "2"}) as tracker:
-            tracker.log_params({"lora.r": r, "lora.target_modules": targets, "encoder.layers": encoder,
-                                "decoder.layers": decoder, "parameters.trainable": 1000 * r})
-            tracker.log_metrics({"test.paper_content_loss": content, "test.paper_style_loss": style,
-                                 "train_seconds": 12.0}, step=1)
+            tracker.log_params(
+                {
+                    "lora.r": r,
+                    "lora.target_modules": targets,
+                    "encoder.layers": encoder,
+                    "decoder.layers": decoder,
+                    "parameters.trainable": 1000 * r,
+                }
+            )
+            tracker.log_metrics(
+                {"test.paper_content_loss": content, "test.paper_style_loss": style, "train_seconds": 12.0},
+                step=1,
+            )
     with Tracker(cfg.mlflow, "sanet", {"model": "sanet", "stage": "0"}) as tracker:
         tracker.log_metrics({"val.content": 1.0}, step=1)
     return cfg
@@ -59,15 +68,29 @@ def _fake_outputs(reports, tmp_path):
     Image.new("RGB", (40, 30), "red").save(content)
     Image.new("RGB", (30, 30), "blue").save(style)
     for model, loss in (("vit_lora", 1.0), ("sanet", 2.0)):
-        write_record({  # as evaluate writes it: numbers in reports/metrics, names in reports/runs
-            "model": model, "profile": "demo", "pairs": 1, "paper_content_loss": loss, "paper_style_loss": loss / 2,
-            "stytr2_content_loss": 0.1, "stytr2_style_loss": 0.2, "ssim_content": 0.5, "gram_distance": 0.01,
-            "latency_ms": 3.0, "peak_memory_mb": 10.0, "device": "cpu"},
-            *evaluation_record_paths(reports, model))
+        write_record(
+            {  # as evaluate writes it: numbers in reports/metrics, names in reports/runs
+                "model": model,
+                "profile": "demo",
+                "pairs": 1,
+                "paper_content_loss": loss,
+                "paper_style_loss": loss / 2,
+                "stytr2_content_loss": 0.1,
+                "stytr2_style_loss": 0.2,
+                "ssim_content": 0.5,
+                "gram_distance": 0.01,
+                "latency_ms": 3.0,
+                "peak_memory_mb": 10.0,
+                "device": "cpu",
+            },
+            *evaluation_record_paths(reports, model),
+        )
         outputs = reports / "outputs" / model
         outputs.mkdir(parents=True)
         Image.new("RGB", (40, 30), "green").save(outputs / "0000.png")
-        (outputs / "pairs.json").write_text(json.dumps([{"pair": 0, "content": str(content), "style": str(style)}]))
+        (outputs / "pairs.json").write_text(
+            json.dumps([{"pair": 0, "content": str(content), "style": str(style)}])
+        )
 
 
 def test_report_writes_tables_figures_and_a_page_labelled_with_the_profile(store, tmp_path):
@@ -85,10 +108,19 @@ def test_report_writes_tables_figures_and_a_page_labelled_with_the_profile(store
     assert "DEMO RESULTS" in page and 'src="figures/gallery_grid.png"' in page
 
 
-NO_CHROMIUM = pytest.mark.skipif(shutil.which("chromium") is None,
-                                 reason="Debian's chromium is not installed (.ci/run installs it)")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+NO_CHROMIUM = pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @NO_CHROMIUM
@@ -98,20 +130,39 @@ def test_gallery_renders_in_a_real_browser_with_every_image_loaded(store, tmp_pa
     build_report(store, reports_dir=reports)
     probe = tmp_path / "probe.html"
     # Load the page in an iframe-free way: chromium's --dump-dom after a script marks broken images.
-    page = (reports / "index.html").read_text().replace(
-        "</body>", "<script>window.onload=()=>{document.body.dataset.broken=[...document.images]"
-        ".filter(i=>!(i.complete&&i.naturalWidth>0)).length;document.body.dataset.images=document.images.length;}"
-        "</script></body>")
+    page = (
+        (reports / "index.html")
+        .read_text()
+        .replace(
+            "</body>",
+            "<script>window.onload=()=>{document.body.dataset.broken=[...document.images]"
+            ".filter(i=>!(i.complete&&i.naturalWidth>0)).length;document.body.dataset.images=document.images.length;}"
+            "</script></body>",
+        )
+    )
     probe = reports / "probe.html"
     probe.write_text(page)
     flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chrome'}"]
-    dom = subprocess.run(["chromium", *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
-    body = dom[dom.find("<body"):dom.find(">", dom.find("<body")) + 1]
+    dom = subprocess.run(
+        ["chromium", *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    body = dom[dom.find("<body") : dom.find(">", dom.find("<body")) + 1]
     assert 'data-broken="0"' in body and 'data-images="3"' in body, body  # gallery, metrics, quality vs cost
     assert 'id="table1"' in dom and "<table" in dom
-    subprocess.run(["chromium", *flags, "--window-size=1300,1600", f"--screenshot={tmp_path / 'gallery.png'}",
-                    (reports / "index.html").as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            "chromium",
+            *flags,
+            "--window-size=1300,1600",
+            f"--screenshot={tmp_path / 'gallery.png'}",
+            (reports / "index.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert (tmp_path / "gallery.png").stat().st_size > 10_000
 
 
@@ -138,15 +189,26 @@ def test_quality_vs_cost_figure_sits_next_to_table2(store, tmp_path):
     assert table2_at < figure_at < page.index("Figures and gallery")
     two_panels = Image.open(figure).width
     rows = table2(store).assign(pairs_per_s=[3.0, 2.0, 1.0])
-    assert Image.open(quality_vs_cost(rows, tmp_path / "speed.png", "demo")).width > two_panels  # a pairs/s panel
+    assert (
+        Image.open(quality_vs_cost(rows, tmp_path / "speed.png", "demo")).width > two_panels
+    )  # a pairs/s panel
     assert quality_vs_cost(rows.iloc[0:0], tmp_path / "none.png", "demo") is None
 
 
 # -- the MLflow UI on a store of real runs ----------------------------------------------------
 
-UI_FAST = ["train.batch_size=4", "train.stage1.epochs=1", "train.stage2.epochs=1",
-           "train.stage2.milestones=[]", "train.val_every=2", "train.sample_every=2", "train.max_val_pairs=2",
-           "eval.max_pairs=2", "eval.max_size=32", "baselines.gatys.iterations=2"]
+UI_FAST = [
+    "train.batch_size=4",
+    "train.stage1.epochs=1",
+    "train.stage2.epochs=1",
+    "train.stage2.milestones=[]",
+    "train.val_every=2",
+    "train.sample_every=2",
+    "train.max_val_pairs=2",
+    "eval.max_pairs=2",
+    "eval.max_size=32",
+    "baselines.gatys.iterations=2",
+]
 
 
 @pytest.fixture
@@ -161,13 +223,22 @@ def demo_like_store(tmp_path, tiny_config, tiny_pairs, monkeypatch):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     cfg = tiny_config(*UI_FAST)
-    dirs = {"models_dir": tmp_path / "models", "logs_dir": tmp_path / "reports" / "train",
-            "checkpoints_dir": tmp_path / "checkpoints"}
+    dirs = {
+        "models_dir": tmp_path / "models",
+        "logs_dir": tmp_path / "reports" / "train",
+        "checkpoints_dir": tmp_path / "checkpoints",
+    }
     for stage in (1, 2):
         train(cfg, "vit_lora", stage, pairs_dir=tiny_pairs, progress=False, **dirs)
     for method in ("vit_lora", "gatys"):
-        evaluate_model(cfg, method, pairs_dir=tiny_pairs, models_dir=dirs["models_dir"],
-                       reports_dir=tmp_path / "reports", progress=False)
+        evaluate_model(
+            cfg,
+            method,
+            pairs_dir=tiny_pairs,
+            models_dir=dirs["models_dir"],
+            reports_dir=tmp_path / "reports",
+            progress=False,
+        )
     return store
 
 
@@ -186,10 +257,25 @@ def mlflow_ui(demo_like_store, tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = open(tmp_path / "ui.log", "wb")
-    command = [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
-               f"sqlite:///{demo_like_store}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{demo_like_store}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    server = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -213,10 +299,15 @@ def _page_text(url: str, profile, *extra: str) -> str:
     """The page's visible text after its scripts ran (chromium --dump-dom, a fresh profile)."""
     import re
 
-    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=2400,1000",
-             "--virtual-time-budget=20000"]
-    dom = subprocess.run(["chromium", *flags, *extra, "--dump-dom", url], capture_output=True, text=True,
-                         timeout=180).stdout
+    flags = [
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        "--window-size=2400,1000",
+        "--virtual-time-budget=20000",
+    ]
+    dom = subprocess.run(
+        ["chromium", *flags, *extra, "--dump-dom", url], capture_output=True, text=True, timeout=180
+    ).stdout
     return " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", dom, flags=re.S)).split())
 
 
@@ -233,8 +324,13 @@ def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_table2(mlfl
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 3 and experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert all(run.inputs.dataset_inputs for run in runs)
-    assert not [key for run in runs if run.data.tags["model"] == "vit_lora" for key in run.data.params
-                if key.startswith("baselines.")]
+    assert not [
+        key
+        for run in runs
+        if run.data.tags["model"] == "vit_lora"
+        for key in run.data.params
+        if key.startswith("baselines.")
+    ]
 
     page = f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/runs?{MODEL_TRAINING_QUERY}"
     text = _page_text(page, tmp_path / "chrome-runs")
@@ -244,17 +340,31 @@ def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_table2(mlfl
     digest = dvc_md5(tmp_path / "pairs")
     assert f"pairs/train ({digest})" in text and f"pairs/test ({digest})" in text  # the Dataset column
     screenshot = tmp_path / "mlflow_runs.png"  # for humans: what the test saw
-    subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chrome-shot'}",
-                    "--window-size=1600,900", "--virtual-time-budget=20000", f"--screenshot={screenshot}",
-                    page],
-                   capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            "chromium",
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'chrome-shot'}",
+            "--window-size=1600,900",
+            "--virtual-time-budget=20000",
+            f"--screenshot={screenshot}",
+            page,
+        ],
+        capture_output=True,
+        timeout=180,
+    )
     assert screenshot.stat().st_size > 20_000
 
     table2 = _page_text(table2_url(mlflow_ui, experiment.experiment_id), tmp_path / "chrome-table2")
     assert "1 matching run" in table2 and "vit_lora-r16-qkvd-e2-d1" in table2
     assert "vit_lora-stage1" not in table2 and "gatys" not in table2
-    for column in ("lora.r", "lora.target_modules", "encoder.layers", "decoder.layers",
-                   "test.paper_style_loss"):
+    for column in (
+        "lora.r",
+        "lora.target_modules",
+        "encoder.layers",
+        "decoder.layers",
+        "test.paper_style_loss",
+    ):
         assert column in table2
 
 
@@ -264,8 +374,9 @@ def _seed_run(cfg, content: float, style: float) -> str:
     from nstlab.tracking import seed_group
 
     name = f"vit_lora-r{cfg.lora.r}"
-    with Tracker(cfg.mlflow, name, {"model": "vit_lora", "stage": "2"},
-                 group=seed_group(cfg, "vit_lora", 2, name)) as tracker:
+    with Tracker(
+        cfg.mlflow, name, {"model": "vit_lora", "stage": "2"}, group=seed_group(cfg, "vit_lora", 2, name)
+    ) as tracker:
         tracker.log_params({**cfg.flat(), "parameters.trainable": 1000 * cfg.lora.r})
         tracker.log_metrics({"test.paper_content_loss": content, "test.paper_style_loss": style}, step=1)
     return tracker.run_id
@@ -307,13 +418,22 @@ def test_table2_gives_mean_std_and_n_over_the_seeds_of_each_configuration(seeded
     assert not frame["style_loss_within_spread"].any()
     build_report(cfg, reports_dir=tmp_path / "reports")
     text = (tmp_path / "reports" / "table2.md").read_text()
-    cells = {int(line.split("|")[1]): [cell.strip() for cell in line.split("|")[5:8]]
-             for line in text.splitlines() if line.startswith("|") and line.split("|")[1].strip().isdigit()}
-    assert cells == {16: ["1.2 ± 0.2 (best)", "0.5 ± 0", "3"], 32: ["1.25 ± 0.14 †", "1 ± 0.14", "2"],
-                     64: ["2", "0.4 (best)", "1"]}  # n = 1: the value alone
+    cells = {
+        int(line.split("|")[1]): [cell.strip() for cell in line.split("|")[5:8]]
+        for line in text.splitlines()
+        if line.startswith("|") and line.split("|")[1].strip().isdigit()
+    }
+    assert cells == {
+        16: ["1.2 ± 0.2 (best)", "0.5 ± 0", "3"],
+        32: ["1.25 ± 0.14 †", "1 ± 0.14", "2"],
+        64: ["2", "0.4 (best)", "1"],
+    }  # n = 1: the value alone
     assert "†: differs from the best by less than the seed spread" in text
-    csv_row = next(line for line in (tmp_path / "reports" / "table2.csv").read_text().splitlines()
-                   if line.startswith("32,"))
+    csv_row = next(
+        line
+        for line in (tmp_path / "reports" / "table2.csv").read_text().splitlines()
+        if line.startswith("32,")
+    )
     assert ",1.25,0.141421," in csv_row  # the CSV keeps the numbers
 
 
@@ -324,10 +444,12 @@ def test_table1_reads_every_seed_of_a_models_configuration_from_mlflow(seeded_st
     reports = tmp_path / "reports"
     (reports / "metrics").mkdir(parents=True)
     common = {"profile": "demo", "pairs": 2, "paper_style_loss": 0.5, "latency_ms": 3.0}
-    (reports / "metrics" / "vit_lora.json").write_text(json.dumps(
-        {"model": "vit_lora", "paper_content_loss": 1.0, "mlflow_run_id": runs[1], **common}))
-    (reports / "metrics" / "adain.json").write_text(json.dumps(
-        {"model": "adain", "paper_content_loss": 3.0, "mlflow_run_id": None, **common}))
+    (reports / "metrics" / "vit_lora.json").write_text(
+        json.dumps({"model": "vit_lora", "paper_content_loss": 1.0, "mlflow_run_id": runs[1], **common})
+    )
+    (reports / "metrics" / "adain.json").write_text(
+        json.dumps({"model": "adain", "paper_content_loss": 3.0, "mlflow_run_id": None, **common})
+    )
     frame = table1(reports, cfg).set_index("model")
     assert frame.loc["vit_lora", "n"] == 3
     assert frame.loc["vit_lora", "paper_content_loss"] == pytest.approx(1.2)

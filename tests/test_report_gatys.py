@@ -28,13 +28,27 @@ def _log_run(overrides: dict, metrics: dict, fail: bool = False) -> str:
     """A run as evaluate._log_gatys_run writes it: the config's gatys/backbone/seed keys, test metrics."""
     cfg = load_config(REPO / "params.yaml", override_args(overrides))
     with Tracker(cfg.mlflow, "gatys", {"model": "gatys", "stage": "0", "profile": cfg.profile}) as tracker:
-        tracker.log_params({key: value for key, value in cfg.flat().items()
-                            if key.startswith(("baselines.gatys", "backbone", "seed"))})
-        tracker.log_metrics({f"test.{name}": value for name, value in metrics.items() if value is not None}, 0)
+        tracker.log_params(
+            {
+                key: value
+                for key, value in cfg.flat().items()
+                if key.startswith(("baselines.gatys", "backbone", "seed"))
+            }
+        )
+        tracker.log_metrics(
+            {f"test.{name}": value for name, value in metrics.items() if value is not None}, 0
+        )
         if overrides.get("baselines.gatys.iterations") == 80:
             for step in range(0, 81, 20):
-                tracker.log_metrics({"optim.total": 9.0 - step / 20, "optim.content": 1.0,
-                                     "optim.style": 8.0 - step / 20, "optim.elapsed_s": step / 40}, step)
+                tracker.log_metrics(
+                    {
+                        "optim.total": 9.0 - step / 20,
+                        "optim.content": 1.0,
+                        "optim.style": 8.0 - step / 20,
+                        "optim.elapsed_s": step / 40,
+                    },
+                    step,
+                )
         if fail:
             raise RuntimeError("optimisation diverged")
     return tracker.run_id
@@ -47,11 +61,24 @@ def section(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlruns.db'}")
         patch.chdir(folder)
-        run_ids = [_log_run(overrides, {"paper_content_loss": content, "paper_style_loss": style, "ssim_content": 0.5,
-                                        "latency_ms": latency, "mse_vs_adain": mse, "ssim_vs_adain": mse and 1 - mse})
-                   for overrides, content, style, latency, mse in RUNS]
+        run_ids = [
+            _log_run(
+                overrides,
+                {
+                    "paper_content_loss": content,
+                    "paper_style_loss": style,
+                    "ssim_content": 0.5,
+                    "latency_ms": latency,
+                    "mse_vs_adain": mse,
+                    "ssim_vs_adain": mse and 1 - mse,
+                },
+            )
+            for overrides, content, style, latency, mse in RUNS
+        ]
         with pytest.raises(RuntimeError):
-            _log_run({"baselines.gatys.iterations": 160}, {"paper_style_loss": 0.01, "latency_ms": 1.0}, fail=True)
+            _log_run(
+                {"baselines.gatys.iterations": 160}, {"paper_style_loss": 0.01, "latency_ms": 1.0}, fail=True
+            )
         reports = folder / "reports"
         patch.delenv("MLFLOW_TRACKING_URI")  # the report finds the store through its config alone
         cfg = load_config(REPO / "params.yaml", [f"mlflow.tracking_uri=sqlite:///{folder / 'mlruns.db'}"])

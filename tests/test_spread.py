@@ -33,8 +33,12 @@ def test_cells_show_a_spread_only_where_there_is_one():
 
 
 def test_display_folds_std_into_the_cell_and_marks_best_and_within_spread():
-    frame = mark(pd.DataFrame({"config": ["a", "b", "c"], "loss": [1.0, 1.5, 3.0],
-                               "loss_std": [1.0, 0.2, 0.1], "n": [3, 3, 3]}), ["loss"])
+    frame = mark(
+        pd.DataFrame(
+            {"config": ["a", "b", "c"], "loss": [1.0, 1.5, 3.0], "loss_std": [1.0, 0.2, 0.1], "n": [3, 3, 3]}
+        ),
+        ["loss"],
+    )
     shown = display(frame, ["loss"], ["loss"])
     assert list(shown.columns) == ["config", "loss", "n"]
     assert list(shown["loss"]) == ["1 ± 1" + BEST, "1.5 ± 0.2" + WITHIN, "3 ± 0.1"]

@@ -18,15 +18,21 @@ def store(tmp_path, monkeypatch):
 
 def _train_like(cfg) -> str:
     """A run as the trainer opens it: nested by seed_group, every config key a param."""
-    with Tracker(cfg.mlflow, "vit_lora-r16", {"model": "vit_lora", "stage": "2"},
-                 group=seed_group(cfg, "vit_lora", 2, "vit_lora-r16")) as tracker:
+    with Tracker(
+        cfg.mlflow,
+        "vit_lora-r16",
+        {"model": "vit_lora", "stage": "2"},
+        group=seed_group(cfg, "vit_lora", 2, "vit_lora-r16"),
+    ) as tracker:
         tracker.log_params(cfg.flat())
     return tracker.run_id
 
 
 def test_each_configuration_is_one_parent_with_one_child_per_seed(store, tiny_config):
-    children = {(r, seed): _train_like(tiny_config(f"lora.r={r}", f"seed={seed}"))
-                for r, seed in ((16, 1), (16, 2), (16, 3), (32, 1))}
+    children = {
+        (r, seed): _train_like(tiny_config(f"lora.r={r}", f"seed={seed}"))
+        for r, seed in ((16, 1), (16, 2), (16, 3), (32, 1))
+    }
     runs = search_runs(tiny_config().mlflow).set_index("run_id")
     parents = runs[runs["tags.seed_group"].notna()]
     assert len(parents) == 2 and set(parents["status"]) == {"FINISHED"}
@@ -72,8 +78,10 @@ def test_the_seed_stays_out_of_the_configuration_digest_only(tiny_config):
     one, two = tiny_config("seed=1"), tiny_config("seed=2")
     assert run_digest(one, "vit_lora", 2) != run_digest(two, "vit_lora", 2)
     assert run_digest(one, "vit_lora", 2, with_seed=False) == run_digest(two, "vit_lora", 2, with_seed=False)
-    assert seed_group(one, "vit_lora", 2, "x")["digest"] != seed_group(tiny_config("seed=1", "lora.r=4"),
-                                                                        "vit_lora", 2, "x")["digest"]
+    assert (
+        seed_group(one, "vit_lora", 2, "x")["digest"]
+        != seed_group(tiny_config("seed=1", "lora.r=4"), "vit_lora", 2, "x")["digest"]
+    )
 
 
 def test_a_baselines_seeds_share_a_parent_across_grid_experiments_that_differ_in_lora_keys(tiny_config):

@@ -25,8 +25,14 @@ from nstlab.train import Trainer, train
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-FAST = ["train.batch_size=2", "train.stage1.epochs=2", "train.log_every=1", "train.val_every=3",
-        "train.sample_every=3", "train.max_val_pairs=2"]  # 8 steps; validation and a sample grid at 3, 6, 8
+FAST = [
+    "train.batch_size=2",
+    "train.stage1.epochs=2",
+    "train.log_every=1",
+    "train.val_every=3",
+    "train.sample_every=3",
+    "train.max_val_pairs=2",
+]  # 8 steps; validation and a sample grid at 3, 6, 8
 
 
 class Server:
@@ -41,14 +47,26 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        command = [str(Path(sys.executable).parent / "mlflow"), "server",
-                   "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}", "--serve-artifacts",
-                   "--artifacts-destination", str(self.folder / "artifacts"),
-                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        command = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.folder / 'mlflow.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(self.folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job workers
         log = open(self.folder / "server.log", "ab")
-        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)  # its own group: stop() ends uvicorn too
+        self.process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )  # its own group: stop() ends uvicorn too
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
@@ -83,11 +101,16 @@ def run_dirs(tmp_path, monkeypatch):
     """Output folders in tmp_path, which is also the repository root (so mlruns-buffer/ lands there)."""
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    return {"models_dir": tmp_path / "models", "logs_dir": tmp_path / "logs", "checkpoints_dir": tmp_path / "ckpt"}
+    return {
+        "models_dir": tmp_path / "models",
+        "logs_dir": tmp_path / "logs",
+        "checkpoints_dir": tmp_path / "ckpt",
+    }
 
 
-def test_a_training_logs_params_metrics_and_artefacts_over_http(server, tiny_config, tiny_pairs, run_dirs,
-                                                               monkeypatch, tmp_path):
+def test_a_training_logs_params_metrics_and_artefacts_over_http(
+    server, tiny_config, tiny_pairs, run_dirs, monkeypatch, tmp_path
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     summary = train(tiny_config(*FAST), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, **run_dirs)
 
@@ -98,7 +121,10 @@ def test_a_training_logs_params_metrics_and_artefacts_over_http(server, tiny_con
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train.total")] == list(range(1, 9))
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val.score")] == [3, 6, 8]
     record = json.loads((run_dirs["logs_dir"] / "vit_lora_stage1" / "run.json").read_text())
-    assert record["mlflow_run_url"] == f"{server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert (
+        record["mlflow_run_url"]
+        == f"{server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    )
     # Artefacts went through the server into its --artifacts-destination, not into a local folder.
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
     grid = client.download_artifacts(run.info.run_id, "samples/step_000008.png", str(tmp_path / "download"))
@@ -108,8 +134,9 @@ def test_a_training_logs_params_metrics_and_artefacts_over_http(server, tiny_con
     assert not (tmp_path / "mlartifacts").exists() and not (tmp_path / "mlruns-buffer").exists()
 
 
-def test_the_server_dying_mid_run_costs_no_step_and_sync_delivers_the_rest(server, tiny_config, tiny_pairs,
-                                                                            run_dirs, monkeypatch, capsys):
+def test_the_server_dying_mid_run_costs_no_step_and_sync_delivers_the_rest(
+    server, tiny_config, tiny_pairs, run_dirs, monkeypatch, capsys
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     original_step = Trainer._step
 
@@ -143,13 +170,15 @@ def test_the_server_dying_mid_run_costs_no_step_and_sync_delivers_the_rest(serve
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train.total")] == list(range(1, 9))
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val.score")] == [3, 6, 8]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "samples")} == {
-        f"samples/step_00000{step}.png" for step in (3, 6, 8)}
+        f"samples/step_00000{step}.png" for step in (3, 6, 8)
+    }
     assert not buffers[0].exists()
     again = CliRunner().invoke(app, ["sync"])
     assert again.exit_code == 0 and again.output.strip() == "nothing to sync"
 
 
 # -- the buffer and its replay, against a local sqlite store whose outages we switch on and off --
+
 
 @pytest.fixture
 def store(tmp_path, monkeypatch, tiny_config):
@@ -171,6 +200,7 @@ def store(tmp_path, monkeypatch, tiny_config):
                     raise ConnectionError("connection reset")
                 outage["fail_after"] -= 1
             return function(*args)
+
         return call
 
     monkeypatch.setattr(tracking, "_deliver", failing(deliver))
@@ -182,7 +212,9 @@ def _steps(run_id: str, key: str = "loss") -> list[int]:
     return [m.step for m in MlflowClient().get_metric_history(run_id, key)]
 
 
-def test_an_outage_is_buffered_retried_at_most_every_n_seconds_and_replayed_in_order(store, monkeypatch, tmp_path):
+def test_an_outage_is_buffered_retried_at_most_every_n_seconds_and_replayed_in_order(
+    store, monkeypatch, tmp_path
+):
     cfg, outage = store
     monkeypatch.setattr(tracking, "RETRY_SECONDS", 3600.0)  # no retry while steps 2-4 log, however slow
     with warnings.catch_warnings(record=True) as caught:
@@ -206,8 +238,9 @@ def test_an_outage_is_buffered_retried_at_most_every_n_seconds_and_replayed_in_o
     assert MlflowClient().get_run(tracker.run_id).info.status == "FINISHED"
 
 
-def test_a_run_that_could_not_start_is_created_by_sync_with_all_it_logged(store, tmp_path, capsys,
-                                                                           tiny_pairs):
+def test_a_run_that_could_not_start_is_created_by_sync_with_all_it_logged(
+    store, tmp_path, capsys, tiny_pairs
+):
     from nstlab.data.version import pairs_tables
 
     cfg, outage = store
@@ -233,8 +266,9 @@ def test_a_run_that_could_not_start_is_created_by_sync_with_all_it_logged(store,
     assert run.info.start_time == tracker._start_time_ms and run.info.status == "FINISHED"
     assert run.data.params == {"lora.r": "16"} and _steps(run.info.run_id) == [1, 2, 3]
     assert [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "samples")] == ["samples/grid.png"]
-    datasets = {(item.dataset.name, item.dataset.digest, item.tags[0].value)
-                for item in run.inputs.dataset_inputs}
+    datasets = {
+        (item.dataset.name, item.dataset.digest, item.tags[0].value) for item in run.inputs.dataset_inputs
+    }
     digest = pairs_tables(tiny_pairs, ("train",))[0].digest
     assert datasets == {("pairs/train", digest, "training"), ("pairs/val", digest, "validation")}
     experiment = MlflowClient().get_experiment(run.info.experiment_id)
@@ -265,8 +299,17 @@ def test_an_interrupted_sync_resumes_where_it_stopped(store, capsys):
 
 def test_sync_leaves_the_buffer_of_a_running_training_alone(store, tmp_path):
     cfg, _ = store
-    running = Buffer.create({"tracking_uri": "sqlite:///x.db", "run_id": "abc", "experiment_id": "1",
-                             "experiment": cfg.experiment, "run_name": "r", "tags": {}, "start_time": 0})
+    running = Buffer.create(
+        {
+            "tracking_uri": "sqlite:///x.db",
+            "run_id": "abc",
+            "experiment_id": "1",
+            "experiment": cfg.experiment,
+            "run_name": "r",
+            "tags": {},
+            "start_time": 0,
+        }
+    )
     try:
         lines, left = sync_buffers()
         assert left == 1 and "in use by a running training" in lines[0] and running.path.exists()
@@ -280,7 +323,10 @@ def test_http_settings_fail_fast_only_where_the_user_set_none(monkeypatch):
     with tracking._fail_fast(0):
         assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
         assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
-    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+    assert (
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+        and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+    )
 
 
 def test_table2_rows_link_to_their_run_page_on_the_server(server, tiny_config, run_dirs, monkeypatch):
@@ -290,11 +336,20 @@ def test_table2_rows_link_to_their_run_page_on_the_server(server, tiny_config, r
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     cfg = tiny_config()
     with Tracker(cfg.mlflow, "vit_lora-linked", {"model": "vit_lora", "stage": "2"}) as tracker:
-        tracker.log_params({"lora.r": 4, "lora.target_modules": ["query", "value"], "encoder.layers": 2,
-                            "decoder.layers": 1, "parameters.trainable": 100})
+        tracker.log_params(
+            {
+                "lora.r": 4,
+                "lora.target_modules": ["query", "value"],
+                "encoder.layers": 2,
+                "decoder.layers": 1,
+                "parameters.trainable": 100,
+            }
+        )
         tracker.log_metrics({"test.paper_content_loss": 1.0, "test.paper_style_loss": 2.0}, step=1)
     row = table2(cfg).set_index("run_id").loc[tracker.run_id]
-    assert row.mlflow_run_url == tracker.run_url and row.mlflow_run_url.startswith(f"{server.url}/#/experiments/")
+    assert row.mlflow_run_url == tracker.run_url and row.mlflow_run_url.startswith(
+        f"{server.url}/#/experiments/"
+    )
     assert f'<a href="{tracker.run_url}"' in html_table(table2(cfg))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{run_dirs['logs_dir'].parent / 'local.db'}")
     assert "mlflow_run_url" not in table2(cfg).columns  # a local store has no page to link
@@ -325,8 +380,8 @@ def test_the_table2_view_shows_the_params_the_table2_grid_ablates():
     assert set(tracking.TABLE2_ABLATED) == ablated
     assert {f"params.`{key}`" for key in ablated} <= set(tracking.TABLE2_VIEW["selectedColumns"])
     assert tracking.table2_url("http://127.0.0.1:5000/", "1") == (
-        "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning"
-        "&viewStateShareKey=table2")
+        "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=table2"
+    )
 
 
 def test_source_tags_name_the_entry_point_as_the_repository_does(tmp_path, monkeypatch):
@@ -347,14 +402,20 @@ def test_a_buffered_seed_run_nests_under_its_configuration_when_synced(store, ti
     cfg, outage = store
     outage["on"] = True
     with pytest.warns(UserWarning, match="MLflow start failed"):
-        with Tracker(cfg, "offline-seed", {"model": "test"},
-                     group=seed_group(tiny_config("seed=7"), "vit_lora", 2, "offline-seed")) as tracker:
+        with Tracker(
+            cfg,
+            "offline-seed",
+            {"model": "test"},
+            group=seed_group(tiny_config("seed=7"), "vit_lora", 2, "offline-seed"),
+        ) as tracker:
             tracker.log_params({"seed": 7})
     outage["on"] = False
     assert sync_buffers()[1] == 0
     client = MlflowClient()
-    runs = {run.info.run_id: run for run in client.search_runs([client.get_experiment_by_name(cfg.experiment)
-                                                                  .experiment_id])}
+    runs = {
+        run.info.run_id: run
+        for run in client.search_runs([client.get_experiment_by_name(cfg.experiment).experiment_id])
+    }
     (child,) = [run for run in runs.values() if run.data.tags.get("model") == "test"]
     parent = runs[child.data.tags["mlflow.parentRunId"]]
     assert parent.data.tags["seed_group"] == child.data.tags["config_family"]

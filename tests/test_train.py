@@ -11,15 +11,27 @@ from nstlab.checkpoint import load_checkpoint
 from nstlab.errors import NstlabError
 from nstlab.train import Trainer, train
 
-FAST = ["train.batch_size=2", "train.stage1.epochs=2", "train.stage2.epochs=2", "train.stage2.milestones=[1]",
-        "train.log_every=1", "train.val_every=3", "train.sample_every=3", "train.max_val_pairs=2"]
+FAST = [
+    "train.batch_size=2",
+    "train.stage1.epochs=2",
+    "train.stage2.epochs=2",
+    "train.stage2.milestones=[1]",
+    "train.log_every=1",
+    "train.val_every=3",
+    "train.sample_every=3",
+    "train.max_val_pairs=2",
+]
 
 
 @pytest.fixture
 def run_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     monkeypatch.chdir(tmp_path)
-    return {"models_dir": tmp_path / "models", "logs_dir": tmp_path / "logs", "checkpoints_dir": tmp_path / "ckpt"}
+    return {
+        "models_dir": tmp_path / "models",
+        "logs_dir": tmp_path / "logs",
+        "checkpoints_dir": tmp_path / "ckpt",
+    }
 
 
 def _weights(path):
@@ -36,7 +48,9 @@ def test_two_stages_write_weights_logs_adapter_and_an_mlflow_run(tiny_config, ti
     assert second["parameters_trainable"] > first["parameters_trainable"]  # LoRA added
     stage2 = run_dirs["models_dir"] / "vit_lora_stage2"
     assert (stage2 / "adapter" / "content_encoder" / "adapter_config.json").is_file()
-    assert any(name.startswith("content_encoder.") and "lora_A" in name for name in _weights(stage2 / "model.pt"))
+    assert any(
+        name.startswith("content_encoder.") and "lora_A" in name for name in _weights(stage2 / "model.pt")
+    )
     log = (run_dirs["logs_dir"] / "vit_lora_stage2" / "train_log.csv").read_text().splitlines()
     assert log[0].startswith("step,epoch,lr,total,content,style") and len(log) == 9
     lrs = [float(line.split(",")[2]) for line in log[1:]]
@@ -60,8 +74,9 @@ def test_two_stages_write_weights_logs_adapter_and_an_mlflow_run(tiny_config, ti
     assert {"samples", "adapter", "metrics.json", "config.yaml"} <= artifacts
 
 
-def test_a_run_logs_its_own_params_its_data_version_and_its_source(tiny_config, tiny_pairs, run_dirs,
-                                                                   tmp_path):
+def test_a_run_logs_its_own_params_its_data_version_and_its_source(
+    tiny_config, tiny_pairs, run_dirs, tmp_path
+):
     import yaml
     from mlflow.tracking import MlflowClient
 
@@ -115,15 +130,25 @@ def _train_interrupted_at(step: int, monkeypatch, cfg, method: str, stage: int, 
             train(cfg, method, stage, progress=False, tracking=False, **kwargs)
 
 
-def test_resume_after_interruption_gives_the_same_weights(tiny_config, tiny_pairs, run_dirs, tmp_path, monkeypatch):
+def test_resume_after_interruption_gives_the_same_weights(
+    tiny_config, tiny_pairs, run_dirs, tmp_path, monkeypatch
+):
     cfg = tiny_config(*FAST)
     train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
     reference = _weights(run_dirs["checkpoints_dir"] / "vit_lora_stage1" / "last.pt")
 
     interrupted = {k: tmp_path / "b" / k for k in run_dirs}
     _train_interrupted_at(5, monkeypatch, cfg, "vit_lora", 1, pairs_dir=tiny_pairs, **interrupted)
-    summary = train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, resume="require",
-                    **interrupted)
+    summary = train(
+        cfg,
+        "vit_lora",
+        1,
+        pairs_dir=tiny_pairs,
+        progress=False,
+        tracking=False,
+        resume="require",
+        **interrupted,
+    )
     assert summary["steps"] == 8
     resumed = _weights(interrupted["checkpoints_dir"] / "vit_lora_stage1" / "last.pt")
     assert resumed.keys() == reference.keys()
@@ -133,12 +158,21 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_config, tiny_pair
 def test_resume_refuses_a_checkpoint_from_another_config(tiny_config, tiny_pairs, run_dirs):
     train(tiny_config(*FAST), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
     with pytest.raises(NstlabError, match="made with another config or code"):
-        train(tiny_config(*FAST, "decoder.dropout=0.2"), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False,
-              tracking=False, resume="require", **run_dirs)
+        train(
+            tiny_config(*FAST, "decoder.dropout=0.2"),
+            "vit_lora",
+            1,
+            pairs_dir=tiny_pairs,
+            progress=False,
+            tracking=False,
+            resume="require",
+            **run_dirs,
+        )
 
 
-def test_a_nan_loss_stops_with_a_message_keeps_the_checkpoint_and_fails_the_run(tiny_config, tiny_pairs, run_dirs,
-                                                                                  monkeypatch):
+def test_a_nan_loss_stops_with_a_message_keeps_the_checkpoint_and_fails_the_run(
+    tiny_config, tiny_pairs, run_dirs, monkeypatch
+):
     from nstlab.models.vit_lora import ViTLoRA
     from nstlab.tracking_queries import search_runs
 
@@ -180,12 +214,18 @@ def test_training_metrics_json_is_what_dvc_reads(tiny_config, tiny_pairs, run_di
     assert metrics["steps"] == 8 and metrics["val_score"] > 0
     assert all(isinstance(value, int | float) and not isinstance(value, bool) for value in metrics.values())
     run = json.loads((run_dirs["logs_dir"] / "vit_lora_stage1" / "run.json").read_text())
-    assert run == {"model": "vit_lora", "stage": 1, "run_name": "vit_lora-stage1-e2-d1", "profile": "demo",
-                   "keep": "best"}
+    assert run == {
+        "model": "vit_lora",
+        "stage": 1,
+        "run_name": "vit_lora-stage1-e2-d1",
+        "profile": "demo",
+        "keep": "best",
+    }
 
 
-def test_the_run_json_records_the_tracking_uri_as_written_not_a_machine_path(tiny_config, tiny_pairs,
-                                                                              run_dirs, monkeypatch):
+def test_the_run_json_records_the_tracking_uri_as_written_not_a_machine_path(
+    tiny_config, tiny_pairs, run_dirs, monkeypatch
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # params' relative sqlite:///mlruns.db, in the cwd (tmp_path)
     summary = train(tiny_config(*FAST), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, **run_dirs)
     run = json.loads((run_dirs["logs_dir"] / "vit_lora_stage1" / "run.json").read_text())
@@ -193,8 +233,9 @@ def test_the_run_json_records_the_tracking_uri_as_written_not_a_machine_path(tin
     assert (run_dirs["models_dir"].parent / "mlruns.db").is_file()
 
 
-def test_a_finished_run_whose_outputs_dvc_deleted_trains_again_to_the_same_weights(tiny_config, tiny_pairs,
-                                                                                    run_dirs):
+def test_a_finished_run_whose_outputs_dvc_deleted_trains_again_to_the_same_weights(
+    tiny_config, tiny_pairs, run_dirs
+):
     """`dvc repro -f` deletes models/<key> but not checkpoints/<key>/last.pt (finished, same
     config and code): the trainer trains again instead of "resuming" past the end."""
     import shutil
@@ -206,8 +247,16 @@ def test_a_finished_run_whose_outputs_dvc_deleted_trains_again_to_the_same_weigh
     shutil.rmtree(out)
     (run_dirs["logs_dir"] / "vit_lora_stage1" / "metrics.json").unlink()
     with pytest.raises(NstlabError, match=r"that run finished and .*model.pt is gone.*--resume require"):
-        train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, resume="require",
-              **run_dirs)
+        train(
+            cfg,
+            "vit_lora",
+            1,
+            pairs_dir=tiny_pairs,
+            progress=False,
+            tracking=False,
+            resume="require",
+            **run_dirs,
+        )
     summary = train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
     assert summary["steps"] == 8 and summary["train_seconds"] > 0
     again = _weights(out / "model.pt")
@@ -216,8 +265,9 @@ def test_a_finished_run_whose_outputs_dvc_deleted_trains_again_to_the_same_weigh
     assert len(log) == 1 + 8  # logged afresh, not appended to the first run's rows
 
 
-def test_cli_resume_require_after_a_finished_run_lost_its_outputs_is_one_line(tiny_overrides, tiny_pairs,
-                                                                              tmp_path, monkeypatch, capsys):
+def test_cli_resume_require_after_a_finished_run_lost_its_outputs_is_one_line(
+    tiny_overrides, tiny_pairs, tmp_path, monkeypatch, capsys
+):
     """`nstlab train` as the DVC stage runs it (default folders), twice, the outputs deleted in between."""
     import shutil
 
@@ -227,8 +277,19 @@ def test_cli_resume_require_after_a_finished_run_lost_its_outputs_is_one_line(ti
 
     monkeypatch.chdir(tmp_path)
     overrides = [flag for override in [*tiny_overrides, *FAST] for flag in ("-S", override)]
-    args = ["train", "vit_lora", "--stage", "1", "--no-tracking", "--no-progress",
-            "--params", str(REPO / "params.yaml"), *overrides, "--pairs", str(tiny_pairs)]
+    args = [
+        "train",
+        "vit_lora",
+        "--stage",
+        "1",
+        "--no-tracking",
+        "--no-progress",
+        "--params",
+        str(REPO / "params.yaml"),
+        *overrides,
+        "--pairs",
+        str(tiny_pairs),
+    ]
 
     def exit_code(argv) -> int:
         with pytest.raises(SystemExit) as done:
@@ -239,10 +300,13 @@ def test_cli_resume_require_after_a_finished_run_lost_its_outputs_is_one_line(ti
     shutil.rmtree("models")
     capsys.readouterr()
     assert exit_code([*args, "--resume", "require"]) == 2
-    assert capsys.readouterr().err.splitlines() == [(
-        "nstlab: error: checkpoints/vit_lora_stage1/last.pt: that run finished and "
-        "models/vit_lora_stage1/model.pt is gone, so there is nothing to resume; "
-        "run without --resume require to train it again")]
+    assert capsys.readouterr().err.splitlines() == [
+        (
+            "nstlab: error: checkpoints/vit_lora_stage1/last.pt: that run finished and "
+            "models/vit_lora_stage1/model.pt is gone, so there is nothing to resume; "
+            "run without --resume require to train it again"
+        )
+    ]
     assert exit_code(args) == 0 and (tmp_path / "models" / "vit_lora_stage1" / "model.pt").is_file()
 
 
@@ -250,14 +314,22 @@ def test_cli_resume_require_after_a_finished_run_lost_its_outputs_is_one_line(ti
 
 
 def _baseline(tiny_config, method: str, *extra: str):
-    return tiny_config("train.log_every=1", "train.val_every=2", "train.sample_every=2",
-                       "train.max_val_pairs=2", f"baselines.{method}.batch_size=4",
-                       f"baselines.{method}.iterations=5",
-                       f"baselines.{method}.data.resize=32", f"baselines.{method}.data.crop=16", *extra)
+    return tiny_config(
+        "train.log_every=1",
+        "train.val_every=2",
+        "train.sample_every=2",
+        "train.max_val_pairs=2",
+        f"baselines.{method}.batch_size=4",
+        f"baselines.{method}.iterations=5",
+        f"baselines.{method}.data.resize=32",
+        f"baselines.{method}.data.crop=16",
+        *extra,
+    )
 
 
-def test_a_baseline_keeps_its_final_step_and_resumes_to_the_same_weights(tiny_config, tiny_pairs, run_dirs,
-                                                                         tmp_path, monkeypatch):
+def test_a_baseline_keeps_its_final_step_and_resumes_to_the_same_weights(
+    tiny_config, tiny_pairs, run_dirs, tmp_path, monkeypatch
+):
     cfg = _baseline(tiny_config, "adain")
     assert cfg.baselines["adain"].keep == "last"
     summary = train(cfg, "adain", pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
@@ -274,8 +346,9 @@ def test_a_baseline_keeps_its_final_step_and_resumes_to_the_same_weights(tiny_co
     assert all(torch.equal(resumed[name], kept["model"][name]) for name in kept["model"])
 
 
-def test_keep_best_keeps_the_best_validation_step_and_the_final_weights_beside_it(tiny_config, tiny_pairs,
-                                                                                  run_dirs):
+def test_keep_best_keeps_the_best_validation_step_and_the_final_weights_beside_it(
+    tiny_config, tiny_pairs, run_dirs
+):
     cfg = _baseline(tiny_config, "adain", "baselines.adain.keep=best")
     summary = train(cfg, "adain", pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
     kept = load_checkpoint(run_dirs["models_dir"] / "adain" / "model.pt")
@@ -302,8 +375,15 @@ def test_stage2_starts_from_the_final_stage1_weights(tiny_config, tiny_pairs, ru
     state = stage2.model.state_dict()
     assert all(torch.equal(state[name], final[name]) for name in final if name.startswith("cnn_decoder."))
 
-    train(tiny_config(*FAST, "train.keep=last"), "vit_lora", 1, pairs_dir=tiny_pairs, progress=False,
-          tracking=False, **run_dirs)
+    train(
+        tiny_config(*FAST, "train.keep=last"),
+        "vit_lora",
+        1,
+        pairs_dir=tiny_pairs,
+        progress=False,
+        tracking=False,
+        **run_dirs,
+    )
     assert stage1_weights(run_dirs["models_dir"], "last") == folder / "model.pt"
     with pytest.raises(NstlabError, match="stage 1 kept no best weights"):
         stage1_weights(run_dirs["models_dir"], "best")
@@ -311,8 +391,13 @@ def test_stage2_starts_from_the_final_stage1_weights(tiny_config, tiny_pairs, ru
 
 @pytest.mark.parametrize("decays", [True, False])
 def test_the_iest_discriminator_lr_follows_the_generator_schedule(tiny_config, tiny_pairs, run_dirs, decays):
-    cfg = _baseline(tiny_config, "iest", "baselines.iest.iterations=4", "baselines.iest.lr_decay=0.1",
-                    f"baselines.iest.options.d_lr_decay={str(decays).lower()}")
+    cfg = _baseline(
+        tiny_config,
+        "iest",
+        "baselines.iest.iterations=4",
+        "baselines.iest.lr_decay=0.1",
+        f"baselines.iest.options.d_lr_decay={str(decays).lower()}",
+    )
     train(cfg, "iest", pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
     with open(run_dirs["logs_dir"] / "iest" / "train_log.csv") as handle:
         rows = list(csv.DictReader(handle))

@@ -47,8 +47,10 @@ def read_grid(path: Path, profile: str | None = None) -> dict[str, dict]:
         raise ConfigError(f"{path}: expected a top-level 'experiments:' or 'grids:' mapping")
     unknown = set(raw) - {"experiments", "grids", "profiles", "seeds"}
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}; "
-                          "use experiments:, grids:, profiles: or seeds:")
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}; "
+            "use experiments:, grids:, profiles: or seeds:"
+        )
     _experiments(path, raw, "")
     replacements = raw.get("profiles") or {}
     if not isinstance(replacements, dict) or set(replacements) - set(PROFILES):
@@ -59,12 +61,16 @@ def read_grid(path: Path, profile: str | None = None) -> dict[str, dict]:
         for kind in ("experiments", "grids"):
             extra = set(block.get(kind) or {}) - set(raw.get(kind) or {})
             if extra:
-                raise ConfigError(f"{path}: profiles.{name}.{kind}.{sorted(extra)[0]} replaces nothing; "
-                                  f"name one of the file's {kind}")
+                raise ConfigError(
+                    f"{path}: profiles.{name}.{kind}.{sorted(extra)[0]} replaces nothing; "
+                    f"name one of the file's {kind}"
+                )
         _experiments(path, block, f"profiles.{name}.")
     chosen = replacements.get(profile) or {}
     # dict merge keeps each replaced sweep where the file lists it, so report tables keep file order
-    merged = {kind: {**(raw.get(kind) or {}), **(chosen.get(kind) or {})} for kind in ("experiments", "grids")}
+    merged = {
+        kind: {**(raw.get(kind) or {}), **(chosen.get(kind) or {})} for kind in ("experiments", "grids")
+    }
     return _experiments(path, merged, "")
 
 
@@ -72,7 +78,9 @@ def _experiments(path: Path, raw: dict, where: str) -> dict[str, dict]:
     """The experiments: and grids: of one block -> {name: overrides}, validated."""
     for kind in ("experiments", "grids"):
         if not isinstance(raw.get(kind) or {}, dict):
-            raise ConfigError(f"{path}: {where}{kind}: must map names to {'overrides' if kind == 'experiments' else 'lists'}")
+            raise ConfigError(
+                f"{path}: {where}{kind}: must map names to {'overrides' if kind == 'experiments' else 'lists'}"
+            )
     experiments: dict[str, dict] = {}
     for name, overrides in (raw.get("experiments") or {}).items():
         experiments[str(name)] = overrides
@@ -114,8 +122,10 @@ def _whole(value) -> bool:
 
 def override_args(overrides: dict) -> list[str]:
     """{lora.r: 32, lora.target_modules: [query, value]} -> ['lora.r=32', 'lora.target_modules=[query, value]']."""
-    return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for key, value in overrides.items()]
+    return [
+        f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for key, value in overrides.items()
+    ]
 
 
 def methods_touched(overrides: dict) -> tuple[str, int]:
@@ -148,13 +158,21 @@ def dvc_experiment_digests(methods: set[tuple[str, int]]) -> set[str]:
         return set()  # no DVC repository or no dvc: MLflow alone decides
     digests = set()
     for baseline in shown:
-        revisions = [baseline] + [rev for group in baseline.get("experiments") or []
-                                  if ((group.get("executor") or {}).get("state") or "success") == "success"
-                                  for rev in group.get("revs", [])]
+        revisions = [baseline] + [
+            rev
+            for group in baseline.get("experiments") or []
+            if ((group.get("executor") or {}).get("state") or "success") == "success"
+            for rev in group.get("revs", [])
+        ]
         for revision in revisions:
             data = revision.get("data") or {}
             params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
-            if revision.get("rev") == "workspace" or not params or not data.get("metrics") or revision.get("error"):
+            if (
+                revision.get("rev") == "workspace"
+                or not params
+                or not data.get("metrics")
+                or revision.get("error")
+            ):
                 continue
             try:
                 cfg = resolve(params)
@@ -192,7 +210,9 @@ def _wait_for_queue(poll_s: float = 5.0) -> dict[str, str]:
         for line in lines:
             fields = line.split()
             if len(fields) >= 3:
-                statuses[fields[1]] = fields[-1] if fields[-1] in ("Queued", "Running", "Success", "Failed") else fields[2]
+                statuses[fields[1]] = (
+                    fields[-1] if fields[-1] in ("Queued", "Running", "Success", "Failed") else fields[2]
+                )
         if not any(state in ("Queued", "Running") for state in statuses.values()):
             return statuses
         time.sleep(poll_s)
@@ -206,8 +226,9 @@ class Point(NamedTuple):
     seed: int
 
 
-def plan_grid(grid: Path, *, force: bool = False, params_path: Path = Path("params.yaml"),
-              seeds: int | None = None) -> dict[str, Point]:
+def plan_grid(
+    grid: Path, *, force: bool = False, params_path: Path = Path("params.yaml"), seeds: int | None = None
+) -> dict[str, Point]:
     """{point name: Point}, configuration-major: `exp1` with one seed, `exp1-s325` with several
     (so two queue workers start on two seeds of one configuration, not on the stage 1 and
     baselines of one new seed twice). A point is done when its digest, seed included, is;
@@ -217,7 +238,9 @@ def plan_grid(grid: Path, *, force: bool = False, params_path: Path = Path("para
     chosen = grid_seeds(grid, base.seed, seeds)
     done = set()
     if not force:  # finished in MLflow, or a DVC experiment holds the result
-        done = finished_digests(base) | dvc_experiment_digests({methods_touched(o) for o in experiments.values()})
+        done = finished_digests(base) | dvc_experiment_digests(
+            {methods_touched(o) for o in experiments.values()}
+        )
     plan = {}
     for name, overrides in experiments.items():
         for seed in chosen or [base.seed]:
@@ -230,8 +253,10 @@ def plan_grid(grid: Path, *, force: bool = False, params_path: Path = Path("para
 
 def print_plan(grid: Path, plan: dict[str, Point]) -> None:
     seeds = sorted({point.seed for point in plan.values()})
-    table = Table(title=f"{grid}: {len(plan)} runs ({len(plan) // len(seeds) if plan else 0} configurations "
-                        f"× {len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
+    table = Table(
+        title=f"{grid}: {len(plan)} runs ({len(plan) // len(seeds) if plan else 0} configurations "
+        f"× {len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+    )
     for column in ("experiment", "state", "seed", "overrides"):
         table.add_column(column)
     for name, point in plan.items():
@@ -240,8 +265,15 @@ def print_plan(grid: Path, plan: dict[str, Point]) -> None:
     Console().print(table)
 
 
-def run_grid(grid: Path, *, jobs: int = 1, force: bool = False, dry_run: bool = False,
-             params_path: Path = Path("params.yaml"), seeds: int | None = None) -> dict:
+def run_grid(
+    grid: Path,
+    *,
+    jobs: int = 1,
+    force: bool = False,
+    dry_run: bool = False,
+    params_path: Path = Path("params.yaml"),
+    seeds: int | None = None,
+) -> dict:
     """Queue, run and report one grid; prints a done / queued / failed table (with dry_run:
     the plan, and nothing runs)."""
     plan = plan_grid(grid, force=force, params_path=params_path, seeds=seeds)
@@ -253,7 +285,14 @@ def run_grid(grid: Path, *, jobs: int = 1, force: bool = False, dry_run: bool = 
         if state == "queued":
             # `++key=value`: add or override (Hydra grammar), as a grid may set a key params.yaml only
             # has under a profile block (baselines.gatys.options.*); plain `key=value` must exist.
-            _dvc("exp", "run", "--queue", "--name", f"{prefix}-{name}", *[part for arg in args for part in ("-S", f"++{arg}")])
+            _dvc(
+                "exp",
+                "run",
+                "--queue",
+                "--name",
+                f"{prefix}-{name}",
+                *[part for arg in args for part in ("-S", f"++{arg}")],
+            )
     if any(state == "queued" for state, _ in plan.values()):
         _dvc("queue", "start", "--jobs", str(jobs), env=worker_env(jobs))
         statuses = _wait_for_queue()

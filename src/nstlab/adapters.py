@@ -20,7 +20,9 @@ from nstlab.models import build_model
 from nstlab.registry import final_output_key
 
 
-def load_adapters(cfg: Config, references: list[str], models_dir: Path = Path("models")) -> tuple[nn.Module, dict]:
+def load_adapters(
+    cfg: Config, references: list[str], models_dir: Path = Path("models")
+) -> tuple[nn.Module, dict]:
     """One ViT-LoRA base + every adapter -> (model on CPU, {adapter name: decoder state})."""
     model = build_model("vit_lora", cfg)
     decoders: dict[str, dict[str, torch.Tensor]] = {}
@@ -30,13 +32,17 @@ def load_adapters(cfg: Config, references: list[str], models_dir: Path = Path("m
             name = _unique(name, decoders)
             for encoder in ("content_encoder", "style_encoder"):
                 if not (folder / encoder / "adapter_config.json").is_file():
-                    raise NstlabError(f"--adapter {reference}: {folder / encoder} holds no peft adapter; "
-                                      "give the adapter/ folder that nstlab train writes")
+                    raise NstlabError(
+                        f"--adapter {reference}: {folder / encoder} holds no peft adapter; "
+                        "give the adapter/ folder that nstlab train writes"
+                    )
             try:
                 model.load_adapter(name, folder)
             except RuntimeError as error:  # peft's load_state_dict: LoRA shapes of another encoder size
-                raise NstlabError(f"--adapter {reference}: does not fit this config's encoders "
-                                  f"({str(error).splitlines()[-1].strip()}); pass the -S backbone.* values it was trained with") from None
+                raise NstlabError(
+                    f"--adapter {reference}: does not fit this config's encoders "
+                    f"({str(error).splitlines()[-1].strip()}); pass the -S backbone.* values it was trained with"
+                ) from None
             decoders[name] = _decoders_of(model, name, weights, reference)
     return model, decoders
 
@@ -48,11 +54,13 @@ def _resolve_adapter(cfg: Config, reference: str, models_dir: Path, scratch: Pat
         name = path.parent.name if path.name == "adapter" else path.name
         return name, path, path.parent / "model.pt"
     if reference.startswith("runs:/"):
-        run_id, _, artifact = reference[len("runs:/"):].partition("/")
+        run_id, _, artifact = reference[len("runs:/") :].partition("/")
     elif re.fullmatch(r"[0-9a-f]{32}", reference):
         run_id, artifact = reference, "adapter"
     else:
-        raise NstlabError(f"--adapter {reference}: no such directory, and not an MLflow run id or runs:/<run id>/<path>")
+        raise NstlabError(
+            f"--adapter {reference}: no such directory, and not an MLflow run id or runs:/<run id>/<path>"
+        )
     from nstlab.tracking_queries import download_artifact
 
     folder = download_artifact(cfg.mlflow, run_id, artifact.strip("/") or "adapter", scratch / run_id)
@@ -73,19 +81,27 @@ def _unique(name: str, taken: dict) -> str:
 def _decoders_of(model: nn.Module, name: str, weights: Path, reference: str) -> dict[str, torch.Tensor]:
     """The decoder tensors of `weights`, if that model.pt was trained with adapter `name`."""
     if not weights.is_file():
-        raise NstlabError(f"--adapter {reference}: its stage-2 decoders are not at {weights} (they live in the model.pt "
-                          "beside adapter/): point --models at that run's weights, e.g. after dvc exp apply")
+        raise NstlabError(
+            f"--adapter {reference}: its stage-2 decoders are not at {weights} (they live in the model.pt "
+            "beside adapter/): point --models at that run's weights, e.g. after dvc exp apply"
+        )
     state = load_checkpoint(weights)["model"]
     saved = {key: value for key, value in state.items() if "lora_" in key}
     loaded = model.adapter_state(name)
     if saved.keys() != loaded.keys() or not all(torch.equal(saved[key], loaded[key]) for key in saved):
-        raise NstlabError(f"--adapter {reference}: {weights} was not trained with this adapter (other LoRA weights "
-                          "or encoder layers), so its decoders do not belong to it")
-    decoders = {key: value for key, value in state.items() if key.startswith(("transformer_decoder.", "cnn_decoder."))}
+        raise NstlabError(
+            f"--adapter {reference}: {weights} was not trained with this adapter (other LoRA weights "
+            "or encoder layers), so its decoders do not belong to it"
+        )
+    decoders = {
+        key: value for key, value in state.items() if key.startswith(("transformer_decoder.", "cnn_decoder."))
+    }
     try:
         model.set_adapter(name, decoders)  # fail here, naming the adapter, not midway through stylising
     except RuntimeError as error:
         detail = str(error).splitlines()[-1].strip()
-        raise NstlabError(f"--adapter {reference}: its decoders do not fit this config ({detail}); "
-                          "pass the -S decoder.* values it was trained with") from None
+        raise NstlabError(
+            f"--adapter {reference}: its decoders do not fit this config ({detail}); "
+            "pass the -S decoder.* values it was trained with"
+        ) from None
     return decoders

@@ -16,7 +16,11 @@ from nstlab.config import Config
 
 
 def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -43,7 +47,9 @@ def _timed(function, steps: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - started) / steps
 
 
-def run_benchmark(cfg: Config, what: str, *, steps: int = 10, warmup: int = 3, size: tuple[int, int] = (1064, 1600)) -> dict:
+def run_benchmark(
+    cfg: Config, what: str, *, steps: int = 10, warmup: int = 3, size: tuple[int, int] = (1064, 1600)
+) -> dict:
     """Returns a JSON-able dict: seconds per step/image, throughput, peak memory, TFLOP/s, config."""
     from nstlab.errors import NstlabError
     from nstlab.models import build_model
@@ -92,8 +98,11 @@ def run_benchmark(cfg: Config, what: str, *, steps: int = 10, warmup: int = 3, s
         "steps": steps,
         "warmup": warmup,
         "profile": cfg.profile,
-        "config": {key: value for key, value in cfg.flat().items()
-                   if key.split(".")[0] in ("encoder", "lora", "decoder", "backbone", "train", "data")},
+        "config": {
+            key: value
+            for key, value in cfg.flat().items()
+            if key.split(".")[0] in ("encoder", "lora", "decoder", "backbone", "train", "data")
+        },
         "command": " ".join(["nstlab", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,

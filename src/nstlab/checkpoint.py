@@ -34,7 +34,9 @@ def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor], path: P
     if missing or unexpected:
         example = sorted(missing or unexpected)[0]
         kind = "lacks" if missing else "has an unexpected"
-        raise NstlabError(f"{path}: checkpoint {kind} tensor {example!r}: it was made by another model or config")
+        raise NstlabError(
+            f"{path}: checkpoint {kind} tensor {example!r}: it was made by another model or config"
+        )
     try:
         model.load_state_dict(state, strict=False)
     except RuntimeError as error:
@@ -58,8 +60,10 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
         # writer, with the OSError as context.
         cause = error if isinstance(error, OSError) else error.__context__
         reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else _first_line(error)
-        raise NstlabError(f"{path}: checkpoint not written ({reason}); the previous file, if any, is unchanged: "
-                          "free disk space and run again (training resumes from the last checkpoint)") from None
+        raise NstlabError(
+            f"{path}: checkpoint not written ({reason}); the previous file, if any, is unchanged: "
+            "free disk space and run again (training resumes from the last checkpoint)"
+        ) from None
     finally:
         temp.unlink(missing_ok=True)
 
@@ -69,17 +73,25 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise NstlabError(f"{path}: no such checkpoint; train the model first (nstlab train ...)")
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives; never run the legacy pickle path
-        raise NstlabError(f"{path}: refused to load: not a torch.save zip archive (a raw pickle, another format "
-                          "or a truncated file); use weights written by nstlab train")
+        raise NstlabError(
+            f"{path}: refused to load: not a torch.save zip archive (a raw pickle, another format "
+            "or a truncated file); use weights written by nstlab train"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise NstlabError(f"{path}: refused to load: not a plain-tensor checkpoint ({_unpickler_reason(error)}); "
-                          "use weights written by nstlab train") from None
+        raise NstlabError(
+            f"{path}: refused to load: not a plain-tensor checkpoint ({_unpickler_reason(error)}); "
+            "use weights written by nstlab train"
+        ) from None
     except (RuntimeError, EOFError, OSError) as error:
-        raise NstlabError(f"{path}: unreadable checkpoint ({_first_line(error)}); delete it and retrain") from None
+        raise NstlabError(
+            f"{path}: unreadable checkpoint ({_first_line(error)}); delete it and retrain"
+        ) from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise NstlabError(f"{path}: not an nstlab checkpoint (no 'model' tensors); use weights written by nstlab train")
+        raise NstlabError(
+            f"{path}: not an nstlab checkpoint (no 'model' tensors); use weights written by nstlab train"
+        )
     return state
 
 
@@ -120,8 +132,9 @@ def run_digest(cfg, method: str, stage: int, *, with_seed: bool = True) -> str:
         config[options.rstrip(".")] = dataclasses.asdict(settings_from_config(cfg))
     if not with_seed:
         foreign = _foreign_blocks(method, stage)
-        config = {key: value for key, value in config.items()
-                  if key != "seed" and not key.startswith(foreign)}
+        config = {
+            key: value for key, value in config.items() if key != "seed" and not key.startswith(foreign)
+        }
     return digest({"method": method, "stage": stage, "config": config})
 
 

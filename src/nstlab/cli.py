@@ -15,14 +15,17 @@ import typer
 from nstlab.errors import NstlabError
 from nstlab.registry import OPTIMISED, TRAINED, method_names
 
-app = typer.Typer(help=__doc__.splitlines()[0], no_args_is_help=True, pretty_exceptions_enable=False,
-                  add_completion=False)
+app = typer.Typer(
+    help=__doc__.splitlines()[0], no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False
+)
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
 TRAINED_METHODS = ", ".join(method_names(TRAINED))
 OPTIMISED_METHODS = ", ".join(method_names(OPTIMISED))
 ALL_METHODS = ", ".join(method_names())
-SetOption = Annotated[list[str] | None, typer.Option("-S", "--set", help="override a param: -S lora.r=32 (repeatable)")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("-S", "--set", help="override a param: -S lora.r=32 (repeatable)")
+]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
 
 
@@ -33,8 +36,12 @@ def _config(params: Path, overrides: list[str] | None):
 
 
 @app.command()
-def download(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, out: Path = Path("data/raw"),
-             progress: ProgressOption = True) -> None:
+def download(
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    out: Path = Path("data/raw"),
+    progress: ProgressOption = True,
+) -> None:
     """Fetch the content and style images of the active profile (demo: copy the embedded ones)."""
     from nstlab.stages import download_stage
 
@@ -42,8 +49,13 @@ def download(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
 
 
 @app.command()
-def pair(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, raw: Path = Path("data/raw"),
-         out: Path = Path("data/pairs"), progress: ProgressOption = True) -> None:
+def pair(
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    raw: Path = Path("data/raw"),
+    out: Path = Path("data/pairs"),
+    progress: ProgressOption = True,
+) -> None:
     """Split images into disjoint train/val/test sets, draw seeded (content, style) pairs, pre-resize."""
     from nstlab.stages import pair_stage
 
@@ -51,39 +63,63 @@ def pair(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, raw
 
 
 @app.command()
-def train(method: Annotated[str, typer.Argument(help=TRAINED_METHODS)],
-          stage: Annotated[int, typer.Option(help="ViT-LoRA stage: 1 (frozen encoders) or 2 (LoRA)")] = 0,
-          params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
-          resume: Annotated[str, typer.Option(help="auto: continue a matching checkpoint; never; require")] = "auto",
-          pairs: Path = Path("data/pairs"), models: Path = Path("models"),
-          no_tracking: Annotated[bool, typer.Option("--no-tracking", help="do not log to MLflow")] = False,
-          progress: ProgressOption = True) -> None:
+def train(
+    method: Annotated[str, typer.Argument(help=TRAINED_METHODS)],
+    stage: Annotated[int, typer.Option(help="ViT-LoRA stage: 1 (frozen encoders) or 2 (LoRA)")] = 0,
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    resume: Annotated[
+        str, typer.Option(help="auto: continue a matching checkpoint; never; require")
+    ] = "auto",
+    pairs: Path = Path("data/pairs"),
+    models: Path = Path("models"),
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="do not log to MLflow")] = False,
+    progress: ProgressOption = True,
+) -> None:
     """Train one model (one ViT-LoRA stage); logs to MLflow, checkpoints, resumes."""
     from nstlab.train import train as run_training
 
     if resume not in ("auto", "never", "require"):
         raise NstlabError(f"--resume {resume!r}: choose auto, never or require")
-    summary = run_training(_config(params, set_), method, stage, pairs_dir=pairs, models_dir=models,
-                           resume=resume, progress=progress, tracking=not no_tracking)
+    summary = run_training(
+        _config(params, set_),
+        method,
+        stage,
+        pairs_dir=pairs,
+        models_dir=models,
+        resume=resume,
+        progress=progress,
+        tracking=not no_tracking,
+    )
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the same summary
         typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command()
-def evaluate(method: Annotated[str, typer.Argument(help=f"{TRAINED_METHODS} or {OPTIMISED_METHODS}")],
-             params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
-             pairs: Path = Path("data/pairs"), models: Path = Path("models"),
-             out: Path = Path("reports"), progress: ProgressOption = True) -> None:
+def evaluate(
+    method: Annotated[str, typer.Argument(help=f"{TRAINED_METHODS} or {OPTIMISED_METHODS}")],
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    pairs: Path = Path("data/pairs"),
+    models: Path = Path("models"),
+    out: Path = Path("reports"),
+    progress: ProgressOption = True,
+) -> None:
     """Stylise every test pair and write reports/metrics/<model>.json and the outputs."""
     from nstlab.evaluate import evaluate_model
 
-    evaluate_model(_config(params, set_), method, pairs_dir=pairs, models_dir=models, reports_dir=out,
-                   progress=progress)
+    evaluate_model(
+        _config(params, set_), method, pairs_dir=pairs, models_dir=models, reports_dir=out, progress=progress
+    )
 
 
 @app.command()
-def report(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, out: Path = Path("reports"),
-           pairs: Path = Path("data/pairs")) -> None:
+def report(
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    out: Path = Path("reports"),
+    pairs: Path = Path("data/pairs"),
+) -> None:
     """Write Table 1, Table 2, figures and the HTML gallery from the metrics and MLflow."""
     from nstlab.report import build_report
 
@@ -91,35 +127,67 @@ def report(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, o
 
 
 @app.command()
-def stylize(content: Annotated[Path, typer.Argument(help="content image")],
-            styles: Annotated[list[Path], typer.Argument(help="one or more style images")],
-            output: Annotated[Path, typer.Option("-o", "--output", help="where to write the result")],
-            model: Annotated[str, typer.Option("--model", help=ALL_METHODS)] = "vit_lora",
-            checkpoint: Annotated[Path | None, typer.Option(help="weights (default: models/<model>/model.pt)")] = None,
-            size: Annotated[int | None, typer.Option(help="cap the longer side at N px")] = None,
-            alpha: Annotated[float, typer.Option(help="content-style trade-off in [0, 1], 0 = the content "
-                                                 "(adain, sanet, mcc, iest, artflow, stytr2)")] = 1.0,
-            preserve_color: Annotated[bool, typer.Option(
-                "--preserve-color", help="keep the content's colours (recolour the style first)")] = False,
-            weights: Annotated[str | None, typer.Option(help="AdaIN style interpolation weights, e.g. 0.7,0.3")] = None,
-            adapter: Annotated[list[str] | None, typer.Option(
-                "--adapter", help="ViT-LoRA stage-2 adapter: its adapter/ folder, an MLflow run id or runs:/<id>/adapter "
-                "(repeatable; one base model, writes OUT_<name> per adapter)")] = None,
-            models: Path = Path("models"),
-            params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+def stylize(
+    content: Annotated[Path, typer.Argument(help="content image")],
+    styles: Annotated[list[Path], typer.Argument(help="one or more style images")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the result")],
+    model: Annotated[str, typer.Option("--model", help=ALL_METHODS)] = "vit_lora",
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="weights (default: models/<model>/model.pt)")
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="cap the longer side at N px")] = None,
+    alpha: Annotated[
+        float,
+        typer.Option(
+            help="content-style trade-off in [0, 1], 0 = the content "
+            "(adain, sanet, mcc, iest, artflow, stytr2)"
+        ),
+    ] = 1.0,
+    preserve_color: Annotated[
+        bool, typer.Option("--preserve-color", help="keep the content's colours (recolour the style first)")
+    ] = False,
+    weights: Annotated[
+        str | None, typer.Option(help="AdaIN style interpolation weights, e.g. 0.7,0.3")
+    ] = None,
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--adapter",
+            help="ViT-LoRA stage-2 adapter: its adapter/ folder, an MLflow run id or runs:/<id>/adapter "
+            "(repeatable; one base model, writes OUT_<name> per adapter)",
+        ),
+    ] = None,
+    models: Path = Path("models"),
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+) -> None:
     """Stylise one image with a trained model (any size), or with each of several LoRA adapters."""
     from nstlab.evaluate import stylize_file
 
     style_weights = _parse_weights(weights, len(styles))
-    written = stylize_file(_config(params, set_), model, content, styles, output, checkpoint=checkpoint, max_size=size,
-                           alpha=alpha, style_weights=style_weights, adapters=adapter,
-                           preserve_color=preserve_color, models_dir=models)
+    written = stylize_file(
+        _config(params, set_),
+        model,
+        content,
+        styles,
+        output,
+        checkpoint=checkpoint,
+        max_size=size,
+        alpha=alpha,
+        style_weights=style_weights,
+        adapters=adapter,
+        preserve_color=preserve_color,
+        models_dir=models,
+    )
     typer.echo("\n".join(str(path) for path in written))
 
 
 @app.command()
-def adapters(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
-             as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+def adapters(
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
     """List the ViT-LoRA adapters in MLflow: LoRA config and test losses, ready for stylize --adapter."""
     from nstlab.report import adapters_table
 
@@ -138,7 +206,9 @@ def sync() -> None:
     lines, left = sync_buffers()
     typer.echo("\n".join(lines) or "nothing to sync")
     if left:
-        raise NstlabError(f"{left} buffer(s) not delivered: check that MLflow is up, then run nstlab sync again")
+        raise NstlabError(
+            f"{left} buffer(s) not delivered: check that MLflow is up, then run nstlab sync again"
+        )
 
 
 def _print_table(frame, title: str) -> None:
@@ -149,8 +219,16 @@ def _print_table(frame, title: str) -> None:
     for column in frame.columns:
         table.add_column(str(column), overflow="fold")  # a narrow terminal wraps values, never cuts a run id
     for row in frame.itertuples(index=False):
-        table.add_row(*("" if value is None or value != value else f"{value:.4g}" if isinstance(value, float)
-                        else str(value) for value in row))
+        table.add_row(
+            *(
+                ""
+                if value is None or value != value
+                else f"{value:.4g}"
+                if isinstance(value, float)
+                else str(value)
+                for value in row
+            )
+        )
     Console().print(table)
 
 
@@ -167,10 +245,13 @@ def _parse_weights(text: str | None, count: int) -> list[float] | None:
 
 
 @app.command()
-def info(model: Annotated[str, typer.Option("--model", help=ALL_METHODS)] = "vit_lora",
-         stage: Annotated[int, typer.Option(help="ViT-LoRA stage to count (2 adds LoRA)")] = 2,
-         params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
-         as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+def info(
+    model: Annotated[str, typer.Option("--model", help=ALL_METHODS)] = "vit_lora",
+    stage: Annotated[int, typer.Option(help="ViT-LoRA stage to count (2 adds LoRA)")] = 2,
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
     """Parameter counts per part (trainable and frozen) of a model under the current config."""
     from nstlab.evaluate import describe_model
 
@@ -183,14 +264,21 @@ def info(model: Annotated[str, typer.Option("--model", help=ALL_METHODS)] = "vit
 
 
 @app.command()
-def ablate(grid: Annotated[Path, typer.Argument(help="experiments/*.yaml")],
-           jobs: Annotated[int, typer.Option(help="parallel DVC queue workers")] = 1,
-           force: Annotated[bool, typer.Option(help="rerun configurations already done")] = False,
-           dry_run: Annotated[bool, typer.Option(help="print which configurations are done / would run; run nothing")] = False,
-           seeds: Annotated[int | None, typer.Option(
-               min=1, help="run each configuration under K training seeds (params.yaml's seed, the K-1 after)"
-           )] = None,
-           params: ParamsOption = Path("params.yaml")) -> None:
+def ablate(
+    grid: Annotated[Path, typer.Argument(help="experiments/*.yaml")],
+    jobs: Annotated[int, typer.Option(help="parallel DVC queue workers")] = 1,
+    force: Annotated[bool, typer.Option(help="rerun configurations already done")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="print which configurations are done / would run; run nothing")
+    ] = False,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="run each configuration under K training seeds (params.yaml's seed, the K-1 after)"
+        ),
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
     """Queue every configuration of a grid as a DVC experiment, run the queue, rebuild the report."""
     from nstlab.ablate import run_grid
 
@@ -198,12 +286,17 @@ def ablate(grid: Annotated[Path, typer.Argument(help="experiments/*.yaml")],
 
 
 @app.command()
-def bench(what: Annotated[str, typer.Argument(help="train or stylize")],
-          params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
-          steps: int = 10, warmup: int = 3,
-          height: int = 1064, width: int = 1600,
-          as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = True,
-          out: Annotated[Path | None, typer.Option(help="also write the JSON here")] = None) -> None:
+def bench(
+    what: Annotated[str, typer.Argument(help="train or stylize")],
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    steps: int = 10,
+    warmup: int = 3,
+    height: int = 1064,
+    width: int = 1600,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = True,
+    out: Annotated[Path | None, typer.Option(help="also write the JSON here")] = None,
+) -> None:
     """Time the training step (pairs/s) or stylisation (ms/image) on this machine."""
     from nstlab.bench import run_benchmark
 
@@ -229,7 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as error:
         if error.filename is None:
             raise
-        _fail(f"{error.filename}: {error.strerror or error}; check the path, its permissions and free disk space")
+        _fail(
+            f"{error.filename}: {error.strerror or error}; check the path, its permissions and free disk space"
+        )
 
 
 def _fail(message: str) -> None:

@@ -204,8 +204,15 @@ class Config:
 SHARED_BLOCKS = ("profile", "seed", "data", "backbone", "eval")
 VIT_LORA_BLOCKS = ("encoder", "decoder", "lora", "loss", "train")
 # The train.* keys a baseline's training reads (its schedule lives in baselines.<name>).
-BASELINE_TRAIN_KEYS = ("log_every", "val_every", "max_val_pairs", "sample_every", "precision", "device",
-                       "workers")
+BASELINE_TRAIN_KEYS = (
+    "log_every",
+    "val_every",
+    "max_val_pairs",
+    "sample_every",
+    "precision",
+    "device",
+    "workers",
+)
 
 
 def run_params(cfg: Config, method: str, stage: int = 0) -> dict[str, Any]:
@@ -219,10 +226,15 @@ def run_params(cfg: Config, method: str, stage: int = 0) -> dict[str, Any]:
         keys = ("device",) if method == "gatys" else BASELINE_TRAIN_KEYS
         blocks = [f"baselines.{method}", *(f"train.{key}" for key in keys)]
     else:
-        raise ConfigError(f"unknown model {method!r}: choose vit_lora or one of {', '.join(baseline_names())}")
+        raise ConfigError(
+            f"unknown model {method!r}: choose vit_lora or one of {', '.join(baseline_names())}"
+        )
     wanted = (*SHARED_BLOCKS, *blocks)
-    return {key: value for key, value in cfg.flat().items()
-            if any(key == block or key.startswith(block + ".") for block in wanted)}
+    return {
+        key: value
+        for key, value in cfg.flat().items()
+        if any(key == block or key.startswith(block + ".") for block in wanted)
+    }
 
 
 def config_yaml(cfg: Config) -> str:
@@ -322,8 +334,10 @@ def check_source_name(name: str, role: str) -> None:
     """ConfigError unless `name` is a source for `role`: its own names, dir:PATH or hf:ID."""
     if name in SOURCES_BY_ROLE[role] or (name.startswith(SOURCE_PREFIXES) and name.split(":", 1)[1].strip()):
         return
-    raise ConfigError(f"data.{role}_source = {name!r}: use one of {', '.join(SOURCES_BY_ROLE[role])}, "
-                      "dir:PATH (a local folder of images) or hf:DATASET_ID (a Hugging Face dataset)")
+    raise ConfigError(
+        f"data.{role}_source = {name!r}: use one of {', '.join(SOURCES_BY_ROLE[role])}, "
+        "dir:PATH (a local folder of images) or hf:DATASET_ID (a Hugging Face dataset)"
+    )
 
 
 def _check_relations(cfg: Config) -> None:
@@ -333,7 +347,11 @@ def _check_relations(cfg: Config) -> None:
     pretrained = cfg.backbone.vit != "random"
     max_layers = VIT_B_LAYERS if pretrained else cfg.backbone.vit_layers
     if cfg.encoder.layers > max_layers:
-        vit = f"ViT-B/16 has {max_layers} blocks" if pretrained else f"backbone.vit_layers = {max_layers} in the {cfg.profile} profile"
+        vit = (
+            f"ViT-B/16 has {max_layers} blocks"
+            if pretrained
+            else f"backbone.vit_layers = {max_layers} in the {cfg.profile} profile"
+        )
         raise ConfigError(f"encoder.layers = {cfg.encoder.layers}: must be in [1, {max_layers}] ({vit})")
     if not cfg.lora.target_modules:
         raise ConfigError("lora.target_modules = []: name at least one of query, key, value, dense")
@@ -342,11 +360,15 @@ def _check_relations(cfg: Config) -> None:
             allowed = ", ".join((*LORA_TARGETS, *NATIVE_TARGETS))
             raise ConfigError(f"lora.target_modules: unknown module {name!r}: choose from {allowed}")
     if cfg.backbone.vit == "random" and cfg.backbone.vit_hidden % cfg.backbone.vit_heads:
-        raise ConfigError(f"backbone.vit_hidden = {cfg.backbone.vit_hidden}: must divide by backbone.vit_heads = {cfg.backbone.vit_heads}")
+        raise ConfigError(
+            f"backbone.vit_hidden = {cfg.backbone.vit_hidden}: must divide by backbone.vit_heads = {cfg.backbone.vit_heads}"
+        )
     for method, block in cfg.baselines.items():
         if block.data.crop > block.data.resize:
-            raise ConfigError(f"baselines.{method}.data.crop = {block.data.crop}: must be at most "
-                              f"baselines.{method}.data.resize = {block.data.resize}")
+            raise ConfigError(
+                f"baselines.{method}.data.crop = {block.data.crop}: must be at most "
+                f"baselines.{method}.data.resize = {block.data.resize}"
+            )
     for stage in ("stage1", "stage2"):
         milestones = getattr(cfg.train, stage).milestones
         if list(milestones) != sorted(set(milestones)):
@@ -416,9 +438,13 @@ def load_config(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
     try:
         text = path.read_text()
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror}); run from the repository root or pass --params") from None
+        raise ConfigError(
+            f"{path}: cannot read ({error.strerror}); run from the repository root or pass --params"
+        ) from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (undecodable bytes); pass the YAML parameters file") from None
+        raise ConfigError(
+            f"{path}: not a text file (undecodable bytes); pass the YAML parameters file"
+        ) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -47,7 +47,11 @@ def process_group(device_type: str):
 
 def _reduce_device() -> torch.device:
     """nccl reduces CUDA tensors only, gloo CPU tensors."""
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
 
 
 def all_finite(value: torch.Tensor) -> bool:
@@ -99,8 +103,13 @@ class ShardSampler(EpochSampler):
     def __iter__(self):
         order = list(super().__iter__())  # from start_index, which counts global items
         starts = range(0, len(order) - self.global_batch + 1, self.global_batch)
-        return iter([index for start in starts
-                     for index in order[start + self.offset:start + self.offset + self.local_batch]])
+        return iter(
+            [
+                index
+                for start in starts
+                for index in order[start + self.offset : start + self.offset + self.local_batch]
+            ]
+        )
 
     def __len__(self) -> int:
         return super().__len__() // self.global_batch * self.local_batch
@@ -114,8 +123,15 @@ def shard_loader(loader: DataLoader, global_batch: int) -> DataLoader:
         sampler.shard(rank(), world_size())
     else:
         sampler = ShardSampler(len(loader.dataset), loader.sampler.seed, global_batch)
-    return DataLoader(loader.dataset, batch_size=sampler.local_batch, sampler=sampler, drop_last=True,
-                      num_workers=loader.num_workers, generator=loader.generator, pin_memory=loader.pin_memory)
+    return DataLoader(
+        loader.dataset,
+        batch_size=sampler.local_batch,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=loader.num_workers,
+        generator=loader.generator,
+        pin_memory=loader.pin_memory,
+    )
 
 
 class _LossesAsForward(nn.Module):

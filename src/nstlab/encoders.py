@@ -48,7 +48,9 @@ class FrozenEncoder(nn.Module):
         return super().train(False)
 
 
-def load_weights(weights: str, key: str, *, imagenet=None, source: str | None = None) -> dict[str, torch.Tensor]:
+def load_weights(
+    weights: str, key: str, *, imagenet=None, source: str | None = None
+) -> dict[str, torch.Tensor]:
     """The state dict `weights` names: "imagenet" (torchvision's `imagenet`, a Weights enum member,
     cached under $TORCH_HOME) or a local file. Errors are one line naming `key`; `source` says
     where the file can be downloaded."""
@@ -56,11 +58,16 @@ def load_weights(weights: str, key: str, *, imagenet=None, source: str | None = 
         try:
             return imagenet.get_state_dict(progress=True)
         except Exception as error:  # offline: urllib/hub errors of many kinds
-            raise ConfigError(f"{key} = imagenet: could not load torchvision's {imagenet} ({error.__class__.__name__}); "
-                              "put the file in $TORCH_HOME/hub/checkpoints/ or give its path") from None
+            raise ConfigError(
+                f"{key} = imagenet: could not load torchvision's {imagenet} ({error.__class__.__name__}); "
+                "put the file in $TORCH_HOME/hub/checkpoints/ or give its path"
+            ) from None
     if not Path(weights).is_file():
-        hint = (f"download it from {source} and give its path, or use 'random'" if source
-                else "use 'random', 'imagenet' or a path to a state dict")
+        hint = (
+            f"download it from {source} and give its path, or use 'random'"
+            if source
+            else "use 'random', 'imagenet' or a path to a state dict"
+        )
         raise ConfigError(f"{key} = {weights!r}: no such file; {hint}")
     return torch.load(weights, map_location="cpu", weights_only=True)
 
@@ -194,19 +201,25 @@ class NormalisedVGG(FrozenEncoder):
     @staticmethod
     def _load(path: str, width: float, convs: list[nn.Conv2d]) -> None:
         if width != 1.0:
-            raise ConfigError(f"backbone.vgg_width = {width}: pretrained normalised VGG weights need width 1.0")
+            raise ConfigError(
+                f"backbone.vgg_width = {width}: pretrained normalised VGG weights need width 1.0"
+            )
         state = load_weights(path, "backbone.adain_vgg", source=ADAIN_VGG_SOURCE)
         # The file is nn.Sequential's state dict ("0.weight", "0.bias", "2.weight", …): the convs
         # in module order are ours in order (the file goes on to relu5_4; we stop at relu5_1).
         indices = sorted({int(key.split(".")[0]) for key in state if key.endswith(".weight")})
         if len(indices) < len(convs):
-            raise ConfigError(f"backbone.adain_vgg = {path!r}: {len(indices)} convolutions, "
-                              f"expected at least {len(convs)} (pytorch-AdaIN's vgg_normalised.pth)")
+            raise ConfigError(
+                f"backbone.adain_vgg = {path!r}: {len(indices)} convolutions, "
+                f"expected at least {len(convs)} (pytorch-AdaIN's vgg_normalised.pth)"
+            )
         for conv, index in zip(convs, indices):
             weight, bias = state[f"{index}.weight"], state[f"{index}.bias"]
             if weight.shape != conv.weight.shape:
-                raise ConfigError(f"backbone.adain_vgg = {path!r}: layer {index} has shape {tuple(weight.shape)}, "
-                                  f"expected {tuple(conv.weight.shape)}; is it pytorch-AdaIN's vgg_normalised.pth?")
+                raise ConfigError(
+                    f"backbone.adain_vgg = {path!r}: layer {index} has shape {tuple(weight.shape)}, "
+                    f"expected {tuple(conv.weight.shape)}; is it pytorch-AdaIN's vgg_normalised.pth?"
+                )
             conv.weight.data.copy_(weight)
             conv.bias.data.copy_(bias)
 
@@ -239,9 +252,13 @@ class ResNet50Features(FrozenEncoder):
             result = network.load_state_dict(state, strict=False)
             wrong = result.unexpected_keys + [key for key in result.missing_keys if not key.startswith("fc.")]
             if wrong:
-                raise ConfigError(f"weights = {weights!r}: not a torchvision ResNet-50 state dict (e.g. key {wrong[0]!r})")
-        stages = {"stem": nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool),
-                  **{name: getattr(network, name) for name in RESNET_LAYERS[1:]}}
+                raise ConfigError(
+                    f"weights = {weights!r}: not a torchvision ResNet-50 state dict (e.g. key {wrong[0]!r})"
+                )
+        stages = {
+            "stem": nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool),
+            **{name: getattr(network, name) for name in RESNET_LAYERS[1:]},
+        }
         depth = max(RESNET_LAYERS.index(name) for name in self.layers) + 1
         self.stages = nn.ModuleDict({name: stages[name] for name in RESNET_LAYERS[:depth]})
         self.freeze()

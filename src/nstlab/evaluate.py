@@ -28,8 +28,13 @@ def trained_weights_path(method: str, models_dir: Path) -> Path:
     return models_dir / final_output_key(method) / "model.pt"
 
 
-def load_model(cfg: Config, method: str, models_dir: Path = Path("models"), checkpoint: Path | None = None,
-               device: torch.device | None = None) -> nn.Module:
+def load_model(
+    cfg: Config,
+    method: str,
+    models_dir: Path = Path("models"),
+    checkpoint: Path | None = None,
+    device: torch.device | None = None,
+) -> nn.Module:
     """Build `method` and load its trained weights (ViT-LoRA: the stage-2 model with LoRA)."""
     from nstlab.checkpoint import load_checkpoint, load_trained_state
 
@@ -109,8 +114,15 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pairs"), models_dir: Path = Path("models"),
-                   reports_dir: Path = Path("reports"), progress: bool = True) -> dict:
+def evaluate_model(
+    cfg: Config,
+    method: str,
+    *,
+    pairs_dir: Path = Path("data/pairs"),
+    models_dir: Path = Path("models"),
+    reports_dir: Path = Path("reports"),
+    progress: bool = True,
+) -> dict:
     """Stylise the first eval.max_pairs test pairs; write outputs and reports/metrics/<method>.json."""
     from rich.progress import track
 
@@ -126,7 +138,9 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
     rows, latencies, histories = [], [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for index, (content_path, style_path) in enumerate(track(pairs, description=f"evaluate {method}", disable=not progress)):
+    for index, (content_path, style_path) in enumerate(
+        track(pairs, description=f"evaluate {method}", disable=not progress)
+    ):
         content = _load_tensor(cfg, content_path, cfg.eval.max_size).to(device)
         style = _load_tensor(cfg, style_path, cfg.eval.max_size).to(device)
         started = time.perf_counter()
@@ -137,13 +151,22 @@ def evaluate_model(cfg: Config, method: str, *, pairs_dir: Path = Path("data/pai
         latencies.append((time.perf_counter() - started) * 1000)
         output = output.float().clamp(0, 1)
         save_image(output[0].cpu(), outputs_dir / f"{index:04d}.png")
-        rows.append({"pair": index, "content": str(content_path), "style": str(style_path),
-                     **scorer(output, content, style), **_against_adain(output, reports_dir, index)})
+        rows.append(
+            {
+                "pair": index,
+                "content": str(content_path),
+                "style": str(style_path),
+                **scorer(output, content, style),
+                **_against_adain(output, reports_dir, index),
+            }
+        )
         if method == "gatys":
             histories.append(model.last_histories[0])
     if not rows:
         raise NstlabError(f"{pairs_dir / 'test.csv'}: no test pairs to evaluate")
-    metric_names = [key for key in rows[0] if key not in ("pair", "content", "style") and all(key in r for r in rows)]
+    metric_names = [
+        key for key in rows[0] if key not in ("pair", "content", "style") and all(key in r for r in rows)
+    ]
     summary = {
         "model": method,
         "profile": cfg.profile,
@@ -194,8 +217,10 @@ def _against_adain(output: torch.Tensor, reports_dir: Path, index: int) -> dict[
     reference = to_tensor(load_rgb(reference_path)).unsqueeze(0).to(output.device)
     if reference.shape != output.shape:
         return {}
-    return {"mse_vs_adain": float(torch.mean((output - reference) ** 2)),
-            "ssim_vs_adain": float(ssim(luminance(output), luminance(reference)).mean())}
+    return {
+        "mse_vs_adain": float(torch.mean((output - reference) ** 2)),
+        "ssim_vs_adain": float(ssim(luminance(output), luminance(reference)).mean()),
+    }
 
 
 def _log_gatys_run(cfg: Config, summary: dict, outputs_dir: Path, test_pairs) -> str | None:
@@ -207,15 +232,24 @@ def _log_gatys_run(cfg: Config, summary: dict, outputs_dir: Path, test_pairs) ->
 
     history_path, config_file = outputs_dir / "history.json", outputs_dir / "config.yaml"
     config_file.write_text(config_yaml(cfg))
-    tags = {"model": "gatys", "stage": "0", "profile": cfg.profile, "config_digest": run_digest(cfg, "gatys", 0)}
+    tags = {
+        "model": "gatys",
+        "stage": "0",
+        "profile": cfg.profile,
+        "config_digest": run_digest(cfg, "gatys", 0),
+    }
     with Tracker(cfg.mlflow, "gatys", tags, group=seed_group(cfg, "gatys", 0, "gatys")) as tracker:
         tracker.log_params(run_params(cfg, "gatys"))
         tracker.log_datasets(test_pairs)
         tracker.log_artifact(config_file)
-        tracker.log_metrics({f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float) and k != "pairs"}, 0)
+        tracker.log_metrics(
+            {f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float) and k != "pairs"}, 0
+        )
         histories = json.loads(history_path.read_text())
         for record in histories[0] if histories else []:
-            tracker.log_metrics({f"optim.{k}": v for k, v in record.items() if k != "step"}, int(record["step"]))
+            tracker.log_metrics(
+                {f"optim.{k}": v for k, v in record.items() if k != "step"}, int(record["step"])
+            )
         tracker.log_artifact(history_path)
     return tracker.run_id
 
@@ -226,10 +260,21 @@ def _log_gatys_run(cfg: Config, summary: dict, outputs_dir: Path, test_pairs) ->
 ALPHA_MODELS = ("adain", "sanet", "mcc", "iest", "artflow", "stytr2")
 
 
-def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list[Path], output_path: Path, *,
-                 checkpoint: Path | None = None, max_size: int | None = None, alpha: float = 1.0,
-                 style_weights: list[float] | None = None, adapters: list[str] | None = None,
-                 preserve_color: bool = False, models_dir: Path = Path("models")) -> list[Path]:
+def stylize_file(
+    cfg: Config,
+    method: str,
+    content_path: Path,
+    style_paths: list[Path],
+    output_path: Path,
+    *,
+    checkpoint: Path | None = None,
+    max_size: int | None = None,
+    alpha: float = 1.0,
+    style_weights: list[float] | None = None,
+    adapters: list[str] | None = None,
+    preserve_color: bool = False,
+    models_dir: Path = Path("models"),
+) -> list[Path]:
     """`nstlab stylize`: one image, any size; the content–style trade-off `alpha` (ALPHA_MODELS),
     several styles (AdaIN), and `preserve_color` (every model: the style image takes the content's
     colours first, by CORAL, as pytorch-AdaIN's --preserve_color).
@@ -243,12 +288,15 @@ def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list
     if not 0.0 <= alpha <= 1.0:
         raise NstlabError(f"--alpha {alpha}: must be in [0, 1]")
     if alpha != 1.0 and method not in ALPHA_MODELS:
-        raise NstlabError(f"--alpha: {method} has no content–style trade-off; "
-                          f"models with one: {', '.join(ALPHA_MODELS)}")
+        raise NstlabError(
+            f"--alpha: {method} has no content–style trade-off; models with one: {', '.join(ALPHA_MODELS)}"
+        )
     if len(style_paths) > 1 and method != "adain":
         raise NstlabError("several style images are an AdaIN feature: add --model adain")
     if adapters and (method != "vit_lora" or checkpoint is not None):
-        raise NstlabError("--adapter loads LoRA adapters onto ViT-LoRA: use it with --model vit_lora and no --checkpoint")
+        raise NstlabError(
+            "--adapter loads LoRA adapters onto ViT-LoRA: use it with --model vit_lora and no --checkpoint"
+        )
     limit = max_size or cfg.eval.max_size
     content = _load_tensor(cfg, content_path, limit)
     styles = [_load_tensor(cfg, path, limit) for path in style_paths]
@@ -264,14 +312,22 @@ def stylize_file(cfg: Config, method: str, content_path: Path, style_paths: list
             model.set_adapter(name, decoder_state)
             with torch.no_grad(), autocast(device, dtype):
                 output = model(content.to(device), styles[0].to(device))
-            outputs.append(save_image(output[0].float().clamp(0, 1).cpu(),
-                                      output_path.with_name(f"{output_path.stem}_{name}{output_path.suffix}")))
+            outputs.append(
+                save_image(
+                    output[0].float().clamp(0, 1).cpu(),
+                    output_path.with_name(f"{output_path.stem}_{name}{output_path.suffix}"),
+                )
+            )
         return outputs
     model = load_model(cfg, method, checkpoint=checkpoint, device=device)
     with torch.no_grad(), autocast(device, dtype):
         if method == "adain":
-            output = model(content.to(device), [s.to(device) for s in styles] if len(styles) > 1 else styles[0].to(device),
-                           alpha=alpha, style_weights=style_weights)
+            output = model(
+                content.to(device),
+                [s.to(device) for s in styles] if len(styles) > 1 else styles[0].to(device),
+                alpha=alpha,
+                style_weights=style_weights,
+            )
         else:
             trade_off = {"alpha": alpha} if method in ALPHA_MODELS else {}
             output = model(content.to(device), styles[0].to(device), **trade_off)

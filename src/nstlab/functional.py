@@ -152,6 +152,7 @@ def coral(source: torch.Tensor, target: torch.Tensor, eps: float = ADAIN_EPS) ->
     pytorch-AdaIN sums the products over pixels and adds I; we average them (unbiased, like the
     std) and add eps·I, so two images of different sizes get the same result as same-sized ones.
     """
+
     def statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         flat = images.flatten(2).double()  # (B, 3, N); fp64: the whitening inverts a 3×3 matrix
         mean = flat.mean(dim=2, keepdim=True)

@@ -53,11 +53,24 @@ class GatysSettings:
 
 _PRESET_VALUES = {
     "default": {},
-    "reference": {"style_layer_weights": INVERSE_CHANNELS_SQUARED, "style_loss": "pystiche", "style_weight": 1e3,
-                  "optimizer": "lbfgs", "lr": 1.0, "steps": 500, "max_size": 512},
+    "reference": {
+        "style_layer_weights": INVERSE_CHANNELS_SQUARED,
+        "style_loss": "pystiche",
+        "style_weight": 1e3,
+        "optimizer": "lbfgs",
+        "lr": 1.0,
+        "steps": 500,
+        "max_size": 512,
+    },
 }
-_CHOICES = {"preset": PRESETS, "extractor": EXTRACTORS, "init": INITS, "optimizer": OPTIMIZERS,
-            "style_loss": STYLE_LOSSES, "space": SPACES}
+_CHOICES = {
+    "preset": PRESETS,
+    "extractor": EXTRACTORS,
+    "init": INITS,
+    "optimizer": OPTIMIZERS,
+    "style_loss": STYLE_LOSSES,
+    "space": SPACES,
+}
 
 
 def _one_of(choices: Sequence[str]) -> str:
@@ -81,10 +94,17 @@ def settings_from_options(options: Mapping[str, Any], key_prefix: str = "baselin
     for name, value in values.items():
         key = f"{key_prefix}.{name}"
         if name.endswith("_weight") or name == "lr":
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (name == "lr" and value == 0):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or value < 0
+                or (name == "lr" and value == 0)
+            ):
                 # YAML 1.1 reads 1e6 (no dot, no exponent sign) as text: say how to write it.
                 hint = "; write 1.0e+6, not 1e6" if isinstance(value, str) and _is_number(value) else ""
-                raise ConfigError(f"{key} = {value!r}: expected a number {'> 0' if name == 'lr' else '≥ 0'}{hint}")
+                raise ConfigError(
+                    f"{key} = {value!r}: expected a number {'> 0' if name == 'lr' else '≥ 0'}{hint}"
+                )
             values[name] = float(value)
         if name in ("steps", "log_every") or (name == "max_size" and value is not None):
             low = MIN_SIDE if name == "max_size" else 1
@@ -97,7 +117,9 @@ def settings_from_options(options: Mapping[str, Any], key_prefix: str = "baselin
     values["style_layer_weights"] = _layer_weights(values, key_prefix)
     settings = GatysSettings(**values)
     if not any(getattr(settings, f"{term}_weight") for term in LOSS_TERMS):
-        raise ConfigError(f"{key_prefix}: every loss weight is 0; give content_weight or style_weight a value > 0")
+        raise ConfigError(
+            f"{key_prefix}: every loss weight is 0; give content_weight or style_weight a value > 0"
+        )
     return settings
 
 
@@ -125,15 +147,22 @@ def _layer_weights(values: Mapping[str, Any], key_prefix: str) -> tuple[float, .
     weights, key = values.get("style_layer_weights"), f"{key_prefix}.style_layer_weights"
     if weights is None or weights == INVERSE_CHANNELS_SQUARED:
         return weights
-    if isinstance(weights, str) or not isinstance(weights, list | tuple) or not all(
-            isinstance(w, int | float) and not isinstance(w, bool) and w >= 0 for w in weights):
-        raise ConfigError(f"{key} = {weights!r}: expected a list of numbers ≥ 0 or {INVERSE_CHANNELS_SQUARED!r}")
+    if (
+        isinstance(weights, str)
+        or not isinstance(weights, list | tuple)
+        or not all(isinstance(w, int | float) and not isinstance(w, bool) and w >= 0 for w in weights)
+    ):
+        raise ConfigError(
+            f"{key} = {weights!r}: expected a list of numbers ≥ 0 or {INVERSE_CHANNELS_SQUARED!r}"
+        )
     extractor = values.get("extractor", "vgg19")
     layers = values.get("style_layers")
     if layers is None and extractor != "vit":  # a ViT's default layers depend on its depth: checked at build
         layers = default_layers(extractor)["style"]
     if layers is not None and len(weights) != len(layers):
-        raise ConfigError(f"{key}: {len(weights)} weights for {len(layers)} style layers ({', '.join(layers)})")
+        raise ConfigError(
+            f"{key}: {len(weights)} weights for {len(layers)} style layers ({', '.join(layers)})"
+        )
     return tuple(float(w) for w in weights)
 
 
@@ -147,13 +176,19 @@ def settings_from_config(cfg) -> GatysSettings:
         if name in spec.options:
             raise ConfigError(f"baselines.gatys.options.{name}: set baselines.gatys.{where} instead")
     if spec.loss:
-        raise ConfigError("baselines.gatys.loss: give Gatys' weights in baselines.gatys.options "
-                          "(content_weight, style_weight, tv_weight, laplacian_weight, perceptual_weight)")
-    settings = settings_from_options({**spec.options, "steps": spec.iterations, "lr": spec.lr},
-                                     key_prefix="baselines.gatys.options")
+        raise ConfigError(
+            "baselines.gatys.loss: give Gatys' weights in baselines.gatys.options "
+            "(content_weight, style_weight, tv_weight, laplacian_weight, perceptual_weight)"
+        )
+    settings = settings_from_options(
+        {**spec.options, "steps": spec.iterations, "lr": spec.lr}, key_prefix="baselines.gatys.options"
+    )
     if settings.weights is not None:
         return settings
     backbone = cfg.backbone
-    profile_weights = {"vgg19": backbone.vgg19, "vit": backbone.vit,
-                       "resnet50": "random" if backbone.vgg19 == "random" else "imagenet"}
+    profile_weights = {
+        "vgg19": backbone.vgg19,
+        "vit": backbone.vit,
+        "resnet50": "random" if backbone.vgg19 == "random" else "imagenet",
+    }
     return dataclasses.replace(settings, weights=profile_weights[settings.extractor])

@@ -25,8 +25,12 @@ def _fit(image: Image.Image, size: int) -> Image.Image:
     return cell
 
 
-def save_grid(rows: Sequence[Sequence[torch.Tensor | Image.Image]], path: Path,
-              header: Sequence[str] | None = None, cell_px: int = CELL_PX) -> Path:
+def save_grid(
+    rows: Sequence[Sequence[torch.Tensor | Image.Image]],
+    path: Path,
+    header: Sequence[str] | None = None,
+    cell_px: int = CELL_PX,
+) -> Path:
     """Write a grid PNG: one row per pair, one column per image kind, optional column titles."""
     columns = max(len(row) for row in rows)
     top = HEADER_PX if header else 0

@@ -32,10 +32,16 @@ VIT_LAYER = re.compile(r"block([1-9][0-9]*)")
 # Perceptual (feature reconstruction) layers: Johnson et al. 2016 use VGG-16's relu1_2, relu2_2,
 # relu3_3, relu4_3; VGG-19 has the same names at the same depths.
 _DEFAULT_LAYERS = {
-    "vgg19": {"content": ("relu4_2",), "style": ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
-              "perceptual": ("relu1_2", "relu2_2", "relu3_3", "relu4_3")},
-    "resnet50": {"content": ("layer3",), "style": ("layer1", "layer2", "layer3", "layer4"),
-                 "perceptual": ("layer1", "layer2", "layer3")},
+    "vgg19": {
+        "content": ("relu4_2",),
+        "style": ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+        "perceptual": ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
+    },
+    "resnet50": {
+        "content": ("layer3",),
+        "style": ("layer1", "layer2", "layer3", "layer4"),
+        "perceptual": ("layer1", "layer2", "layer3"),
+    },
 }
 
 

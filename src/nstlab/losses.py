@@ -38,22 +38,28 @@ def feature_mse(first: Features, second: Features) -> torch.Tensor:
     return sum(F.mse_loss(first[name], second[name]) for name in first)
 
 
-def normalised_content_loss(output_features: Features, content_features: Features,
-                            layers: tuple[str, ...] = ("relu4_1", "relu5_1")) -> torch.Tensor:
+def normalised_content_loss(
+    output_features: Features, content_features: Features, layers: tuple[str, ...] = ("relu4_1", "relu5_1")
+) -> torch.Tensor:
     """Σ over layers of MSE(mvn φ(output), mvn φ(content)): the content loss of StyTr², SANet, MCC
     and IEST (SANet train.py calc_content_loss(norm=True) at relu4_1 + relu5_1)."""
     return sum(F.mse_loss(mvn(output_features[layer]), mvn(content_features[layer])) for layer in layers)
 
 
-def mean_std_style_loss(output_features: Features, style_features: Features,
-                        layers: tuple[str, ...] = STYTR2_LAYERS) -> torch.Tensor:
+def mean_std_style_loss(
+    output_features: Features, style_features: Features, layers: tuple[str, ...] = STYTR2_LAYERS
+) -> torch.Tensor:
     """Σ over layers of MSE(μ) + MSE(σ), σ = sqrt(unbiased var + 1e-5) (pytorch-AdaIN calc_style_loss)."""
     return sum(mean_std_loss(output_features[layer], style_features[layer], ADAIN_EPS) for layer in layers)
 
 
-def identity_terms(weights: Mapping[str, float], images: Sequence[torch.Tensor], features: Sequence[Features],
-                   stylize_with_itself: Callable[[], Sequence[torch.Tensor]],
-                   encode: Callable[[torch.Tensor], Features]) -> dict[str, torch.Tensor]:
+def identity_terms(
+    weights: Mapping[str, float],
+    images: Sequence[torch.Tensor],
+    features: Sequence[Features],
+    stylize_with_itself: Callable[[], Sequence[torch.Tensor]],
+    encode: Callable[[torch.Tensor], Features],
+) -> dict[str, torch.Tensor]:
     """StyTr²'s identity losses (eq. 6), shared by ViT-LoRA, StyTr², SANet, MCC and IEST.
 
     images: (content, style); features: their loss-network features; `stylize_with_itself()`
@@ -68,8 +74,10 @@ def identity_terms(weights: Mapping[str, float], images: Sequence[torch.Tensor],
     if weights.get("identity1"):
         terms["identity1"] = sum(F.mse_loss(identity, image) for identity, image in zip(identities, images))
     if weights.get("identity2"):
-        terms["identity2"] = sum(feature_mse(encode(identity), image_features)
-                                 for identity, image_features in zip(identities, features))
+        terms["identity2"] = sum(
+            feature_mse(encode(identity), image_features)
+            for identity, image_features in zip(identities, features)
+        )
     return terms
 
 

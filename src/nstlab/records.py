@@ -15,8 +15,9 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def write_record(summary: Mapping[str, Any], metrics_path: Path, run_path: Path,
-                 identity: Iterable[str] = ()) -> None:
+def write_record(
+    summary: Mapping[str, Any], metrics_path: Path, run_path: Path, identity: Iterable[str] = ()
+) -> None:
     """Numbers (except the `identity` keys, numeric labels such as a stage) -> metrics_path; the
     rest -> run_path. Missing numbers (None) are left out: DVC would show them as text."""
     labels = set(identity)

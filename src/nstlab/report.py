@@ -17,19 +17,41 @@ from nstlab.report_gatys import gatys_section
 from nstlab.report_tables import figure_html, html_table, profile_note, write_table
 
 # docs/methods.md#paper-results, the paper's Table 1 (content / style loss on its 352 test pairs).
-PAPER_TABLE1 = {"vit_lora": (9.097, 1.514), "artflow": (9.200, 2.745), "iest": (9.206, 2.805),
-                "mcc": (9.204, 2.945), "sanet": (9.687, 2.535)}
+PAPER_TABLE1 = {
+    "vit_lora": (9.097, 1.514),
+    "artflow": (9.200, 2.745),
+    "iest": (9.206, 2.805),
+    "mcc": (9.204, 2.945),
+    "sanet": (9.687, 2.535),
+}
 
 # The paper's Table 2: (r, targets, encoder layers, decoder layers) -> (content, style).
 PAPER_TABLE2 = {
-    (16, "qv", 6, 3): (9.134, 1.533), (32, "qv", 6, 3): (9.113, 1.544), (16, "qkv", 6, 3): (9.128, 1.480),
-    (16, "qv", 6, 4): (9.192, 1.473), (16, "qv", 8, 3): (9.171, 1.559), (16, "qv", 4, 3): (9.119, 1.548),
-    (16, "qkvd", 6, 3): (9.100, 1.514), (64, "qv", 6, 3): (9.183, 1.555),
+    (16, "qv", 6, 3): (9.134, 1.533),
+    (32, "qv", 6, 3): (9.113, 1.544),
+    (16, "qkv", 6, 3): (9.128, 1.480),
+    (16, "qv", 6, 4): (9.192, 1.473),
+    (16, "qv", 8, 3): (9.171, 1.559),
+    (16, "qv", 4, 3): (9.119, 1.548),
+    (16, "qkvd", 6, 3): (9.100, 1.514),
+    (64, "qv", 6, 3): (9.183, 1.555),
 }
 
-TABLE1_COLUMNS = ["model", "profile", "pairs", "paper_content_loss", "paper_style_loss", "stytr2_content_loss",
-                  "stytr2_style_loss", "ssim_content", "gram_distance", "latency_ms", "peak_memory_mb",
-                  "paper_reported_content", "paper_reported_style"]
+TABLE1_COLUMNS = [
+    "model",
+    "profile",
+    "pairs",
+    "paper_content_loss",
+    "paper_style_loss",
+    "stytr2_content_loss",
+    "stytr2_style_loss",
+    "ssim_content",
+    "gram_distance",
+    "latency_ms",
+    "peak_memory_mb",
+    "paper_reported_content",
+    "paper_reported_style",
+]
 
 
 # Table 1's loss columns (lower is better) get the best / within-spread marks; all six get mean ± std.
@@ -47,11 +69,25 @@ def table1(reports_dir: Path, cfg: Config | None = None) -> pd.DataFrame:
     for path in sorted((reports_dir / "metrics").glob("*.json")):
         metrics = {"model": path.stem, **read_record(*evaluation_record_paths(reports_dir, path.stem))}
         reference = PAPER_TABLE1.get(metrics["model"], (None, None))
-        rows.append({**metrics, "paper_reported_content": reference[0], "paper_reported_style": reference[1],
-                     "_start": pd.NaT, "_family": metrics["model"], "_seed": None})  # NaT sorts last: newest
+        rows.append(
+            {
+                **metrics,
+                "paper_reported_content": reference[0],
+                "paper_reported_style": reference[1],
+                "_start": pd.NaT,
+                "_family": metrics["model"],
+                "_seed": None,
+            }
+        )  # NaT sorts last: newest
     spread = [column for metric in TABLE1_SPREAD for column in (metric, f"{metric}_std")]
-    columns = [*TABLE1_COLUMNS[:3], *spread, *TABLE1_COLUMNS[9:], "n", "seeds",
-               *[f"{metric}_within_spread" for metric in TABLE1_MARKED]]
+    columns = [
+        *TABLE1_COLUMNS[:3],
+        *spread,
+        *TABLE1_COLUMNS[9:],
+        "n",
+        "seeds",
+        *[f"{metric}_within_spread" for metric in TABLE1_MARKED],
+    ]
     if not rows:
         return pd.DataFrame(columns=columns)
     siblings = _seed_runs(cfg, rows) if cfg is not None else []
@@ -81,9 +117,15 @@ def _seed_runs(cfg: Config, rows: list[dict]) -> list[dict]:
         tested = runs["metrics.test.paper_content_loss"].notna()
         siblings = runs[(runs["tags.mlflow.parentRunId"] == parent) & tested]
         for _, sibling in siblings.iterrows():
-            found.append({"model": row["model"], "_start": sibling["start_time"], "_family": parent,
-                          "_seed": _seed_columns(sibling)["_seed"],
-                          **{metric: sibling.get(f"metrics.test.{metric}") for metric in TABLE1_SPREAD}})
+            found.append(
+                {
+                    "model": row["model"],
+                    "_start": sibling["start_time"],
+                    "_family": parent,
+                    "_seed": _seed_columns(sibling)["_seed"],
+                    **{metric: sibling.get(f"metrics.test.{metric}") for metric in TABLE1_SPREAD},
+                }
+            )
     return found
 
 
@@ -100,41 +142,83 @@ def table2(cfg: Config) -> pd.DataFrame:
     from nstlab.tracking import is_server, resolve_tracking_uri, run_page_url
     from nstlab.tracking_queries import search_runs
 
-    runs = search_runs(cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2' and attributes.status = 'FINISHED'")
+    runs = search_runs(
+        cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2' and attributes.status = 'FINISHED'"
+    )
     uri = resolve_tracking_uri(cfg.mlflow)
-    columns = [*TABLE2_KEY, "content_loss", "content_loss_std", "style_loss", "style_loss_std", "n", "seeds",
-               "content_loss_within_spread", "style_loss_within_spread", "loss_source",
-               "trainable_parameters", "train_seconds", "pairs_per_s", "run_name", "run_id", "dvc_experiment",
-               *(["mlflow_run_url"] if is_server(uri) else []), "paper_reported_content", "paper_reported_style"]
+    columns = [
+        *TABLE2_KEY,
+        "content_loss",
+        "content_loss_std",
+        "style_loss",
+        "style_loss_std",
+        "n",
+        "seeds",
+        "content_loss_within_spread",
+        "style_loss_within_spread",
+        "loss_source",
+        "trainable_parameters",
+        "train_seconds",
+        "pairs_per_s",
+        "run_name",
+        "run_id",
+        "dvc_experiment",
+        *(["mlflow_run_url"] if is_server(uri) else []),
+        "paper_reported_content",
+        "paper_reported_style",
+    ]
     rows = []
     for _, run in runs.iterrows():
         targets = canonical_targets(json.loads(run["params.lora.target_modules"].replace("'", '"')))
-        key = (int(run["params.lora.r"]), targets, int(run["params.encoder.layers"]), int(run["params.decoder.layers"]))
+        key = (
+            int(run["params.lora.r"]),
+            targets,
+            int(run["params.encoder.layers"]),
+            int(run["params.decoder.layers"]),
+        )
         tested = pd.notna(run.get("metrics.test.paper_content_loss"))
         content = run["metrics.test.paper_content_loss"] if tested else run.get("metrics.val.content")
         style = run["metrics.test.paper_style_loss"] if tested else run.get("metrics.val.style")
         reference = PAPER_TABLE2.get(key, (None, None))
-        rows.append({"r": key[0], "targets": key[1], "encoder_layers": key[2], "decoder_layers": key[3],
-                     "content_loss": content, "style_loss": style, "loss_source": "test" if tested else "val",
-                     "trainable_parameters": int(run["params.parameters.trainable"]),
-                     "train_seconds": run.get("metrics.train_seconds"), "pairs_per_s": run.get("metrics.train.pairs_per_s"),
-                     "run_name": run.get("tags.mlflow.runName"),
-                     "run_id": run["run_id"], "dvc_experiment": run.get("tags.dvc_experiment"),
-                     "mlflow_run_url": run_page_url(uri, run["experiment_id"], run["run_id"]),
-                     "paper_reported_content": reference[0], "paper_reported_style": reference[1],
-                     "_start": run["start_time"], **_seed_columns(run)})
+        rows.append(
+            {
+                "r": key[0],
+                "targets": key[1],
+                "encoder_layers": key[2],
+                "decoder_layers": key[3],
+                "content_loss": content,
+                "style_loss": style,
+                "loss_source": "test" if tested else "val",
+                "trainable_parameters": int(run["params.parameters.trainable"]),
+                "train_seconds": run.get("metrics.train_seconds"),
+                "pairs_per_s": run.get("metrics.train.pairs_per_s"),
+                "run_name": run.get("tags.mlflow.runName"),
+                "run_id": run["run_id"],
+                "dvc_experiment": run.get("tags.dvc_experiment"),
+                "mlflow_run_url": run_page_url(uri, run["experiment_id"], run["run_id"]),
+                "paper_reported_content": reference[0],
+                "paper_reported_style": reference[1],
+                "_start": run["start_time"],
+                **_seed_columns(run),
+            }
+        )
     if not rows:
         return pd.DataFrame(columns=columns)
-    return seed_summary(pd.DataFrame(rows), TABLE2_KEY, TABLE2_SPREAD, TABLE2_SPREAD)[columns].sort_values(
-        ["targets", "r", "encoder_layers", "decoder_layers"]).reset_index(drop=True)
+    return (
+        seed_summary(pd.DataFrame(rows), TABLE2_KEY, TABLE2_SPREAD, TABLE2_SPREAD)[columns]
+        .sort_values(["targets", "r", "encoder_layers", "decoder_layers"])
+        .reset_index(drop=True)
+    )
 
 
 def _seed_columns(run: pd.Series) -> dict:
     """_family (the configuration across seeds: the parent run's digest; a run from before seeds
     were tracked is its own family) and _seed of one MLflow run row."""
     family, seed = run.get("tags.config_family"), run.get("params.seed")
-    return {"_family": family if isinstance(family, str) else run["run_id"],
-            "_seed": seed if isinstance(seed, str) else None}
+    return {
+        "_family": family if isinstance(family, str) else run["run_id"],
+        "_seed": seed if isinstance(seed, str) else None,
+    }
 
 
 def seed_summary(runs: pd.DataFrame, key: list[str], spread: list[str], marked: list[str]) -> pd.DataFrame:
@@ -161,15 +245,35 @@ def adapters_table(cfg: Config) -> pd.DataFrame:
     from nstlab.tracking_queries import runs_with_artifact
 
     runs = runs_with_artifact(cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2'", "adapter")
-    columns = ["run_id", "run_name", "status", "r", "alpha", "target_modules", "encoder_layers", "decoder_layers",
-               "test_content_loss", "test_style_loss", "adapter"]
-    rows = [{"run_id": run["run_id"], "run_name": run.get("tags.mlflow.runName"), "status": run["status"],
-             "r": int(run["params.lora.r"]), "alpha": float(run["params.lora.alpha"]),
-             "target_modules": ",".join(json.loads(run["params.lora.target_modules"].replace("'", '"'))),
-             "encoder_layers": int(run["params.encoder.layers"]), "decoder_layers": int(run["params.decoder.layers"]),
-             "test_content_loss": run.get("metrics.test.paper_content_loss"),
-             "test_style_loss": run.get("metrics.test.paper_style_loss"), "adapter": f"runs:/{run['run_id']}/adapter"}
-            for _, run in runs.iterrows()]
+    columns = [
+        "run_id",
+        "run_name",
+        "status",
+        "r",
+        "alpha",
+        "target_modules",
+        "encoder_layers",
+        "decoder_layers",
+        "test_content_loss",
+        "test_style_loss",
+        "adapter",
+    ]
+    rows = [
+        {
+            "run_id": run["run_id"],
+            "run_name": run.get("tags.mlflow.runName"),
+            "status": run["status"],
+            "r": int(run["params.lora.r"]),
+            "alpha": float(run["params.lora.alpha"]),
+            "target_modules": ",".join(json.loads(run["params.lora.target_modules"].replace("'", '"'))),
+            "encoder_layers": int(run["params.encoder.layers"]),
+            "decoder_layers": int(run["params.decoder.layers"]),
+            "test_content_loss": run.get("metrics.test.paper_content_loss"),
+            "test_style_loss": run.get("metrics.test.paper_style_loss"),
+            "adapter": f"runs:/{run['run_id']}/adapter",
+        }
+        for _, run in runs.iterrows()
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -199,7 +303,7 @@ def loss_curves(logs_dir: Path, path: Path) -> Path | None:
         axis.set_xlabel("step")
         axis.set_yscale("log")
         axis.legend(fontsize=7)
-    for axis in list(axes.flat)[len(logs):]:
+    for axis in list(axes.flat)[len(logs) :]:
         axis.axis("off")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -231,8 +335,13 @@ def metric_bars(frame: pd.DataFrame, path: Path, profile: str) -> Path | None:
 def pareto_front(costs: list[float], losses: list[float]) -> list[bool]:
     """True for each point that no other point beats: cost and loss both no higher, one lower."""
     points = list(zip(costs, losses))
-    return [not any(other_cost <= cost and other_loss <= loss and (other_cost, other_loss) != (cost, loss)
-                    for other_cost, other_loss in points) for cost, loss in points]
+    return [
+        not any(
+            other_cost <= cost and other_loss <= loss and (other_cost, other_loss) != (cost, loss)
+            for other_cost, other_loss in points
+        )
+        for cost, loss in points
+    ]
 
 
 def quality_vs_cost(t2: pd.DataFrame, path: Path, profile: str) -> Path | None:
@@ -250,8 +359,10 @@ def quality_vs_cost(t2: pd.DataFrame, path: Path, profile: str) -> Path | None:
     panels = [("content_loss", "content loss"), ("style_loss", "style loss")]
     if rows["pairs_per_s"].notna().any():
         panels.append(("pairs_per_s", "training pairs/s (higher is faster)"))
-    labels = [f"r{r} {t} e{e}d{d}" for r, t, e, d in
-              zip(rows["r"], rows["targets"], rows["encoder_layers"], rows["decoder_layers"])]
+    labels = [
+        f"r{r} {t} e{e}d{d}"
+        for r, t, e, d in zip(rows["r"], rows["targets"], rows["encoder_layers"], rows["decoder_layers"])
+    ]
     params_m = rows["trainable_parameters"] / 1e6
     figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
     for axis, (column, title) in zip(axes[0], panels):
@@ -259,8 +370,16 @@ def quality_vs_cost(t2: pd.DataFrame, path: Path, profile: str) -> Path | None:
         axis.scatter(params_m, values, color="tab:blue", zorder=2)
         spread = rows.get(f"{column}_std")
         if spread is not None and spread.notna().any():  # n = 1 rows get no bar
-            axis.errorbar(params_m, values, yerr=spread.fillna(0), fmt="none", ecolor="tab:blue", capsize=3,
-                          zorder=1, label="± 1 std over seeds")
+            axis.errorbar(
+                params_m,
+                values,
+                yerr=spread.fillna(0),
+                fmt="none",
+                ecolor="tab:blue",
+                capsize=3,
+                zorder=1,
+                label="± 1 std over seeds",
+            )
         for x, y, label in zip(params_m, values, labels):
             axis.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if column != "pairs_per_s":  # speed is context; the front is over quality and size
@@ -270,14 +389,18 @@ def quality_vs_cost(t2: pd.DataFrame, path: Path, profile: str) -> Path | None:
             axis.legend(fontsize=7)
         axis.set_title(title)
         axis.set_xlabel("trainable parameters (M)")
-    figure.suptitle(f"ViT-LoRA ablation: quality vs cost ({profile} profile; lower loss, fewer parameters is better)")
+    figure.suptitle(
+        f"ViT-LoRA ablation: quality vs cost ({profile} profile; lower loss, fewer parameters is better)"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
 
 
-def image_grid(frame: pd.DataFrame, reports_dir: Path, pairs_dir: Path, rows_wanted: int, path: Path) -> Path | None:
+def image_grid(
+    frame: pd.DataFrame, reports_dir: Path, pairs_dir: Path, rows_wanted: int, path: Path
+) -> Path | None:
     """Rows = test pairs; columns = content, style, each evaluated model's output."""
     from PIL import Image
 
@@ -292,7 +415,9 @@ def image_grid(frame: pd.DataFrame, reports_dir: Path, pairs_dir: Path, rows_wan
         row = [Image.open(pair["content"]).convert("RGB"), Image.open(pair["style"]).convert("RGB")]
         for model in models:
             output = reports_dir / "outputs" / model / f"{pair['pair']:04d}.png"
-            row.append(Image.open(output).convert("RGB") if output.is_file() else Image.new("RGB", (8, 8), "white"))
+            row.append(
+                Image.open(output).convert("RGB") if output.is_file() else Image.new("RGB", (8, 8), "white")
+            )
         rows.append(row)
     return save_grid(rows, path, header=["content", "style", *models])
 
@@ -300,8 +425,15 @@ def image_grid(frame: pd.DataFrame, reports_dir: Path, pairs_dir: Path, rows_wan
 # -- HTML ---------------------------------------------------------------------------------------
 
 
-def write_html(cfg: Config, reports_dir: Path, t1: pd.DataFrame, t2: pd.DataFrame, figures: list[Path],
-               gatys_html: str = "", table2_figure: Path | None = None) -> Path:
+def write_html(
+    cfg: Config,
+    reports_dir: Path,
+    t1: pd.DataFrame,
+    t2: pd.DataFrame,
+    figures: list[Path],
+    gatys_html: str = "",
+    table2_figure: Path | None = None,
+) -> Path:
     from nstlab.spread import SPREAD_NOTE
 
     images = "\n".join(figure_html(p, reports_dir) for p in figures)
@@ -334,7 +466,9 @@ figure {{ margin: 1em 0; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
     return path
 
 
-def build_report(cfg: Config, reports_dir: Path = Path("reports"), pairs_dir: Path = Path("data/pairs")) -> dict:
+def build_report(
+    cfg: Config, reports_dir: Path = Path("reports"), pairs_dir: Path = Path("data/pairs")
+) -> dict:
     """Write tables, figures and index.html; returns the paths written."""
     figures_dir = reports_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -343,10 +477,16 @@ def build_report(cfg: Config, reports_dir: Path = Path("reports"), pairs_dir: Pa
     t1 = table1(reports_dir, cfg)
     t2 = table2(cfg)
     shown1, shown2 = display(t1, TABLE1_SPREAD, TABLE1_MARKED), display(t2, TABLE2_SPREAD, TABLE2_SPREAD)
-    write_table(t1, reports_dir / "table1", "Table 1: style transfer models on the test pairs", cfg.profile,
-                shown1)
-    write_table(t2, reports_dir / "table2", "Table 2: ViT-LoRA ablation (LoRA rank, targets, layers)",
-                cfg.profile, shown2)
+    write_table(
+        t1, reports_dir / "table1", "Table 1: style transfer models on the test pairs", cfg.profile, shown1
+    )
+    write_table(
+        t2,
+        reports_dir / "table2",
+        "Table 2: ViT-LoRA ablation (LoRA rank, targets, layers)",
+        cfg.profile,
+        shown2,
+    )
     figures = [
         image_grid(t1, reports_dir, pairs_dir, cfg.eval.gallery_pairs, figures_dir / "gallery_grid.png"),
         loss_curves(reports_dir / "train", figures_dir / "loss_curves.png"),

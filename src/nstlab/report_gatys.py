@@ -24,9 +24,14 @@ from nstlab.tracking_queries import metric_history, search_runs
 
 OPTIONS = "baselines.gatys.options."
 STEPS_GRID = "steps"  # its one key, baselines.gatys.iterations, is the table's `iterations` column
-METRICS = {"content_loss": "test.paper_content_loss", "style_loss": "test.paper_style_loss",
-           "ssim_content": "test.ssim_content", "seconds_per_image": "test.latency_ms",
-           "mse_vs_adain": "test.mse_vs_adain", "ssim_vs_adain": "test.ssim_vs_adain"}
+METRICS = {
+    "content_loss": "test.paper_content_loss",
+    "style_loss": "test.paper_style_loss",
+    "ssim_content": "test.ssim_content",
+    "seconds_per_image": "test.latency_ms",
+    "mse_vs_adain": "test.mse_vs_adain",
+    "ssim_vs_adain": "test.ssim_vs_adain",
+}
 
 
 def param_value(raw: Any) -> Any:
@@ -74,27 +79,53 @@ def _shown(value: Any) -> Any:
     return "default" if value is None else value
 
 
-def grid_tables(cfg: Config, runs: pd.DataFrame, grids: dict[str, list[tuple[str, dict]]]) -> dict[str, pd.DataFrame]:
+def grid_tables(
+    cfg: Config, runs: pd.DataFrame, grids: dict[str, list[tuple[str, dict]]]
+) -> dict[str, pd.DataFrame]:
     """One frame per grid: a row per point that has a FINISHED run (the newest when several)."""
     swept = sorted({key for entries in grids.values() for _, overrides in entries for key in overrides})
     base = cfg.flat()
-    candidates = [(run, {key.removeprefix("params."): value for key, value in run.items()
-                         if key.startswith("params.") and isinstance(value, str)})
-                  for _, run in runs.sort_values("start_time", ascending=False).iterrows()]
+    candidates = [
+        (
+            run,
+            {
+                key.removeprefix("params."): value
+                for key, value in run.items()
+                if key.startswith("params.") and isinstance(value, str)
+            },
+        )
+        for _, run in runs.sort_values("start_time", ascending=False).iterrows()
+    ]
     tables = {}
     for grid, entries in grids.items():
         varied = list(dict.fromkeys(key for _, overrides in entries for key in overrides))
         rows = []
         for name, overrides in entries:
             wanted = {key: effective({**base, **overrides}, key) for key in swept}
-            run = next((run for run, settings in candidates
-                        if all(effective(settings, key) == wanted[key] for key in swept)), None)
+            run = next(
+                (
+                    run
+                    for run, settings in candidates
+                    if all(effective(settings, key) == wanted[key] for key in swept)
+                ),
+                None,
+            )
             if run is None:
                 continue
-            numbers = {column: run.get(f"metrics.{metric}", float("nan")) for column, metric in METRICS.items()}
-            numbers["seconds_per_image"] = numbers["seconds_per_image"] / 1000  # latency_ms: the whole optimisation
-            rows.append({"point": name, **{key.rpartition(".")[2]: _shown(wanted[key]) for key in varied},
-                         **numbers, "run_id": run["run_id"]})
+            numbers = {
+                column: run.get(f"metrics.{metric}", float("nan")) for column, metric in METRICS.items()
+            }
+            numbers["seconds_per_image"] = (
+                numbers["seconds_per_image"] / 1000
+            )  # latency_ms: the whole optimisation
+            rows.append(
+                {
+                    "point": name,
+                    **{key.rpartition(".")[2]: _shown(wanted[key]) for key in varied},
+                    **numbers,
+                    "run_id": run["run_id"],
+                }
+            )
         columns = ["point", *(key.rpartition(".")[2] for key in varied), *METRICS, "run_id"]
         tables[grid] = pd.DataFrame(rows, columns=columns)
     return tables
@@ -118,7 +149,9 @@ def steps_figure(cfg: Config, steps: pd.DataFrame, path: Path) -> Path | None:
     steps = steps.assign(iterations=steps["iterations"].astype(int)).sort_values("iterations")
     longest = steps.iloc[-1]
     curve = metric_history(cfg.mlflow, longest["run_id"], ["optim.style", "optim.elapsed_s"])
-    figure, axes = plt.subplots(1, 2 if len(curve) else 1, figsize=(11 if len(curve) else 6, 4), squeeze=False)
+    figure, axes = plt.subplots(
+        1, 2 if len(curve) else 1, figsize=(11 if len(curve) else 6, 4), squeeze=False
+    )
     loss_axis = axes[0, 0]
     loss_axis.plot(steps["iterations"], steps["style_loss"], "o-", color="tab:red", label="style loss")
     loss_axis.plot(steps["iterations"], steps["content_loss"], "s-", color="tab:blue", label="content loss")
@@ -126,14 +159,20 @@ def steps_figure(cfg: Config, steps: pd.DataFrame, path: Path) -> Path | None:
     loss_axis.set_xticks(steps["iterations"], labels=steps["iterations"].astype(str))
     loss_axis.set_xticks([], minor=True)  # the grid's step counts, not 6×10¹
     time_axis = loss_axis.twinx()
-    time_axis.plot(steps["iterations"], steps["seconds_per_image"], "^--", color="tab:gray", label="seconds / image")
+    time_axis.plot(
+        steps["iterations"], steps["seconds_per_image"], "^--", color="tab:gray", label="seconds / image"
+    )
     time_axis.set_ylabel("seconds per image")
     handles = loss_axis.get_legend_handles_labels()[0] + time_axis.get_legend_handles_labels()[0]
     loss_axis.legend(handles=handles, fontsize=8)
     if len(curve):  # the objective's own (unweighted) style term on the first test pair, not the test loss
         axes[0, 1].plot(curve["optim.elapsed_s"], curve["optim.style"], lw=1)
-        axes[0, 1].set(yscale="log", xlabel="seconds", ylabel="optim.style",
-                       title=f"{longest['point']}: {longest['iterations']} steps, first test pair")
+        axes[0, 1].set(
+            yscale="log",
+            xlabel="seconds",
+            ylabel="optim.style",
+            title=f"{longest['point']}: {longest['iterations']} steps, first test pair",
+        )
     figure.suptitle(f"Gatys: quality vs steps vs time ({cfg.profile} profile)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -143,7 +182,9 @@ def steps_figure(cfg: Config, steps: pd.DataFrame, path: Path) -> Path | None:
 
 def adain_figure(tables: dict[str, pd.DataFrame], path: Path, profile: str) -> Path | None:
     """MSE and SSIM against AdaIN's outputs per grid point, coloured by grid."""
-    frames = [table.assign(grid=grid) for grid, table in tables.items() if table["mse_vs_adain"].notna().any()]
+    frames = [
+        table.assign(grid=grid) for grid, table in tables.items() if table["mse_vs_adain"].notna().any()
+    ]
     if not frames:
         return None
     plt = _pyplot()
@@ -161,31 +202,51 @@ def adain_figure(tables: dict[str, pd.DataFrame], path: Path, profile: str) -> P
     return path
 
 
-def gatys_section(cfg: Config, reports_dir: Path,
-                  grid_path: Path = Path("experiments/gatys.yaml")) -> tuple[str, list[Path]]:
+def gatys_section(
+    cfg: Config, reports_dir: Path, grid_path: Path = Path("experiments/gatys.yaml")
+) -> tuple[str, list[Path]]:
     """Write reports/gatys/<grid>.md/.csv and the Gatys figures; return (HTML fragment, figures).
     No FINISHED gatys run of this profile: ("", []) and nothing written."""
-    runs = search_runs(cfg.mlflow, f"tags.model = 'gatys' and tags.profile = '{cfg.profile}' "
-                                   "and attributes.status = 'FINISHED'")
+    runs = search_runs(
+        cfg.mlflow,
+        f"tags.model = 'gatys' and tags.profile = '{cfg.profile}' and attributes.status = 'FINISHED'",
+    )
     if runs.empty:
         return "", []
     grids: dict[str, list[tuple[str, dict]]] = {}
-    for name, overrides in read_grid(grid_path, cfg.profile).items():  # names are '<grid>-<index>', in file order
+    for name, overrides in read_grid(
+        grid_path, cfg.profile
+    ).items():  # names are '<grid>-<index>', in file order
         grids.setdefault(name.rpartition("-")[0] or name, []).append((name, overrides))
     tables = grid_tables(cfg, runs, grids)
     (reports_dir / "gatys").mkdir(parents=True, exist_ok=True)
     (reports_dir / "figures").mkdir(parents=True, exist_ok=True)
     for grid, table in tables.items():
-        write_table(table, reports_dir / "gatys" / grid, f"Gatys ablation: the {grid} grid of {grid_path.name}",
-                    cfg.profile)
-    figures = [steps_figure(cfg, tables.get(STEPS_GRID, pd.DataFrame()), reports_dir / "figures" / "gatys_steps.png"),
-               adain_figure(tables, reports_dir / "figures" / "gatys_vs_adain.png", cfg.profile)]
+        write_table(
+            table,
+            reports_dir / "gatys" / grid,
+            f"Gatys ablation: the {grid} grid of {grid_path.name}",
+            cfg.profile,
+        )
+    figures = [
+        steps_figure(
+            cfg, tables.get(STEPS_GRID, pd.DataFrame()), reports_dir / "figures" / "gatys_steps.png"
+        ),
+        adain_figure(tables, reports_dir / "figures" / "gatys_vs_adain.png", cfg.profile),
+    ]
     figures = [path for path in figures if path is not None]
-    parts = ["<h2>Gatys ablations (from MLflow)</h2>",
-             f"<p>One table per grid of <code>{html.escape(str(grid_path))}</code>; seconds_per_image is the whole "
-             "optimisation of one image; *_vs_adain compare with AdaIN's output for the same pair.</p>"]
-    parts += [f'<h3>{html.escape(grid)}</h3><div id="gatys-{html.escape(grid)}">{html_table(table)}</div>'
-              for grid, table in tables.items()]
-    parts += [f'<figure><img src="{html.escape(p.relative_to(reports_dir).as_posix())}" alt="{p.stem}">'
-              f"<figcaption>{p.stem}</figcaption></figure>" for p in figures]
+    parts = [
+        "<h2>Gatys ablations (from MLflow)</h2>",
+        f"<p>One table per grid of <code>{html.escape(str(grid_path))}</code>; seconds_per_image is the whole "
+        "optimisation of one image; *_vs_adain compare with AdaIN's output for the same pair.</p>",
+    ]
+    parts += [
+        f'<h3>{html.escape(grid)}</h3><div id="gatys-{html.escape(grid)}">{html_table(table)}</div>'
+        for grid, table in tables.items()
+    ]
+    parts += [
+        f'<figure><img src="{html.escape(p.relative_to(reports_dir).as_posix())}" alt="{p.stem}">'
+        f"<figcaption>{p.stem}</figcaption></figure>"
+        for p in figures
+    ]
     return "\n".join(parts), figures

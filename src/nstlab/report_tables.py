@@ -12,14 +12,17 @@ import pandas as pd
 
 def profile_note(profile: str) -> str:
     if profile == "demo":
-        return ("Profile: demo. DEMO RESULTS: embedded toy data, random-init backbones of reduced size, a few "
-                "dozen steps per model on a CPU, so most outputs are still flat colours. They check the pipeline; "
-                "they are not the paper's numbers and not comparable to the reference columns.")
+        return (
+            "Profile: demo. DEMO RESULTS: embedded toy data, random-init backbones of reduced size, a few "
+            "dozen steps per model on a CPU, so most outputs are still flat colours. They check the pipeline; "
+            "they are not the paper's numbers and not comparable to the reference columns."
+        )
     return "Profile: paper (COCO + WikiArt, pretrained ViT-B/16 and VGG-19, the paper's schedule)."
 
 
-def write_table(frame: pd.DataFrame, stem: Path, title: str, profile: str,
-                shown: pd.DataFrame | None = None) -> None:
+def write_table(
+    frame: pd.DataFrame, stem: Path, title: str, profile: str, shown: pd.DataFrame | None = None
+) -> None:
     """stem.csv (every column, numbers) and stem.md (title + profile note + `shown`, the table
     as displayed with mean ± std cells, and the note on seed spread)."""
     from nstlab.spread import SPREAD_NOTE
@@ -34,10 +37,18 @@ def write_table(frame: pd.DataFrame, stem: Path, title: str, profile: str,
 def html_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "<p><em>no rows yet</em></p>"
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="table",
-                         render_links=True)  # mlflow_run_url cells become links
+    return frame.to_html(
+        index=False,
+        float_format=lambda v: f"{v:.4g}",
+        na_rep="",
+        border=0,
+        classes="table",
+        render_links=True,
+    )  # mlflow_run_url cells become links
 
 
 def figure_html(path: Path, reports_dir: Path) -> str:
-    return (f'<figure><img src="{html.escape(str(path.relative_to(reports_dir)))}" alt="{html.escape(path.stem)}">'
-            f"<figcaption>{html.escape(path.stem)}</figcaption></figure>")
+    return (
+        f'<figure><img src="{html.escape(str(path.relative_to(reports_dir)))}" alt="{html.escape(path.stem)}">'
+        f"<figcaption>{html.escape(path.stem)}</figcaption></figure>"
+    )

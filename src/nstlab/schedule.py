@@ -31,8 +31,10 @@ class TrainSpec:
 
 def multistep_factor(milestones: Sequence[int], gamma: float) -> Callable[[int, int], float]:
     """MultiStepLR stepped once per epoch: gamma ** (milestones passed)."""
+
     def lr_factor(step: int, epoch: int) -> float:
         return gamma ** sum(1 for milestone in milestones if epoch >= milestone)
+
     return lr_factor
 
 
@@ -42,9 +44,20 @@ def baseline_spec(cfg, method: str, key: str, run_name: str, n_train_pairs: int)
         raise NstlabError(f"no params block baselines.{method}: add one to params.yaml")
     block = cfg.baselines[method]
     steps_per_epoch = max(1, n_train_pairs // block.batch_size)
-    return TrainSpec(method, 0, key, run_name, block.batch_size, block.iterations, steps_per_epoch, block.lr,
-                     block.grad_clip, _baseline_lr_factor(block), f"baselines.{method}.batch_size",
-                     keep=block.keep)
+    return TrainSpec(
+        method,
+        0,
+        key,
+        run_name,
+        block.batch_size,
+        block.iterations,
+        steps_per_epoch,
+        block.lr,
+        block.grad_clip,
+        _baseline_lr_factor(block),
+        f"baselines.{method}.batch_size",
+        keep=block.keep,
+    )
 
 
 def _baseline_lr_factor(block) -> Callable[[int, int], float]:
@@ -52,9 +65,11 @@ def _baseline_lr_factor(block) -> Callable[[int, int], float]:
     if block.lr_schedule == "inverse":  # pytorch-AdaIN: lr / (1 + decay * iteration)
         return lambda step, epoch: 1.0 / (1.0 + decay * step)
     if block.lr_schedule == "stytr2":  # StyTr² train.py: linear warm-up, then inverse decay
+
         def factor(step: int, epoch: int) -> float:
             if step < warmup:
                 return (1.0 + 3e-4 * step) / (1.0 + 3e-4 * warmup)
             return 1.0 / (1.0 + decay * (step - warmup))
+
         return factor
     return lambda step, epoch: 1.0

@@ -11,10 +11,12 @@ import math
 import pandas as pd
 
 BEST, WITHIN = " (best)", " †"
-SPREAD_NOTE = ("Values are mean ± standard deviation over n training seeds (n = 1: a single run, no spread "
-               "shown). (best): the lowest mean of its column. †: differs from the best by less than the "
-               "seed spread (the larger standard deviation of the two rows), so the two cannot be told apart "
-               "at this n.")
+SPREAD_NOTE = (
+    "Values are mean ± standard deviation over n training seeds (n = 1: a single run, no spread "
+    "shown). (best): the lowest mean of its column. †: differs from the best by less than the "
+    "seed spread (the larger standard deviation of the two rows), so the two cannot be told apart "
+    "at this n."
+)
 
 
 def summarise(frame: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
@@ -63,8 +65,10 @@ def display(frame: pd.DataFrame, spread: list[str], marked: list[str]) -> pd.Dat
         if metric in marked:
             valid = frame[metric].dropna()
             best = valid.idxmin() if len(valid) else None
-            cells = [text + (BEST if index == best else WITHIN if within else "")
-                     for index, text, within in zip(frame.index, cells, frame[f"{metric}_within_spread"])]
+            cells = [
+                text + (BEST if index == best else WITHIN if within else "")
+                for index, text, within in zip(frame.index, cells, frame[f"{metric}_within_spread"])
+            ]
         shown[metric] = cells
     return shown.drop(columns=[column for column in shown if column.endswith(("_std", "_within_spread"))])
 

@@ -44,8 +44,8 @@ def resolve_tracking_uri(cfg: MlflowConfig) -> str:
     """MLFLOW_TRACKING_URI wins; a relative sqlite path resolves against the repository root."""
     uri = written_tracking_uri(cfg)
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        uri = prefix + str(repo_root() / uri[len(prefix):])
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        uri = prefix + str(repo_root() / uri[len(prefix) :])
     return uri
 
 
@@ -63,8 +63,9 @@ def run_page_url(tracking_uri: str, experiment_id: str | None, run_id: str | Non
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=repo_root(),
-                              timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=repo_root(), timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -90,10 +91,13 @@ def source_tags() -> dict[str, str]:
 
     entry = Path(sys.argv[0] if sys.argv and sys.argv[0] else "nstlab")
     name = repo_path(entry) if entry.suffix == ".py" else entry.name  # a console script: its name
-    tags = {"mlflow.source.name": name, "mlflow.source.type": "LOCAL",
-            "mlflow.source.git.commit": git_commit(),
-            "mlflow.source.git.branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
-            "mlflow.source.git.repoURL": _git("config", "--get", "remote.origin.url")}
+    tags = {
+        "mlflow.source.name": name,
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.git.commit": git_commit(),
+        "mlflow.source.git.branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
+        "mlflow.source.git.repoURL": _git("config", "--get", "remote.origin.url"),
+    }
     with contextlib.suppress(OSError, KeyError):
         tags["mlflow.user"] = getpass.getuser()
     return {key: value for key, value in tags.items() if value}
@@ -116,16 +120,22 @@ TABLE2_VIEW = {
     "searchFilter": "tags.model = 'vit_lora' and tags.stage = '2'",
     "orderByKey": "metrics.`test.paper_content_loss`",
     "orderByAsc": True,
-    "selectedColumns": [*(f"params.`{key}`" for key in TABLE2_ABLATED),
-                        "metrics.`test.paper_content_loss`", "metrics.`test.paper_style_loss`",
-                        "attributes.`Dataset`", "attributes.`Source`"],
+    "selectedColumns": [
+        *(f"params.`{key}`" for key in TABLE2_ABLATED),
+        "metrics.`test.paper_content_loss`",
+        "metrics.`test.paper_style_loss`",
+        "attributes.`Dataset`",
+        "attributes.`Source`",
+    ],
 }
 
 
 def table2_url(ui_url: str, experiment_id: str) -> str:
     """The MLflow UI page that opens Table 2's comparison (ui_url: where `mlflow ui` serves)."""
-    return (f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_QUERY}"
-            f"&viewStateShareKey={TABLE2_VIEW_KEY}")
+    return (
+        f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_QUERY}"
+        f"&viewStateShareKey={TABLE2_VIEW_KEY}"
+    )
 
 
 def experiment_tags() -> dict[str, str]:
@@ -137,8 +147,13 @@ def experiment_tags() -> dict[str, str]:
 RETRY_SECONDS = 30.0  # while the backend is down, try it again at most this often
 BUFFER_FOLDER = "mlruns-buffer"  # under the repository root, where `nstlab sync` finds every buffer
 # Codes of a call that the backend refused (a changed param, a deleted run): retrying cannot help.
-REJECTED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST",
-            "INVALID_STATE"}
+REJECTED = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_DOES_NOT_EXIST",
+    "RESOURCE_ALREADY_EXISTS",
+    "BAD_REQUEST",
+    "INVALID_STATE",
+}
 
 
 def _now_ms() -> int:
@@ -149,8 +164,11 @@ def _now_ms() -> int:
 def _fail_fast(http_retries: int):
     """MLflow's HTTP defaults (7 retries, backoff factor 2, 120 s timeout) stall training for
     minutes when the server is gone; our calls use short ones unless the user set their own."""
-    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(http_retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-              "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+    wanted = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(http_retries),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    }
     added = [name for name in wanted if name not in os.environ]
     os.environ.update({name: wanted[name] for name in added})
     try:
@@ -199,8 +217,9 @@ def _create_run(client, header: Mapping[str, Any]):
     run_tags = dict(header["tags"])
     if header.get("group"):  # a buffer replayed by `nstlab sync` nests its run the same way
         run_tags["mlflow.parentRunId"] = find_or_create_parent(client, experiment_id, header["group"])
-    return client.create_run(experiment_id, start_time=header["start_time"], tags=run_tags,
-                             run_name=header["run_name"])
+    return client.create_run(
+        experiment_id, start_time=header["start_time"], tags=run_tags, run_name=header["run_name"]
+    )
 
 
 def seed_group(cfg, method: str, stage: int, run_name: str) -> dict:
@@ -209,11 +228,16 @@ def seed_group(cfg, method: str, stage: int, run_name: str) -> dict:
     from nstlab.checkpoint import run_digest
     from nstlab.config import run_params
 
-    return {"digest": run_digest(cfg, method, stage, with_seed=False), "stage": str(stage),
-            "run_name": run_name, "seed": str(cfg.seed),
-            "tags": {"seed_group_model": method, "profile": cfg.profile},
-            "params": {key: str(value)[:6000] for key, value in run_params(cfg, method, stage).items()
-                       if key != "seed"}}
+    return {
+        "digest": run_digest(cfg, method, stage, with_seed=False),
+        "stage": str(stage),
+        "run_name": run_name,
+        "seed": str(cfg.seed),
+        "tags": {"seed_group_model": method, "profile": cfg.profile},
+        "params": {
+            key: str(value)[:6000] for key, value in run_params(cfg, method, stage).items() if key != "seed"
+        },
+    }
 
 
 def find_or_create_parent(client, experiment_id: str, group: Mapping[str, Any]) -> str:
@@ -234,11 +258,12 @@ def find_or_create_parent(client, experiment_id: str, group: Mapping[str, Any]) 
     if found:
         return found
     tags = {**group["tags"], "seed_group": group["digest"], "seed_group_stage": group["stage"]}
-    run_id = client.create_run(experiment_id, start_time=_now_ms(), tags=tags,
-                               run_name=group["run_name"]).info.run_id
+    run_id = client.create_run(
+        experiment_id, start_time=_now_ms(), tags=tags, run_name=group["run_name"]
+    ).info.run_id
     params = [Param(key, value) for key, value in group["params"].items()]
     for start in range(0, len(params), 100):  # MLflow's batch limit
-        client.log_batch(run_id, params=params[start:start + 100])
+        client.log_batch(run_id, params=params[start : start + 100])
     client.set_terminated(run_id, "FINISHED")
     kept = oldest()
     if kept != run_id:
@@ -254,8 +279,10 @@ def _deliver(client, run_id: str, record: Mapping[str, Any]) -> None:
     if kind == "params":
         items = [Param(key, value) for key, value in record["params"].items()]
         for start in range(0, len(items), 100):  # MLflow's batch limit
-            client.log_batch(run_id, params=items[start:start + 100])
-    elif kind == "metrics":  # [key, value, timestamp_ms, step]: the original time, so a replay leaves no trace
+            client.log_batch(run_id, params=items[start : start + 100])
+    elif (
+        kind == "metrics"
+    ):  # [key, value, timestamp_ms, step]: the original time, so a replay leaves no trace
         client.log_batch(run_id, metrics=[Metric(*item) for item in record["metrics"]])
     elif kind == "tags":
         client.log_batch(run_id, tags=[RunTag(key, value) for key, value in record["tags"].items()])
@@ -276,8 +303,13 @@ def _dataset_input(item: Mapping[str, Any]):
     """A buffered dataset record -> MLflow's DatasetInput, its context as the mlflow.data.context tag."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    dataset = Dataset(name=item["name"], digest=item["digest"], source_type=item["source_type"],
-                      source=item["source"], profile=item.get("profile"))
+    dataset = Dataset(
+        name=item["name"],
+        digest=item["digest"],
+        source_type=item["source_type"],
+        source=item["source"],
+        profile=item.get("profile"),
+    )
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", item["context"])])
 
 
@@ -357,16 +389,25 @@ class Buffer:
                 except Exception as error:
                     if not _rejected(error):
                         raise
-                    warnings.warn(f"MLflow refused a buffered {records[index]['op']} call ({_describe(error)}); "
-                                  "dropped", stacklevel=2)
+                    warnings.warn(
+                        f"MLflow refused a buffered {records[index]['op']} call ({_describe(error)}); "
+                        "dropped",
+                        stacklevel=2,
+                    )
                 self._mark(header, index + 1)
         self.path.unlink()  # before unlocking, so a concurrent sync never sees a delivered buffer
         self.close()
         return header
 
     def _mark(self, header: Mapping[str, Any], count: int) -> None:
-        self.append({"op": "delivered", "count": count, "run_id": header["run_id"],
-                     "experiment_id": header["experiment_id"]})
+        self.append(
+            {
+                "op": "delivered",
+                "count": count,
+                "run_id": header["run_id"],
+                "experiment_id": header["experiment_id"],
+            }
+        )
 
     def close(self) -> None:
         self._handle.close()
@@ -384,8 +425,15 @@ class Tracker:
     waits for `nstlab sync`.
     """
 
-    def __init__(self, cfg: MlflowConfig, run_name: str, tags: Mapping[str, str], enabled: bool = True,
-                 group: Mapping[str, Any] | None = None, run_id: str | None = None):
+    def __init__(
+        self,
+        cfg: MlflowConfig,
+        run_name: str,
+        tags: Mapping[str, str],
+        enabled: bool = True,
+        group: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+    ):
         """`group`: seed_group(), to nest this run under its configuration's parent; `run_id`: add
         to that existing run (entering does not start a run, leaving does not end it)."""
         self.cfg, self.run_name, self.tags = cfg, run_name, dict(tags)
@@ -411,7 +459,9 @@ class Tracker:
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
-            warnings.warn("mlflow is not installed: this run is not tracked (metrics stay in CSV files)", stacklevel=2)
+            warnings.warn(
+                "mlflow is not installed: this run is not tracked (metrics stay in CSV files)", stacklevel=2
+            )
             self.enabled = False
             return self
         self._client = MlflowClient(self.tracking_uri)
@@ -443,9 +493,16 @@ class Tracker:
         self._leave_buffer()
 
     def _header(self) -> dict:
-        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "experiment_id": self.experiment_id,
-                "experiment": self.cfg.experiment, "run_name": self.run_name, "tags": self.tags,
-                "start_time": self._start_time_ms, "group": self.group}
+        return {
+            "tracking_uri": self.tracking_uri,
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "experiment": self.cfg.experiment,
+            "run_name": self.run_name,
+            "tags": self.tags,
+            "start_time": self._start_time_ms,
+            "group": self.group,
+        }
 
     def _send(self, record: Mapping[str, Any]) -> None:
         """Deliver one call, or buffer it while the backend is down."""
@@ -459,7 +516,9 @@ class Tracker:
                 return
             except Exception as error:  # tracking must not stop training
                 if _rejected(error):
-                    warnings.warn(f"MLflow refused {record['op']} ({_describe(error)}); skipped", stacklevel=3)
+                    warnings.warn(
+                        f"MLflow refused {record['op']} ({_describe(error)}); skipped", stacklevel=3
+                    )
                     return
                 self._go_offline(record["op"], error)
         if self._buffer:
@@ -469,13 +528,19 @@ class Tracker:
         try:
             self._buffer = Buffer.create(self._header())
         except OSError as buffer_error:
-            warnings.warn(f"MLflow {action} failed ({_describe(error)}) and no buffer could be written "
-                          f"({buffer_error}); metrics stay in the run folder's CSV files only", stacklevel=4)
+            warnings.warn(
+                f"MLflow {action} failed ({_describe(error)}) and no buffer could be written "
+                f"({buffer_error}); metrics stay in the run folder's CSV files only",
+                stacklevel=4,
+            )
             self.enabled = False
             return
         self._retry_at = time.monotonic() + RETRY_SECONDS
-        warnings.warn(f"MLflow {action} failed ({_describe(error)}); training goes on, MLflow calls wait in "
-                      f"{self._buffer.path} and are retried every {RETRY_SECONDS:g} s", stacklevel=4)
+        warnings.warn(
+            f"MLflow {action} failed ({_describe(error)}); training goes on, MLflow calls wait in "
+            f"{self._buffer.path} and are retried every {RETRY_SECONDS:g} s",
+            stacklevel=4,
+        )
 
     def _flush(self) -> None:
         """Replay the buffer if the backend answers again; otherwise wait another RETRY_SECONDS."""
@@ -489,8 +554,11 @@ class Tracker:
 
     def _leave_buffer(self) -> None:
         if self._buffer:
-            print(f"MLflow at {self.tracking_uri} is still unreachable: this run's calls wait in {self._buffer.path}; "
-                  "run `nstlab sync` when it is back", file=sys.stderr)
+            print(
+                f"MLflow at {self.tracking_uri} is still unreachable: this run's calls wait in {self._buffer.path}; "
+                "run `nstlab sync` when it is back",
+                file=sys.stderr,
+            )
             self._buffer.close()
             self._buffer = None
 
@@ -499,7 +567,9 @@ class Tracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = _now_ms()
-        self._send({"op": "metrics", "metrics": [[key, float(value), now, step] for key, value in metrics.items()]})
+        self._send(
+            {"op": "metrics", "metrics": [[key, float(value), now, step] for key, value in metrics.items()]}
+        )
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self._send({"op": "artifact", "path": str(Path(path).resolve()), "folder": folder})
@@ -508,11 +578,19 @@ class Tracker:
         """The data version as dataset inputs: each `nstlab.data.version.PairsTable` with the DVC hash
         of its folder as digest and its DVC path (and git commit) as source, in its context."""
         commit = git_commit()
-        datasets = [{"name": table.name, "digest": table.digest, "source_type": "dvc",
-                     "source": json.dumps({"path": repo_path(table.path), "dvc_out": repo_path(table.dvc_out),
-                                           "rev": commit}),
-                     "profile": json.dumps({"num_rows": table.rows}), "context": table.context}
-                    for table in tables]
+        datasets = [
+            {
+                "name": table.name,
+                "digest": table.digest,
+                "source_type": "dvc",
+                "source": json.dumps(
+                    {"path": repo_path(table.path), "dvc_out": repo_path(table.dvc_out), "rev": commit}
+                ),
+                "profile": json.dumps({"num_rows": table.rows}),
+                "context": table.context,
+            }
+            for table in tables
+        ]
         self._send({"op": "inputs", "datasets": datasets})
 
     def set_tags(self, tags: Mapping[str, str]) -> None:

@@ -26,7 +26,9 @@ def search_runs(cfg: MlflowConfig, filter_string: str = "") -> "Any":
     experiment = client.get_experiment_by_name(cfg.experiment)
     rows, token = [], None
     while experiment is not None:
-        page = client.search_runs([experiment.experiment_id], filter_string, max_results=1000, page_token=token)
+        page = client.search_runs(
+            [experiment.experiment_id], filter_string, max_results=1000, page_token=token
+        )
         rows += [_run_row(run) for run in page]
         token = page.token
         if not token:
@@ -41,13 +43,20 @@ def _run_row(run) -> dict:
     import pandas as pd
 
     info, data = run.info, run.data
-    times = {name: pd.to_datetime(getattr(info, name), unit="ms", utc=True) if getattr(info, name) else None
-             for name in ("start_time", "end_time")}
-    return {"run_id": info.run_id, "experiment_id": info.experiment_id, "status": info.status,
-            "artifact_uri": info.artifact_uri, **times,
-            **{f"metrics.{key}": value for key, value in data.metrics.items()},
-            **{f"params.{key}": value for key, value in data.params.items()},
-            **{f"tags.{key}": value for key, value in data.tags.items()}}
+    times = {
+        name: pd.to_datetime(getattr(info, name), unit="ms", utc=True) if getattr(info, name) else None
+        for name in ("start_time", "end_time")
+    }
+    return {
+        "run_id": info.run_id,
+        "experiment_id": info.experiment_id,
+        "status": info.status,
+        "artifact_uri": info.artifact_uri,
+        **times,
+        **{f"metrics.{key}": value for key, value in data.metrics.items()},
+        **{f"params.{key}": value for key, value in data.params.items()},
+        **{f"tags.{key}": value for key, value in data.tags.items()},
+    }
 
 
 def log_to_run(cfg: MlflowConfig, run_id: str, metrics: Mapping[str, float], tables=()) -> None:
@@ -67,8 +76,10 @@ def metric_history(cfg: MlflowConfig, run_id: str, keys: list[str]) -> "Any":
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(resolve_tracking_uri(cfg))
-    series = {key: pd.Series({m.step: m.value for m in client.get_metric_history(run_id, key)}, dtype=float)
-              for key in keys}
+    series = {
+        key: pd.Series({m.step: m.value for m in client.get_metric_history(run_id, key)}, dtype=float)
+        for key in keys
+    }
     return pd.DataFrame(series).dropna().sort_index()
 
 
@@ -81,12 +92,16 @@ def download_artifact(cfg: MlflowConfig, run_id: str, artifact_path: str, destin
     from nstlab.errors import NstlabError
 
     uri = resolve_tracking_uri(cfg)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # adapters are small; keep stderr to errors
+    os.environ.setdefault(
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
+    )  # adapters are small; keep stderr to errors
     try:
         return Path(MlflowClient(uri).download_artifacts(run_id, artifact_path, str(destination)))
     except (MlflowException, OSError) as error:
         reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise NstlabError(f"MLflow run {run_id!r}, artefact {artifact_path!r}: not found in {uri} ({reason})") from None
+        raise NstlabError(
+            f"MLflow run {run_id!r}, artefact {artifact_path!r}: not found in {uri} ({reason})"
+        ) from None
 
 
 def runs_with_artifact(cfg: MlflowConfig, filter_string: str, artifact_path: str) -> "Any":
@@ -97,5 +112,7 @@ def runs_with_artifact(cfg: MlflowConfig, filter_string: str, artifact_path: str
     if runs.empty:
         return runs
     client = MlflowClient(resolve_tracking_uri(cfg))
-    logged = [any(item.path == artifact_path for item in client.list_artifacts(run_id)) for run_id in runs["run_id"]]
+    logged = [
+        any(item.path == artifact_path for item in client.list_artifacts(run_id)) for run_id in runs["run_id"]
+    ]
     return runs[logged].reset_index(drop=True)

@@ -45,12 +45,16 @@ def check_distributable(method: str, batch_size: int, world_size: int, batch_siz
     """One-line refusal of what several processes cannot train as one process would."""
     reason = single_process_reason(method)
     if reason:
-        raise NstlabError(f"{method} cannot train under torchrun: {reason}; "
-                          "train it as one process (nstlab train without torchrun)")
+        raise NstlabError(
+            f"{method} cannot train under torchrun: {reason}; "
+            "train it as one process (nstlab train without torchrun)"
+        )
     if batch_size % world_size:
         key = batch_size_key or f"baselines.{method}.batch_size"
-        raise NstlabError(f"{key} = {batch_size} is the global batch and does not split over {world_size} "
-                          f"processes; set it to a multiple of {world_size}")
+        raise NstlabError(
+            f"{key} = {batch_size} is the global batch and does not split over {world_size} "
+            f"processes; set it to a multiple of {world_size}"
+        )
 
 
 class CsvLog:
@@ -88,8 +92,16 @@ class CsvLog:
             self.write(row)
 
 
-def train_step(model: nn.Module, optimizer, d_optimizer, weights: dict[str, float], content: torch.Tensor,
-               style: torch.Tensor, dtype: torch.dtype | None, grad_clip: float | None) -> dict[str, float]:
+def train_step(
+    model: nn.Module,
+    optimizer,
+    d_optimizer,
+    weights: dict[str, float],
+    content: torch.Tensor,
+    style: torch.Tensor,
+    dtype: torch.dtype | None,
+    grad_clip: float | None,
+) -> dict[str, float]:
     """One optimiser step on one batch; returns the weighted total and each unweighted term.
 
     A non-finite total skips the update (the caller stops the run), so weights stay good; under
@@ -110,7 +122,9 @@ def train_step(model: nn.Module, optimizer, d_optimizer, weights: dict[str, floa
     total = sum(weights[name] * value for name, value in terms.items() if name in weights)
     if not distributed.all_finite(total):
         local_total = float(total.detach())
-        return {"total": local_total if not math.isfinite(local_total) else math.nan}  # nan: another rank diverged
+        return {
+            "total": local_total if not math.isfinite(local_total) else math.nan
+        }  # nan: another rank diverged
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     if grad_clip:
@@ -123,8 +137,18 @@ def train_step(model: nn.Module, optimizer, d_optimizer, weights: dict[str, floa
 
 
 class Trainer:
-    def __init__(self, cfg: Config, method: str, stage: int, pairs_dir: Path, models_dir: Path,
-                 logs_dir: Path, checkpoints_dir: Path, progress: bool = True, tracking: bool = True):
+    def __init__(
+        self,
+        cfg: Config,
+        method: str,
+        stage: int,
+        pairs_dir: Path,
+        models_dir: Path,
+        logs_dir: Path,
+        checkpoints_dir: Path,
+        progress: bool = True,
+        tracking: bool = True,
+    ):
         from nstlab.data.dataset import PairDataset, make_loader
 
         self.cfg, self.method, self.stage, self.progress = cfg, method, stage, progress
@@ -136,14 +160,26 @@ class Trainer:
             from nstlab.data.crops import make_crop_loader
 
             self.train_loader = make_crop_loader(
-                pairs_dir, cfg.baselines[method].data, batch_size=self.spec.batch_size,
-                steps_per_epoch=self.spec.steps_per_epoch, seed=cfg.seed, workers=cfg.train.workers)
+                pairs_dir,
+                cfg.baselines[method].data,
+                batch_size=self.spec.batch_size,
+                steps_per_epoch=self.spec.steps_per_epoch,
+                seed=cfg.seed,
+                workers=cfg.train.workers,
+            )
         else:
-            self.train_loader = make_loader(pairs_dir / "train.csv", batch_size=self.spec.batch_size,
-                                            shuffle=True, seed=cfg.seed, workers=cfg.train.workers)
+            self.train_loader = make_loader(
+                pairs_dir / "train.csv",
+                batch_size=self.spec.batch_size,
+                shuffle=True,
+                seed=cfg.seed,
+                workers=cfg.train.workers,
+            )
         if len(self.train_set) < self.spec.batch_size:
-            raise NstlabError(f"{pairs_dir / 'train.csv'}: {len(self.train_set)} pairs, fewer than one batch "
-                              f"of {self.spec.batch_size}; lower the batch size or add pairs")
+            raise NstlabError(
+                f"{pairs_dir / 'train.csv'}: {len(self.train_set)} pairs, fewer than one batch "
+                f"of {self.spec.batch_size}; lower the batch size or add pairs"
+            )
         self.world_size = distributed.world_size()
         if self.world_size > 1:
             check_distributable(method, self.spec.batch_size, self.world_size, self.spec.batch_size_key)
@@ -192,20 +228,26 @@ class Trainer:
                 raise NstlabError(f"{self.checkpoint_path}: nothing to resume; run without --resume")
             return 0, math.inf
         state = load_checkpoint(self.checkpoint_path)
-        same = state.get("config_digest") == self.config_digest and state.get("source_digest") == source_digest()
+        same = (
+            state.get("config_digest") == self.config_digest and state.get("source_digest") == source_digest()
+        )
         if not same:
             if mode == "require":
-                raise NstlabError(f"{self.checkpoint_path}: made with another config or code; "
-                                  "delete it or run without --resume")
+                raise NstlabError(
+                    f"{self.checkpoint_path}: made with another config or code; "
+                    "delete it or run without --resume"
+                )
             return 0, math.inf
         best_weights = self.out_dir / "model.pt"
         if state.get("finished") and not best_weights.is_file():
             # DVC deletes a stage's outs before it reruns it; last.pt holds the last weights, not the
             # best-by-validation model.pt, so the finished run cannot give it back: train it again.
             if mode == "require":
-                raise NstlabError(f"{self.checkpoint_path}: that run finished and {best_weights} is gone, "
-                                  "so there is nothing to resume; "
-                                  "run without --resume require to train it again")
+                raise NstlabError(
+                    f"{self.checkpoint_path}: that run finished and {best_weights} is gone, "
+                    "so there is nothing to resume; "
+                    "run without --resume require to train it again"
+                )
             return 0, math.inf
         load_trained_state(self.model, state["model"], self.checkpoint_path)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -229,8 +271,12 @@ class Trainer:
             for content, style in self.train_loader:
                 if step >= spec.total_steps:
                     return
-                yield (step, epoch, content.to(self.device, non_blocking=True),
-                       style.to(self.device, non_blocking=True))
+                yield (
+                    step,
+                    epoch,
+                    content.to(self.device, non_blocking=True),
+                    style.to(self.device, non_blocking=True),
+                )
                 step += 1
 
     def _set_lr(self, step: int, epoch: int) -> float:
@@ -245,11 +291,21 @@ class Trainer:
         return lr
 
     def _step(self, content: torch.Tensor, style: torch.Tensor, step: int) -> dict[str, float]:
-        losses = train_step(self.step_model, self.optimizer, self.d_optimizer, self.weights, content, style,
-                            self.dtype, self.spec.grad_clip)
+        losses = train_step(
+            self.step_model,
+            self.optimizer,
+            self.d_optimizer,
+            self.weights,
+            content,
+            style,
+            self.dtype,
+            self.spec.grad_clip,
+        )
         if not math.isfinite(losses["total"]):
-            raise NstlabError(f"training diverged at step {step}: loss is {losses['total']}; the last good "
-                              f"checkpoint is {self.checkpoint_path}; lower the learning rate")
+            raise NstlabError(
+                f"training diverged at step {step}: loss is {losses['total']}; the last good "
+                f"checkpoint is {self.checkpoint_path}; lower the learning rate"
+            )
         return losses
 
     def _batch(self, dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,7 +321,9 @@ class Trainer:
         self.model.eval()
         n = min(len(self.val_set), self.cfg.train.max_val_pairs)
         sums: dict[str, float] = {}
-        batches = [list(range(i, min(i + self.spec.batch_size, n))) for i in range(0, n, self.spec.batch_size)]
+        batches = [
+            list(range(i, min(i + self.spec.batch_size, n))) for i in range(0, n, self.spec.batch_size)
+        ]
         for indices in batches:
             content, style = self._batch(self.val_set, indices)
             with self._autocast():
@@ -306,12 +364,19 @@ class Trainer:
         try:
             group = seed_group(self.cfg, self.method, self.stage, spec.run_name)  # nests under its config
             tracking = self.tracking and main
-            with Tracker(self.cfg.mlflow, spec.run_name, self._tags(), enabled=tracking, group=group) as tracker:
-                tracker.log_params({**run_params(self.cfg, self.method, spec.stage),
-                                    "parameters.trainable": counts["trainable"],
-                                    "parameters.total": counts["total"], "train.total_steps": spec.total_steps,
-                                    "train.world_size": self.world_size,
-                                    "train.precision_used": "bf16" if self.dtype else "fp32"})
+            with Tracker(
+                self.cfg.mlflow, spec.run_name, self._tags(), enabled=tracking, group=group
+            ) as tracker:
+                tracker.log_params(
+                    {
+                        **run_params(self.cfg, self.method, spec.stage),
+                        "parameters.trainable": counts["trainable"],
+                        "parameters.total": counts["total"],
+                        "train.total_steps": spec.total_steps,
+                        "train.world_size": self.world_size,
+                        "train.precision_used": "bf16" if self.dtype else "fp32",
+                    }
+                )
                 if main:
                     self._log_inputs(tracker)
                 with self._progress_bar(main) as progress:
@@ -335,8 +400,10 @@ class Trainer:
                 if main:
                     summary = self._finish(done, best, train_seconds, self.pairs_seen, counts, tracker)
         except KeyboardInterrupt:
-            raise NstlabError(f"interrupted at step {done}; checkpoint saved to {self.checkpoint_path}: "
-                              "rerun the same command with --resume to continue") from None
+            raise NstlabError(
+                f"interrupted at step {done}; checkpoint saved to {self.checkpoint_path}: "
+                "rerun the same command with --resume to continue"
+            ) from None
         return distributed.from_main(summary)  # every rank returns rank 0's summary
 
     def _log_inputs(self, tracker) -> None:
@@ -350,15 +417,25 @@ class Trainer:
         tracker.log_artifact(config_file)
 
     def _tags(self) -> dict[str, str]:
-        return {"model": self.method, "stage": str(self.spec.stage), "profile": self.cfg.profile,
-                "output": self.spec.key, "config_digest": self.config_digest}
+        return {
+            "model": self.method,
+            "stage": str(self.spec.stage),
+            "profile": self.cfg.profile,
+            "output": self.spec.key,
+            "config_digest": self.config_digest,
+        }
 
     def _progress_bar(self, main: bool):
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        return Progress(TextColumn(f"[bold]{self.spec.run_name}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[loss]}"),
-                        TimeRemainingColumn(), disable=not (self.progress and main))
+        return Progress(
+            TextColumn(f"[bold]{self.spec.run_name}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[loss]}"),
+            TimeRemainingColumn(),
+            disable=not (self.progress and main),
+        )
 
     def _due(self, step: int, every: int) -> bool:
         """Every `every` steps, and at the last step."""
@@ -373,16 +450,23 @@ class Trainer:
         self.train_log.truncate_after(start_step)
         self.val_log.truncate_after(start_step)
 
-    def _log_train(self, step: int, epoch: int, lr: float, losses: dict[str, float], tracker,
-                   main: bool) -> None:
+    def _log_train(
+        self, step: int, epoch: int, lr: float, losses: dict[str, float], tracker, main: bool
+    ) -> None:
         """Every train.log_every steps: the global batch's losses to train_log.csv and MLflow."""
         if not self._due(step, self.cfg.train.log_every):
             return
         losses = distributed.mean_over_ranks(losses)  # every rank takes part
         elapsed = time.perf_counter() - self.started
         pairs_per_s = self.pairs_seen / max(elapsed, 1e-9)
-        row = {"step": step, "epoch": epoch, "lr": lr, **({"d_lr": self.d_lr} if self.d_optimizer else {}),
-               **losses, "pairs_per_s": pairs_per_s}
+        row = {
+            "step": step,
+            "epoch": epoch,
+            "lr": lr,
+            **({"d_lr": self.d_lr} if self.d_optimizer else {}),
+            **losses,
+            "pairs_per_s": pairs_per_s,
+        }
         if main:
             self.train_log.write(row)
             tracker.log_metrics({f"train.{k}": v for k, v in row.items() if k != "step"}, step)
@@ -407,7 +491,9 @@ class Trainer:
     def _save_weights(self, path: Path, step: int, val: dict, kept: str) -> None:
         save_atomic({"model": trained_state(self.model), "step": step, "val": val, "kept": kept}, path)
 
-    def _finish(self, step: int, best: float, train_seconds: float, pairs_seen: int, counts: dict, tracker) -> dict:
+    def _finish(
+        self, step: int, best: float, train_seconds: float, pairs_seen: int, counts: dict, tracker
+    ) -> dict:
         from nstlab.records import training_record_paths, write_record
         from nstlab.tracking import written_tracking_uri
 
@@ -446,15 +532,26 @@ class Trainer:
         return summary
 
 
-def train(cfg: Config, method: str, stage: int = 0, *, pairs_dir: Path = Path("data/pairs"),
-          models_dir: Path = Path("models"), logs_dir: Path = Path("reports/train"),
-          checkpoints_dir: Path = Path("checkpoints"), resume: str = "auto", progress: bool = True,
-          tracking: bool = True) -> dict:
+def train(
+    cfg: Config,
+    method: str,
+    stage: int = 0,
+    *,
+    pairs_dir: Path = Path("data/pairs"),
+    models_dir: Path = Path("models"),
+    logs_dir: Path = Path("reports/train"),
+    checkpoints_dir: Path = Path("checkpoints"),
+    resume: str = "auto",
+    progress: bool = True,
+    tracking: bool = True,
+) -> dict:
     """Train one method (one stage of a multi-stage one): models/<key>/model.pt (the best by
     validation or the last step, per train.keep / baselines.<method>.keep; keeping the best,
     last.pt too),
     reports/train/<key>/{metrics.json, train_log.csv, val_log.csv}; resumable from checkpoints/<key>.
     Under torchrun each process trains on its share of every batch (see nstlab.distributed)."""
     with distributed.process_group(pick_device(cfg).type):
-        trainer = Trainer(cfg, method, stage, pairs_dir, models_dir, logs_dir, checkpoints_dir, progress, tracking)
+        trainer = Trainer(
+            cfg, method, stage, pairs_dir, models_dir, logs_dir, checkpoints_dir, progress, tracking
+        )
         return trainer.run(resume)

@@ -59,8 +59,10 @@ def train_sources(pairs_dir: Path, root: Path | None = None) -> dict[str, list[P
     """The train split's usable source images per role, in images.csv order (the pair stage's)."""
     path = pairs_dir / IMAGES_CSV
     if not path.is_file():
-        raise NstlabError(f"{path}: missing (the baselines read the source images it lists); "
-                          "rerun the pair stage (nstlab pair / dvc repro pair)")
+        raise NstlabError(
+            f"{path}: missing (the baselines read the source images it lists); "
+            "rerun the pair stage (nstlab pair / dvc repro pair)"
+        )
     root = root if root is not None else Path()
     sources: dict[str, list[Path]] = {"content": [], "style": []}
     with open(path, newline="", encoding="utf-8") as handle:
@@ -83,21 +85,25 @@ class CropDataset(Dataset):
     """Position p -> (content crop, style crop). sampling "independent": content and style from
     their own streams; "pairs": both from one stream over the fixed pairs."""
 
-    def __init__(self, pairs_dir: Path, sampling: str, resize: int, crop: int, seed: int,
-                 root: Path | None = None):
+    def __init__(
+        self, pairs_dir: Path, sampling: str, resize: int, crop: int, seed: int, root: Path | None = None
+    ):
         self.sampling, self.resize, self.crop, self.seed = sampling, resize, crop, seed
         sources = train_sources(pairs_dir, root)
         self.contents, self.styles = sources["content"], sources["style"]
         self.pairs = train_pair_sources(pairs_dir, root) if sampling == "pairs" else []
         if not self.contents or not self.styles:
-            raise NstlabError(f"{pairs_dir / IMAGES_CSV}: no train content or style images; "
-                              "rerun the pair stage")
+            raise NstlabError(
+                f"{pairs_dir / IMAGES_CSV}: no train content or style images; rerun the pair stage"
+            )
 
     def sources_at(self, position: int) -> tuple[Path, Path]:
         if self.sampling == "pairs":
             return self.pairs[stream_index(len(self.pairs), "pairs", self.seed, position)]
-        return (self.contents[stream_index(len(self.contents), "content", self.seed, position)],
-                self.styles[stream_index(len(self.styles), "style", self.seed, position)])
+        return (
+            self.contents[stream_index(len(self.contents), "content", self.seed, position)],
+            self.styles[stream_index(len(self.styles), "style", self.seed, position)],
+        )
 
     def __len__(self) -> int:  # positions are unbounded; the sampler says which ones
         return len(self.pairs) if self.sampling == "pairs" else max(len(self.contents), len(self.styles))
@@ -128,18 +134,34 @@ class PositionSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         first = self.epoch * self.epoch_length
-        for start in range(first + self.start_index, first + self.epoch_length - self.global_batch + 1,
-                           self.global_batch):
+        for start in range(
+            first + self.start_index, first + self.epoch_length - self.global_batch + 1, self.global_batch
+        ):
             yield from range(start + self.offset, start + self.offset + self.local_batch)
 
     def __len__(self) -> int:
         return max(0, self.epoch_length - self.start_index) // self.global_batch * self.local_batch
 
 
-def make_crop_loader(pairs_dir: Path, data, *, batch_size: int, steps_per_epoch: int, seed: int,
-                     workers: int = 0, root: Path | None = None) -> DataLoader:
+def make_crop_loader(
+    pairs_dir: Path,
+    data,
+    *,
+    batch_size: int,
+    steps_per_epoch: int,
+    seed: int,
+    workers: int = 0,
+    root: Path | None = None,
+) -> DataLoader:
     """A training DataLoader for a baseline's `data` block (nstlab.config.BaselineDataConfig)."""
     dataset = CropDataset(pairs_dir, data.sampling, data.resize, data.crop, seed, root)
     sampler = PositionSampler(steps_per_epoch * batch_size, batch_size)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=workers,
-                      generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -67,14 +67,21 @@ class EpochSampler(Sampler[int]):
         self.epoch, self.start_index = epoch, start_index
 
     def __iter__(self) -> Iterator[int]:
-        return iter(epoch_order(self.n_items, self.seed, self.epoch)[self.start_index:])
+        return iter(epoch_order(self.n_items, self.seed, self.epoch)[self.start_index :])
 
     def __len__(self) -> int:
         return max(0, self.n_items - self.start_index)
 
 
-def make_loader(csv_path: Path | str, root: Path | str | None = None, *, batch_size: int, shuffle: bool, seed: int,
-                workers: int = 0) -> DataLoader:
+def make_loader(
+    csv_path: Path | str,
+    root: Path | str | None = None,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    workers: int = 0,
+) -> DataLoader:
     """A DataLoader over a pairs CSV.
 
     shuffle=True: training order from an `EpochSampler` (reach it as `loader.sampler`) and the
@@ -85,5 +92,12 @@ def make_loader(csv_path: Path | str, root: Path | str | None = None, *, batch_s
     sampler = EpochSampler(len(dataset), seed) if shuffle else None
     # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
     # and a resumed run (one more iterator) would then see other dropout masks.
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=shuffle, num_workers=workers,
-                      generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=shuffle,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -26,7 +26,13 @@ SIZE = 256
 DEFAULT_SEED = 0
 # Explicit encoder settings: the committed files depend on every one of them.
 # (optimize=True is avoided: with 4:4:4 Pillow can under-size libjpeg's buffer.)
-JPEG_SETTINGS = {"format": "JPEG", "quality": 88, "subsampling": "4:4:4", "optimize": False, "progressive": False}
+JPEG_SETTINGS = {
+    "format": "JPEG",
+    "quality": 88,
+    "subsampling": "4:4:4",
+    "optimize": False,
+    "progressive": False,
+}
 
 Rng = np.random.Generator
 
@@ -115,8 +121,14 @@ def _voronoi(rng: Rng, cells: int, jitter: float) -> tuple[np.ndarray, np.ndarra
 
 
 def _flow_strokes(
-    rng: Rng, img: Image.Image, angle: np.ndarray, colour: Callable[[float, float], np.ndarray],
-    n: int, steps: int, step: float, widths: tuple[int, int],
+    rng: Rng,
+    img: Image.Image,
+    angle: np.ndarray,
+    colour: Callable[[float, float], np.ndarray],
+    n: int,
+    steps: int,
+    step: float,
+    widths: tuple[int, int],
 ) -> None:
     """Draw ``n`` short strokes that follow the per-pixel ``angle`` field."""
     draw = ImageDraw.Draw(img)
@@ -187,8 +199,16 @@ def starry_swirls(rng: Rng) -> Image.Image:
     angle = np.arctan2(vy, vx)
     blues = ["#0b1d51", "#1e3f8a", "#2f6bc1", "#7fb3e6", "#d9ecf2"]
     img = _image(_ramp(y * 0.5, blues[:3]))
-    _flow_strokes(rng, img, angle, lambda px, py: _ramp(rng.random() ** 1.5, blues),
-                  n=2400, steps=6, step=3.0, widths=(2, 5))
+    _flow_strokes(
+        rng,
+        img,
+        angle,
+        lambda px, py: _ramp(rng.random() ** 1.5, blues),
+        n=2400,
+        steps=6,
+        step=3.0,
+        widths=(2, 5),
+    )
     draw = ImageDraw.Draw(img)
     for i in range(9):
         cx, cy = rng.random() * SIZE, rng.random() * SIZE * 0.8
@@ -202,8 +222,20 @@ def starry_swirls(rng: Rng) -> Image.Image:
 def kandinsky_rings(rng: Rng) -> Image.Image:
     """A 4x4 grid of squares, each holding wobbly concentric circles."""
     n = 2 * SIZE
-    palette = ["#d62828", "#f77f00", "#fcbf49", "#eae2b7", "#003049", "#2a9d8f",
-               "#6a4c93", "#e76f51", "#8ab17d", "#111111", "#f1faee", "#e56b6f"]
+    palette = [
+        "#d62828",
+        "#f77f00",
+        "#fcbf49",
+        "#eae2b7",
+        "#003049",
+        "#2a9d8f",
+        "#6a4c93",
+        "#e76f51",
+        "#8ab17d",
+        "#111111",
+        "#f1faee",
+        "#e56b6f",
+    ]
     py, px = np.mgrid[0:n, 0:n] + 0.5
     block = n // 4
     out = np.zeros((n, n, 3))
@@ -410,7 +442,9 @@ def mandala(rng: Rng) -> Image.Image:
     k = int(rng.integers(8, 13))
     wedge = np.abs((np.arctan2(y - 0.5, x - 0.5) * k / (2 * np.pi)) % 1.0 - 0.5) * 2  # 0 at wedge centre
     petals = r * 9 + 1.6 * np.cos(wedge * np.pi / 2) ** 3 * (1 + np.sin(r * 7 + rng.random() * 6))
-    palette = np.stack([_rgb(c) for c in ["#3a0ca3", "#f72585", "#ffd166", "#06d6a0", "#118ab2", "#ef476f", "#fff1d0"]])
+    palette = np.stack(
+        [_rgb(c) for c in ["#3a0ca3", "#f72585", "#ffd166", "#06d6a0", "#118ab2", "#ef476f", "#fff1d0"]]
+    )
     band = palette[(np.floor(petals).astype(np.int64) * 3) % len(palette)]
     edge = np.abs(petals % 1.0 - 0.5) > 0.44
     out = np.where(edge[..., None], _rgb("#1a1423"), band)

@@ -71,8 +71,10 @@ class DownloadSummary:
         return not self.failed and not self.missing
 
     def describe(self) -> str:
-        head = self.note or (f"{len(self.downloaded)} downloaded ({decimal(self.bytes_received)}), "
-                             f"{len(self.skipped)} already present, {len(self.failed)} failed")
+        head = self.note or (
+            f"{len(self.downloaded)} downloaded ({decimal(self.bytes_received)}), "
+            f"{len(self.skipped)} already present, {len(self.failed)} failed"
+        )
         if self.missing:
             head += f", {len(self.missing)} missing on the server"
         reasons = [*self.failed.values(), *self.missing.values()]
@@ -130,9 +132,17 @@ class _Policy:
     verify: Callable[[Path], None] | None = None
 
 
-def download_all(files: Iterable[RemoteFile], target_dir: Path | str, *, workers: int = 8, retries: int = 4,
-                 backoff_s: float = 1.0, timeout_s: float = 30.0, progress: bool = True,
-                 verify: Callable[[Path], None] | None = None) -> DownloadSummary:
+def download_all(
+    files: Iterable[RemoteFile],
+    target_dir: Path | str,
+    *,
+    workers: int = 8,
+    retries: int = 4,
+    backoff_s: float = 1.0,
+    timeout_s: float = 30.0,
+    progress: bool = True,
+    verify: Callable[[Path], None] | None = None,
+) -> DownloadSummary:
     """Fetch every file into `target_dir` (see the module docstring for the guarantees).
 
     `verify(path)` raises an NstlabError when the bytes at `path` are unusable; it runs on every
@@ -152,15 +162,24 @@ def download_all(files: Iterable[RemoteFile], target_dir: Path | str, *, workers
     policy = _Policy(retries, backoff_s, timeout_s, verify)
     downloaded, skipped, failed, missing = [], [], {}, {}
     cancel = threading.Event()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[received]}"),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[received]}"),
+        TimeRemainingColumn(),
+    )
     with FileLock(str(target_dir / LOCK_NAME)), Progress(*columns, disable=not progress) as bar:
         manifest = read_manifest(target_dir)
         meter = _Meter(bar, len(files))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download")
         try:
-            futures = {pool.submit(_fetch_or_skip, remote, target_dir, manifest.get(remote.filename), policy,
-                                   cancel, meter): remote for remote in files}
+            futures = {
+                pool.submit(
+                    _fetch_or_skip, remote, target_dir, manifest.get(remote.filename), policy, cancel, meter
+                ): remote
+                for remote in files
+            }
             for future in as_completed(futures):
                 remote = futures[future]
                 meter.file_done()
@@ -181,12 +200,23 @@ def download_all(files: Iterable[RemoteFile], target_dir: Path | str, *, workers
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             write_manifest(target_dir, manifest)
-    return DownloadSummary(tuple(sorted(downloaded)), tuple(sorted(skipped)), dict(sorted(failed.items())),
-                           meter.bytes_received, dict(sorted(missing.items())))
+    return DownloadSummary(
+        tuple(sorted(downloaded)),
+        tuple(sorted(skipped)),
+        dict(sorted(failed.items())),
+        meter.bytes_received,
+        dict(sorted(missing.items())),
+    )
 
 
-def _fetch_or_skip(remote: RemoteFile, target_dir: Path, recorded: dict | None, policy: _Policy,
-                   cancel: threading.Event, meter: _Meter) -> tuple[dict, bool]:
+def _fetch_or_skip(
+    remote: RemoteFile,
+    target_dir: Path,
+    recorded: dict | None,
+    policy: _Policy,
+    cancel: threading.Event,
+    meter: _Meter,
+) -> tuple[dict, bool]:
     """(manifest record, whether the network was used)."""
     final = _final_path(target_dir, remote.filename)
     expected_sha256 = (remote.sha256 or (recorded or {}).get("sha256") or "").lower()
@@ -207,8 +237,9 @@ def _fetch_or_skip(remote: RemoteFile, target_dir: Path, recorded: dict | None, 
     return _fetch_with_retries(remote, final, policy, cancel, meter), True
 
 
-def _fetch_with_retries(remote: RemoteFile, final: Path, policy: _Policy, cancel: threading.Event,
-                        meter: _Meter) -> dict:
+def _fetch_with_retries(
+    remote: RemoteFile, final: Path, policy: _Policy, cancel: threading.Event, meter: _Meter
+) -> dict:
     part = final.with_name(final.name + ".part")
     final.parent.mkdir(parents=True, exist_ok=True)
     reason, unverified = "", False
@@ -235,8 +266,10 @@ def _fetch_with_retries(remote: RemoteFile, final: Path, policy: _Policy, cancel
             reason, unverified = str(error), isinstance(error, _Unverified)
     if unverified:  # it arrived whole every time and never verified: the server's copy is bad
         raise _MissingFile(f"{final}: {reason} from {remote.url} after {policy.retries + 1} attempts")
-    raise DownloadError(f"{final}: {reason} from {remote.url} after {policy.retries + 1} attempts; "
-                        "check the network or the mirror and run again (partial files resume)")
+    raise DownloadError(
+        f"{final}: {reason} from {remote.url} after {policy.retries + 1} attempts; "
+        "check the network or the mirror and run again (partial files resume)"
+    )
 
 
 def _verify_part(part: Path, verify: Callable[[Path], None]) -> None:
@@ -309,8 +342,10 @@ def _safe_join(root: Path, name: str) -> Path | None:
 def _final_path(target_dir: Path, filename: str) -> Path:
     path = _safe_join(target_dir, filename)
     if path is None or path.name in (MANIFEST_NAME, LOCK_NAME) or path.name.endswith(".part"):
-        raise DownloadError(f"{filename!r}: not a safe file name under {target_dir}; "
-                            "use a relative path without '..' that does not end in .part")
+        raise DownloadError(
+            f"{filename!r}: not a safe file name under {target_dir}; "
+            "use a relative path without '..' that does not end in .part"
+        )
     return path
 
 
@@ -360,5 +395,7 @@ def extract_archive(archive: Path | str, target_dir: Path | str) -> None:
 
 
 def _unsafe_member(archive: Path, name: str, reason: str) -> DownloadError:
-    return DownloadError(f"{archive}: member {name!r} would land outside the target dir ({reason}); "
-                         "refusing to extract an unsafe archive")
+    return DownloadError(
+        f"{archive}: member {name!r} would land outside the target dir ({reason}); "
+        "refusing to extract an unsafe archive"
+    )

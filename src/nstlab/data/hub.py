@@ -29,13 +29,28 @@ from nstlab.data.download import (
 from nstlab.data.images import ALLOWED_FORMATS, load_rgb
 from nstlab.errors import ConfigError, DownloadError, NstlabError
 
-_SUFFIX_BY_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
-                     "TIFF": ".tif"}
+_SUFFIX_BY_FORMAT = {
+    "JPEG": ".jpg",
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "GIF": ".gif",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+}
 
 
-def fetch_hub(dataset_id: str, role: str, n_images: int, target_dir: Path, *, seed: int,
-              max_missing: float = 0.02, buffer_size: int = 1000, split: str = "train",
-              progress: bool = True) -> tuple[list[Path], DownloadSummary]:
+def fetch_hub(
+    dataset_id: str,
+    role: str,
+    n_images: int,
+    target_dir: Path,
+    *,
+    seed: int,
+    max_missing: float = 0.02,
+    buffer_size: int = 1000,
+    split: str = "train",
+    progress: bool = True,
+) -> tuple[list[Path], DownloadSummary]:
     """Put the first `n_images` decodable images of the seeded stream of `dataset_id` in `target_dir`.
 
     Returns their paths (the caller removes other images from `target_dir`) and a summary whose
@@ -43,13 +58,23 @@ def fetch_hub(dataset_id: str, role: str, n_images: int, target_dir: Path, *, se
     """
     target_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target_dir / LOCK_NAME)):
-        names, summary = _fetch_locked(dataset_id, role, n_images, target_dir, seed, max_missing, buffer_size,
-                                       split, progress)
+        names, summary = _fetch_locked(
+            dataset_id, role, n_images, target_dir, seed, max_missing, buffer_size, split, progress
+        )
     return [target_dir / name for name in names], summary
 
 
-def _fetch_locked(dataset_id: str, role: str, n_images: int, target_dir: Path, seed: int, max_missing: float,
-                  buffer_size: int, split: str, progress: bool) -> tuple[list[str], DownloadSummary]:
+def _fetch_locked(
+    dataset_id: str,
+    role: str,
+    n_images: int,
+    target_dir: Path,
+    seed: int,
+    max_missing: float,
+    buffer_size: int,
+    split: str,
+    progress: bool,
+) -> tuple[list[str], DownloadSummary]:
     key = f"data.{role}_source=hf:{dataset_id}"
     stream_seed = _stream_seed(seed, role)
     manifest = read_manifest(target_dir)
@@ -58,8 +83,11 @@ def _fetch_locked(dataset_id: str, role: str, n_images: int, target_dir: Path, s
     if kept is not None:  # every image of this draw is on disk and verified: no stream at all
         return kept, DownloadSummary(skipped=tuple(kept))
     rows = _open_stream(dataset_id, split, stream_seed, buffer_size, key)
-    by_position = {record.get("position"): name for name, record in manifest.items()
-                   if record.get("url", "").startswith(origin + "#")}
+    by_position = {
+        record.get("position"): name
+        for name, record in manifest.items()
+        if record.get("url", "").startswith(origin + "#")
+    }
     written, skipped, missing, received = [], [], {}, 0
     try:
         counted = track(rows, total=n_images, description=f"{role} (hf)", disable=not progress)
@@ -75,9 +103,11 @@ def _fetch_locked(dataset_id: str, role: str, n_images: int, target_dir: Path, s
             if isinstance(record, str):
                 missing[f"{position:06d}"] = f"{key}: row {position}: {record}"
                 if len(missing) > max_missing * n_images:
-                    raise DownloadError(f"{key}: {len(missing)} of the {n_images} images drawn do not decode "
-                                        f"(first: row {min(missing)}), more than data.max_missing = "
-                                        f"{max_missing}; check the dataset, or raise data.max_missing")
+                    raise DownloadError(
+                        f"{key}: {len(missing)} of the {n_images} images drawn do not decode "
+                        f"(first: row {min(missing)}), more than data.max_missing = "
+                        f"{max_missing}; check the dataset, or raise data.max_missing"
+                    )
                 continue
             name, record = record
             manifest[name] = record
@@ -102,8 +132,9 @@ def _open_stream(dataset_id: str, split: str, seed: int, buffer_size: int, key: 
     try:
         import datasets
     except ImportError:
-        raise ConfigError(f"{key} needs the Hugging Face `datasets` library: "
-                          "pip install \"nstlab[hub]\"") from None
+        raise ConfigError(
+            f'{key} needs the Hugging Face `datasets` library: pip install "nstlab[hub]"'
+        ) from None
     try:
         stream = datasets.load_dataset(dataset_id, split=split, streaming=True)
         column = _image_column(stream.features, key)
@@ -113,8 +144,9 @@ def _open_stream(dataset_id: str, split: str, seed: int, buffer_size: int, key: 
         raise
     except Exception as error:  # datasets raises many types (hub, network, file format)
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise DownloadError(f"{key}: cannot open the dataset ({first_line}); check the id and the network "
-                            "(or HF_HUB_OFFLINE)") from None
+        raise DownloadError(
+            f"{key}: cannot open the dataset ({first_line}); check the id and the network (or HF_HUB_OFFLINE)"
+        ) from None
     return (row[column] for row in shuffled)
 
 
@@ -144,8 +176,13 @@ def _store(data: bytes | None, position: int, target_dir: Path, url: str) -> tup
         return str(error).removeprefix(f"{part}: ").split("; ")[0]
     name = f"{position:06d}{suffix}"
     os.replace(part, target_dir / name)
-    return name, {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "url": url,
-                  "position": position, "verified": True}
+    return name, {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "url": url,
+        "position": position,
+        "verified": True,
+    }
 
 
 def _still_verified(path: Path, record: dict) -> bool:
@@ -156,8 +193,11 @@ def _still_verified(path: Path, record: dict) -> bool:
 
 def _kept_from_manifest(manifest: dict, target_dir: Path, origin: str, n_images: int) -> list[str] | None:
     """The names of this draw when the first n_images verified rows are all on disk, else None."""
-    ours = sorted((record["position"], name) for name, record in manifest.items()
-                  if record.get("url", "").startswith(origin + "#") and "position" in record)
+    ours = sorted(
+        (record["position"], name)
+        for name, record in manifest.items()
+        if record.get("url", "").startswith(origin + "#") and "position" in record
+    )
     if len(ours) < n_images:
         return None
     first = [name for _, name in ours[:n_images]]

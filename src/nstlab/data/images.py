@@ -55,23 +55,38 @@ def load_rgb(path: Path | str, *, max_pixels: int = 64_000_000, min_side: int = 
             image.load()
             return _to_rgb(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as error:  # over 2× Pillow's own limit: refused inside open()
-        raise _reject(path, f"too many pixels for Pillow's decompression-bomb guard ({error})",
-                      "downscale the image or remove it") from None
+        raise _reject(
+            path,
+            f"too many pixels for Pillow's decompression-bomb guard ({error})",
+            "downscale the image or remove it",
+        ) from None
     except UnidentifiedImageError:
-        raise _reject(path, "not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF)",
-                      "remove it or convert it to PNG/JPEG") from None
+        raise _reject(
+            path,
+            "not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF)",
+            "remove it or convert it to PNG/JPEG",
+        ) from None
     except _DECODE_ERRORS as error:
-        raise _reject(path, f"corrupt or truncated image ({error})", "delete it and download it again") from None
+        raise _reject(
+            path, f"corrupt or truncated image ({error})", "delete it and download it again"
+        ) from None
 
 
 def _check_size(path: Path, size: tuple[int, int], max_pixels: int, min_side: int) -> None:
     width, height = size
     if width * height > max_pixels:
-        raise _reject(path, f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels} "
-                            "(decompression-bomb guard)", "downscale the image or raise data.max_pixels")
+        raise _reject(
+            path,
+            f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels} "
+            "(decompression-bomb guard)",
+            "downscale the image or raise data.max_pixels",
+        )
     if min(width, height) < min_side:
-        raise _reject(path, f"{width}x{height} px is smaller than min_side={min_side} px",
-                      "use a larger image or lower data.min_side")
+        raise _reject(
+            path,
+            f"{width}x{height} px is smaller than min_side={min_side} px",
+            "use a larger image or lower data.min_side",
+        )
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -124,7 +139,9 @@ def save_image(image: torch.Tensor | Image.Image, path: Path | str) -> Path:
     descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            image.convert("RGB").save(handle, format=image_format, **({"quality": 95} if image_format == "JPEG" else {}))
+            image.convert("RGB").save(
+                handle, format=image_format, **({"quality": 95} if image_format == "JPEG" else {})
+            )
         os.replace(temp_name, path)
     finally:
         Path(temp_name).unlink(missing_ok=True)

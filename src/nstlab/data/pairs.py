@@ -56,10 +56,24 @@ class _CacheJob:
     source: Path
 
 
-def build_pairs(content_files: Iterable[Path], style_files: Iterable[Path], *, n_train: int, n_val: int, n_test: int,
-                seed: int, image_size: int, cache_dir: Path | str, out_dir: Path | str, test_max_side: int = 512,
-                max_pixels: int = 64_000_000, min_side: int = 16, workers: int | None = None,
-                group_of: Mapping[str, Callable[[Path], str]] | None = None, progress: bool = True) -> PairSummary:
+def build_pairs(
+    content_files: Iterable[Path],
+    style_files: Iterable[Path],
+    *,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    seed: int,
+    image_size: int,
+    cache_dir: Path | str,
+    out_dir: Path | str,
+    test_max_side: int = 512,
+    max_pixels: int = 64_000_000,
+    min_side: int = 16,
+    workers: int | None = None,
+    group_of: Mapping[str, Callable[[Path], str]] | None = None,
+    progress: bool = True,
+) -> PairSummary:
     """Write out_dir/{train,val,test}.csv (header `content,style`), skipped.csv and pairs.json.
 
     Same inputs and seed → byte-identical files. Asking for more pairs than a split can hold
@@ -67,9 +81,12 @@ def build_pairs(content_files: Iterable[Path], style_files: Iterable[Path], *, n
     naming an image's source group (default: every image its own group).
     """
     requested = {"train": n_train, "val": n_val, "test": n_test}
-    plans = {role: _plan_splits([Path(path) for path in files], requested, seed, role,
-                                (group_of or {}).get(role, Path.as_posix))
-             for role, files in zip(ROLES, (content_files, style_files))}
+    plans = {
+        role: _plan_splits(
+            [Path(path) for path in files], requested, seed, role, (group_of or {}).get(role, Path.as_posix)
+        )
+        for role, files in zip(ROLES, (content_files, style_files))
+    }
     _check_capacity(plans, requested)
 
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
@@ -99,16 +116,31 @@ def build_pairs(content_files: Iterable[Path], style_files: Iterable[Path], *, n
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        pairs = _draw_pairs(usable["content"][split], usable["style"][split], requested[split],
-                            random.Random(f"pairs-{split}:{seed}"))
-        _write_csv(out_dir / f"{split}.csv", ("content", "style"), [(c.as_posix(), s.as_posix()) for c, s in pairs])
+        pairs = _draw_pairs(
+            usable["content"][split],
+            usable["style"][split],
+            requested[split],
+            random.Random(f"pairs-{split}:{seed}"),
+        )
+        _write_csv(
+            out_dir / f"{split}.csv", ("content", "style"), [(c.as_posix(), s.as_posix()) for c, s in pairs]
+        )
     _write_csv(out_dir / "skipped.csv", ("path", "reason"), skipped)
     _write_csv(out_dir / IMAGES_CSV, ("split", "role", "source", "cached"), sources)
-    summary = PairSummary(pairs=requested,
-                          images={split: {role: len(usable[role][split]) for role in ROLES} for split in SPLITS},
-                          skipped=tuple(skipped), seed=seed)
-    report = {"seed": seed, "image_size": image_size, "test_max_side": test_max_side, "pairs": summary.pairs,
-              "images": summary.images, "skipped": len(skipped)}
+    summary = PairSummary(
+        pairs=requested,
+        images={split: {role: len(usable[role][split]) for role in ROLES} for split in SPLITS},
+        skipped=tuple(skipped),
+        seed=seed,
+    )
+    report = {
+        "seed": seed,
+        "image_size": image_size,
+        "test_max_side": test_max_side,
+        "pairs": summary.pairs,
+        "images": summary.images,
+        "skipped": len(skipped),
+    }
     (out_dir / "pairs.json").write_text(json.dumps(report, indent=2) + "\n")
     return summary
 
@@ -124,8 +156,9 @@ def split_sizes(n_images: int, requested: Mapping[str, int]) -> dict[str, int]:
     return sizes
 
 
-def _plan_splits(files: list[Path], requested: Mapping[str, int], seed: int, role: str,
-                 group_of: Callable[[Path], str]) -> dict[str, list[Path]]:
+def _plan_splits(
+    files: list[Path], requested: Mapping[str, int], seed: int, role: str, group_of: Callable[[Path], str]
+) -> dict[str, list[Path]]:
     """Whole groups to splits in seeded order: test, then val, take the groups that fit in their
     √-share of images (the smallest group if none fits), always leaving one group for each
     split after them; train takes the rest."""
@@ -135,8 +168,10 @@ def _plan_splits(files: list[Path], requested: Mapping[str, int], seed: int, rol
     if len(groups) < len(SPLITS):
         n_files = sum(map(len, groups.values()))
         sources = f" from {len(groups)} sources" if len(groups) < n_files else ""
-        raise ConfigError(f"{n_files} {role} images given{sources}: need at least {len(SPLITS)} (one per split); "
-                          f"add {role} images or raise the number downloaded")
+        raise ConfigError(
+            f"{n_files} {role} images given{sources}: need at least {len(SPLITS)} (one per split); "
+            f"add {role} images or raise the number downloaded"
+        )
     order = sorted(groups)
     random.Random(f"split-{role}:{seed}").shuffle(order)
     targets = split_sizes(sum(map(len, groups.values())), requested)
@@ -160,12 +195,16 @@ def _check_capacity(images: Mapping[str, Mapping[str, list]], requested: Mapping
     for split in SPLITS:
         n_content, n_style = len(images["content"][split]), len(images["style"][split])
         if requested[split] > n_content * n_style:
-            raise ConfigError(f"data.n_{split}={requested[split]}: only {n_content * n_style} distinct {split} pairs "
-                              f"exist ({n_content} content × {n_style} style usable images); lower data.n_{split} "
-                              f"to at most {n_content * n_style} or add images")
+            raise ConfigError(
+                f"data.n_{split}={requested[split]}: only {n_content * n_style} distinct {split} pairs "
+                f"exist ({n_content} content × {n_style} style usable images); lower data.n_{split} "
+                f"to at most {n_content * n_style} or add images"
+            )
 
 
-def _draw_pairs(contents: list[Path], styles: list[Path], n_pairs: int, rng: random.Random) -> list[tuple[Path, Path]]:
+def _draw_pairs(
+    contents: list[Path], styles: list[Path], n_pairs: int, rng: random.Random
+) -> list[tuple[Path, Path]]:
     """n_pairs distinct (content, style) pairs, uniform over all len(contents)·len(styles)."""
     picks = rng.sample(range(len(contents) * len(styles)), n_pairs)
     return [(contents[pick // len(styles)], styles[pick % len(styles)]) for pick in picks]

@@ -47,7 +47,11 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".
 
 def list_images(directory: Path) -> list[Path]:
     """Image files under `directory` (recursively), sorted; manifests, locks and `.part` files excluded."""
-    return sorted(path for path in Path(directory).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+    return sorted(
+        path
+        for path in Path(directory).rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    )
 
 
 def source_group(source: str) -> Callable[[Path], str]:
@@ -85,16 +89,19 @@ def _coco_file_names(index_file: Path) -> list[str]:
         with zipfile.ZipFile(index_file) as bundle, bundle.open(member) as handle:
             return [image["file_name"] for image in json.load(handle)["images"]]
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as error:
-        raise DownloadError(f"{index_file}: not the COCO 2014 annotations archive with {member} ({error}); "
-                            "check the mirror (a damaged copy is fetched again automatically)") from None
+        raise DownloadError(
+            f"{index_file}: not the COCO 2014 annotations archive with {member} ({error}); "
+            "check the mirror (a damaged copy is fetched again automatically)"
+        ) from None
 
 
 def _wikiart_file_names(index_file: Path) -> list[str]:
     try:
         with open(index_file, newline="", encoding="utf-8") as handle:
             # ArtGAN's CSV has no header; the suffix test also drops one if a mirror adds it.
-            names = [row[0] for row in csv.reader(handle)
-                     if row and Path(row[0]).suffix.lower() in IMAGE_SUFFIXES]
+            names = [
+                row[0] for row in csv.reader(handle) if row and Path(row[0]).suffix.lower() in IMAGE_SUFFIXES
+            ]
     except (UnicodeDecodeError, csv.Error) as error:
         raise DownloadError(f"{index_file}: not ArtGAN's style_train.csv ({error}); fix the mirror") from None
     if not names:
@@ -111,15 +118,30 @@ class _RemoteSource:
 
 
 _REMOTE_SOURCES = {
-    "coco": _RemoteSource("content", "annotations/annotations_trainval2014.zip", "train2014", _coco_file_names),
+    "coco": _RemoteSource(
+        "content", "annotations/annotations_trainval2014.zip", "train2014", _coco_file_names
+    ),
     "wikiart": _RemoteSource("style", "wikiart_csv/style_train.csv", "wikiart", _wikiart_file_names),
 }
 
 
-def fetch_source(name: str, role: str, n_images: int, raw_dir: Path | str, *, seed: int, mirror: str | None = None,
-                 base_url: str | None = None, workers: int = 8, retries: int = 4, backoff_s: float = 1.0,
-                 timeout_s: float = 30.0, max_missing: float = 0.02, hub_shuffle_buffer: int = 1000,
-                 progress: bool = True) -> tuple[list[Path], DownloadSummary]:
+def fetch_source(
+    name: str,
+    role: str,
+    n_images: int,
+    raw_dir: Path | str,
+    *,
+    seed: int,
+    mirror: str | None = None,
+    base_url: str | None = None,
+    workers: int = 8,
+    retries: int = 4,
+    backoff_s: float = 1.0,
+    timeout_s: float = 30.0,
+    max_missing: float = 0.02,
+    hub_shuffle_buffer: int = 1000,
+    progress: bool = True,
+) -> tuple[list[Path], DownloadSummary]:
     """Put min(n_images, available) images of source `name` into `raw_dir/role/`.
 
     Returns the paths that are present (failed downloads and the files missing on the server
@@ -137,36 +159,65 @@ def fetch_source(name: str, role: str, n_images: int, raw_dir: Path | str, *, se
     if name.startswith("hf:"):
         from nstlab.data.hub import fetch_hub
 
-        paths, summary = fetch_hub(name.removeprefix("hf:"), role, n_images, target_dir, seed=seed,
-                                   max_missing=max_missing, buffer_size=hub_shuffle_buffer, progress=progress)
+        paths, summary = fetch_hub(
+            name.removeprefix("hf:"),
+            role,
+            n_images,
+            target_dir,
+            seed=seed,
+            max_missing=max_missing,
+            buffer_size=hub_shuffle_buffer,
+            progress=progress,
+        )
         _remove_unchosen(target_dir, paths)
         return paths, summary
     source = _REMOTE_SOURCES[name]
     base = _base_url(name, mirror, base_url)
-    options = dict(workers=workers, retries=retries, backoff_s=backoff_s, timeout_s=timeout_s, progress=progress)
-    index_file = _fetch_index(f"{base}/{source.index_path}", Path(raw_dir) / "index" / name,
-                              source.read_index, options)
+    options = dict(
+        workers=workers, retries=retries, backoff_s=backoff_s, timeout_s=timeout_s, progress=progress
+    )
+    index_file = _fetch_index(
+        f"{base}/{source.index_path}", Path(raw_dir) / "index" / name, source.read_index, options
+    )
     order = draw_order(source.read_index(index_file), seed, f"{name}-{role}")
 
     def url_of(file_name: str) -> str:
         return f"{base}/{source.image_dir}/{quote(file_name)}"
 
-    summary = _download_draw(order, min(n_images, len(order)), url_of, target_dir,
-                             f"data.{role}_source={name}", max_missing, options)
+    summary = _download_draw(
+        order,
+        min(n_images, len(order)),
+        url_of,
+        target_dir,
+        f"data.{role}_source={name}",
+        max_missing,
+        options,
+    )
     paths = [target_dir / file_name for file_name in sorted((*summary.downloaded, *summary.skipped))]
     _remove_unchosen(target_dir, paths)
     return paths, summary
 
 
-def _download_draw(order: list[str], wanted: int, url_of: Callable[[str], str], target_dir: Path, source: str,
-                   max_missing: float, options: dict) -> DownloadSummary:
+def _download_draw(
+    order: list[str],
+    wanted: int,
+    url_of: Callable[[str], str],
+    target_dir: Path,
+    source: str,
+    max_missing: float,
+    options: dict,
+) -> DownloadSummary:
     """Download the first `wanted` names of `order`; each one the server lacks (or that never
     decodes) is replaced by the next name, until `wanted` are present or `order` runs out."""
     batch, cursor = order[:wanted], wanted
     downloaded, skipped, failed, missing, received = [], [], {}, {}, 0
     while batch:
-        summary = download_all([RemoteFile(url_of(file_name), file_name) for file_name in batch], target_dir,
-                               verify=_decodes, **options)
+        summary = download_all(
+            [RemoteFile(url_of(file_name), file_name) for file_name in batch],
+            target_dir,
+            verify=_decodes,
+            **options,
+        )
         downloaded += summary.downloaded
         skipped += summary.skipped
         failed.update(summary.failed)
@@ -175,13 +226,20 @@ def _download_draw(order: list[str], wanted: int, url_of: Callable[[str], str], 
         if len(missing) > max_missing * wanted:
             names = ", ".join(sorted(missing)[:3])
             more = ", ..." if len(missing) > 3 else ""
-            raise DownloadError(f"{source}: {len(missing)} of the {wanted} images drawn are missing on the "
-                                f"server ({names}{more}), more than data.max_missing = {max_missing}; "
-                                "check the mirror, or raise data.max_missing to accept the losses")
-        batch = order[cursor:cursor + len(summary.missing)]
+            raise DownloadError(
+                f"{source}: {len(missing)} of the {wanted} images drawn are missing on the "
+                f"server ({names}{more}), more than data.max_missing = {max_missing}; "
+                "check the mirror, or raise data.max_missing to accept the losses"
+            )
+        batch = order[cursor : cursor + len(summary.missing)]
         cursor += len(batch)
-    return DownloadSummary(tuple(sorted(downloaded)), tuple(sorted(skipped)), dict(sorted(failed.items())),
-                           received, dict(sorted(missing.items())))
+    return DownloadSummary(
+        tuple(sorted(downloaded)),
+        tuple(sorted(skipped)),
+        dict(sorted(failed.items())),
+        received,
+        dict(sorted(missing.items())),
+    )
 
 
 def _decodes(path: Path) -> None:
@@ -196,9 +254,11 @@ def _base_url(name: str, mirror: str | None, base_url: str | None) -> str:
         return base_url.rstrip("/")
     if name == "coco":
         return COCO_BASE_URL
-    raise ConfigError("data.style_source=wikiart needs a base URL: set data.mirror to a mirror serving "
-                      "wikiart/wikiart_csv/style_train.csv and wikiart/wikiart/<Style>/<file>.jpg "
-                      "(WikiArt has no public per-file host)")
+    raise ConfigError(
+        "data.style_source=wikiart needs a base URL: set data.mirror to a mirror serving "
+        "wikiart/wikiart_csv/style_train.csv and wikiart/wikiart/<Style>/<file>.jpg "
+        "(WikiArt has no public per-file host)"
+    )
 
 
 def _fetch_index(url: str, index_dir: Path, read_index: Callable[[Path], list[str]], options: dict) -> Path:
@@ -213,8 +273,10 @@ def _fetch_index(url: str, index_dir: Path, read_index: Callable[[Path], list[st
 def _copy_demo(role: str, n_images: int, target_dir: Path, seed: int) -> tuple[list[Path], DownloadSummary]:
     packaged = {path.name: path for path in demo_images(role)}
     if not packaged:
-        raise ConfigError(f"data.{role}_source=demo: the package holds no demo {role} images "
-                          f"(nstlab/data/demo/{role}/); reinstall nstlab")
+        raise ConfigError(
+            f"data.{role}_source=demo: the package holds no demo {role} images "
+            f"(nstlab/data/demo/{role}/); reinstall nstlab"
+        )
     chosen = choose_files(list(packaged), n_images, seed, f"demo-{role}")
     target_dir.mkdir(parents=True, exist_ok=True)
     paths = [Path(shutil.copyfile(packaged[file_name], target_dir / file_name)) for file_name in chosen]
@@ -222,8 +284,9 @@ def _copy_demo(role: str, n_images: int, target_dir: Path, seed: int) -> tuple[l
     return paths, DownloadSummary(downloaded=tuple(chosen))
 
 
-def _link_folder(folder: Path, role: str, n_images: int, target_dir: Path,
-                 seed: int) -> tuple[list[Path], DownloadSummary]:
+def _link_folder(
+    folder: Path, role: str, n_images: int, target_dir: Path, seed: int
+) -> tuple[list[Path], DownloadSummary]:
     """A seeded draw of the images under `folder`, hard-linked (else copied) into `target_dir`."""
     key = f"data.{role}_source=dir:{folder}"
     if not folder.is_dir():

@@ -31,8 +31,9 @@ def dvc_md5(path: Path) -> str:
     if path.is_file():
         return file_md5(path)
     if not path.is_dir():
-        raise NstlabError(f"{path}: no such file or folder to hash; run the pair stage first "
-                          "(dvc repro pair)")
+        raise NstlabError(
+            f"{path}: no such file or folder to hash; run the pair stage first (dvc repro pair)"
+        )
     files = sorted((file.relative_to(path).as_posix(), file) for file in path.rglob("*") if file.is_file())
     listing = [{"md5": file_md5(file), "relpath": relpath} for relpath, file in files]
     return hashlib.md5(json.dumps(listing, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"

@@ -79,8 +79,11 @@ def single_process_reason(name: str) -> str | None:
 
 def default_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """Adam (β 0.9, 0.999) over the trainable parameters outside any discriminator."""
-    trainable = [parameter for name, parameter in model.named_parameters()
-                 if parameter.requires_grad and not name.startswith("discriminator.")]
+    trainable = [
+        parameter
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad and not name.startswith("discriminator.")
+    ]
     return torch.optim.Adam(trainable, lr=lr, betas=(0.9, 0.999))
 
 

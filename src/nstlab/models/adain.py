@@ -29,12 +29,19 @@ class AdaIN(FeatureTransferNet):
     loss_defaults = {"content": 1.0, "style": 10.0}
     last_layer = "relu4_1"
 
-    def transform(self, content_features: dict[str, torch.Tensor], style_features: dict[str, torch.Tensor]) -> torch.Tensor:
+    def transform(
+        self, content_features: dict[str, torch.Tensor], style_features: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """AdaIN at relu4_1 (paper eq. 8): (B, C, h, w) -> (B, C, h, w)."""
         return adain(content_features["relu4_1"], style_features["relu4_1"])
 
-    def forward(self, content: torch.Tensor, style: torch.Tensor | Sequence[torch.Tensor], alpha: float = 1.0,
-                style_weights: Sequence[float] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        content: torch.Tensor,
+        style: torch.Tensor | Sequence[torch.Tensor],
+        alpha: float = 1.0,
+        style_weights: Sequence[float] | None = None,
+    ) -> torch.Tensor:
         """content (B, 3, H, W) in [0, 1]; style one batch (B or 1, 3, H', W') or a list of them,
         mixed with `style_weights` (default equal, must sum to 1); alpha in [0, 1], 0 = decoded
         content features. Returns (B, 3, H, W), not clamped."""
@@ -43,7 +50,9 @@ class AdaIN(FeatureTransferNet):
         if not 0.0 <= alpha <= 1.0:
             raise NstlabError(f"alpha = {alpha}: the content–style trade-off must lie in [0, 1]")
         if len(weights) != len(styles) or abs(sum(weights) - 1.0) > 1e-6:
-            raise NstlabError(f"style weights {weights}: give one weight per style ({len(styles)}), summing to 1")
+            raise NstlabError(
+                f"style weights {weights}: give one weight per style ({len(styles)}), summing to 1"
+            )
         content, size = pad_for_vgg(content)
         content_features = self.encoder(content, self.last_layer)
         target = 0.0

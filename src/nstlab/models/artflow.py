@@ -226,7 +226,9 @@ def wct(content_latents: torch.Tensor, style_latents: torch.Tensor) -> torch.Ten
         content_flat = content_flat - content_flat.mean(dim=1, keepdim=True)
         style_mean = style_flat.mean(dim=1, keepdim=True)
         style_flat = style_flat - style_mean
-        content_values, content_vectors = torch.linalg.eigh(content_flat @ content_flat.T / (content_flat.shape[1] - 1))
+        content_values, content_vectors = torch.linalg.eigh(
+            content_flat @ content_flat.T / (content_flat.shape[1] - 1)
+        )
         style_values, style_vectors = torch.linalg.eigh(style_flat @ style_flat.T / (style_flat.shape[1] - 1))
         content_kept = content_values >= WCT_EIGEN_FLOOR
         style_kept = style_values >= WCT_EIGEN_FLOOR
@@ -254,9 +256,13 @@ class ArtFlow(nn.Module):
         for name in ("blocks", "flows", "hidden"):
             value = options[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"baselines.artflow.options.{name} = {value!r}: expected a whole number >= 1")
+                raise ConfigError(
+                    f"baselines.artflow.options.{name} = {value!r}: expected a whole number >= 1"
+                )
         if options["transfer"] not in TRANSFERS:
-            raise ConfigError(f"baselines.artflow.options.transfer = {options['transfer']!r}: choose one of {', '.join(TRANSFERS)}")
+            raise ConfigError(
+                f"baselines.artflow.options.transfer = {options['transfer']!r}: choose one of {', '.join(TRANSFERS)}"
+            )
         self.options = options
         self.multiple = 2 ** options["blocks"]  # each block halves H and W
         self.glow = Glow(options["blocks"], options["flows"], options["hidden"])
@@ -289,6 +295,7 @@ class ArtFlow(nn.Module):
         content: MSE of relu4_1 against the content image's raw relu4_1 (not an AdaIN target);
         style: Σ relu1_1…relu4_1 of MSE(μ) + MSE(σ), σ = sqrt(unbiased var + 1e-5).
         """
+
         def encode(images: torch.Tensor) -> dict[str, torch.Tensor]:
             return self.loss_network(images, last_layer=CONTENT_LAYER)  # net.py stops at relu4_1
 

@@ -32,8 +32,11 @@ def part_counts(model: nn.Module, parts: Mapping[str, nn.Module] | None = None) 
     """{part.trainable, part.frozen} per named part (default: the model's children), then the
     model's trainable and total counts: every method's `parameter_counts()`."""
     parts = dict(model.named_children()) if parts is None else parts
-    counts = {f"{name}.{kind}": number for name, module in parts.items()
-              for kind, number in count_parameters(module).items()}
+    counts = {
+        f"{name}.{kind}": number
+        for name, module in parts.items()
+        for kind, number in count_parameters(module).items()
+    }
     counts["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     counts["total"] = sum(p.numel() for p in model.parameters())
     return counts
@@ -56,7 +59,9 @@ class StyleDecoderLayer(nn.Module):
         self.norm_1, self.norm_2, self.norm_3 = (nn.LayerNorm(d_model) for _ in range(3))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, target: torch.Tensor, style: torch.Tensor, content_pos: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, target: torch.Tensor, style: torch.Tensor, content_pos: torch.Tensor | None
+    ) -> torch.Tensor:
         """target (B, N, d) content tokens, style (B, M, d), content_pos (B, N, d) or None."""
         for attention, norm in ((self.style_attention_1, self.norm_1), (self.style_attention_2, self.norm_2)):
             query = target if content_pos is None else target + content_pos
@@ -77,7 +82,9 @@ class StyleDecoder(nn.Module):
             if parameter.dim() > 1:
                 nn.init.xavier_uniform_(parameter)
 
-    def forward(self, content: torch.Tensor, style: torch.Tensor, content_pos: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, content: torch.Tensor, style: torch.Tensor, content_pos: torch.Tensor | None
+    ) -> torch.Tensor:
         for layer in self.layers:
             content = layer(content, style, content_pos)
         return self.norm(content)
@@ -87,6 +94,7 @@ class StyleDecoder(nn.Module):
 # The AdaIN family (AdaIN, SANet, MCC, IEST): normalised VGG-19 → a feature transform → decoder.
 # Every number: docs/methods.md#shared-parts-the-adain-family and docs/methods.md#parameter-counts.
 # =============================================================================================
+
 
 class AdaINDecoder(nn.Sequential):
     """relu4_1 features (B, 512w, h, w) -> image (B, 3, 8h, 8w): 3×3 reflection-padded convs with
@@ -107,7 +115,9 @@ class AdaINDecoder(nn.Sequential):
         super().__init__(*modules)
 
 
-def method_settings(method: str, kind: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+def method_settings(
+    method: str, kind: str, given: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> dict[str, Any]:
     """The method's defaults overridden by `baselines.<method>.<kind>` (kind "loss" or "options");
     an unknown name raises a ConfigError naming the key and the allowed names."""
     for name, value in given.items():
@@ -115,7 +125,9 @@ def method_settings(method: str, kind: str, given: Mapping[str, Any], defaults: 
             allowed = ", ".join(defaults) or "none"
             raise ConfigError(f"baselines.{method}.{kind}.{name}: unknown name; allowed: {allowed}")
         if kind == "loss" and not (isinstance(value, (int, float)) and value >= 0):
-            raise ConfigError(f"baselines.{method}.loss.{name} = {value!r}: a loss weight must be a number ≥ 0")
+            raise ConfigError(
+                f"baselines.{method}.loss.{name} = {value!r}: a loss weight must be a number ≥ 0"
+            )
     return {**defaults, **given}
 
 
@@ -187,8 +199,15 @@ class FeatureTransferNet(nn.Module):
             terms["style"] = mean_std_style_loss(step.output_features, step.style_features)
         # Icc = D(T(Fc, Fc)), Iss = D(T(Fs, Fs)): stylising an image with itself gives it back.
         features = (step.content_features, step.style_features)
-        terms.update(identity_terms(weights, (step.content, step.style), features,
-                                    lambda: [self.decoder(self.transform(f, f)) for f in features], self.encoder))
+        terms.update(
+            identity_terms(
+                weights,
+                (step.content, step.style),
+                features,
+                lambda: [self.decoder(self.transform(f, f)) for f in features],
+                self.encoder,
+            )
+        )
         return terms
 
     def losses(self, content: torch.Tensor, style: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -35,8 +35,10 @@ def _from_pretrained(cls, weights: str, **kwargs):
     try:
         return cls.from_pretrained(weights, **kwargs)
     except OSError as error:
-        raise ConfigError(f"weights = {weights!r}: cannot load this ViT ({str(error).splitlines()[0]}); give a directory "
-                          "saved with save_pretrained, or a hub id where the Hugging Face hub is reachable") from None
+        raise ConfigError(
+            f"weights = {weights!r}: cannot load this ViT ({str(error).splitlines()[0]}); give a directory "
+            "saved with save_pretrained, or a hub id where the Hugging Face hub is reachable"
+        ) from None
 
 
 class ViTFeatures(FrozenEncoder):
@@ -70,14 +72,24 @@ class ViTFeatures(FrozenEncoder):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         images, _ = pad_to_multiple(images, self.patch)
         grid = (images.shape[-2] // self.patch, images.shape[-1] // self.patch)
-        hidden = self.vit(pixel_values=imagenet_normalize(images), interpolate_pos_encoding=True,
-                          output_hidden_states=True).hidden_states  # [embeddings, block1, …]
-        return {name: hidden[number][:, 1:].transpose(1, 2).reshape(images.shape[0], -1, *grid)
-                for name, number in self.block_numbers.items()}
+        hidden = self.vit(
+            pixel_values=imagenet_normalize(images), interpolate_pos_encoding=True, output_hidden_states=True
+        ).hidden_states  # [embeddings, block1, …]
+        return {
+            name: hidden[number][:, 1:].transpose(1, 2).reshape(images.shape[0], -1, *grid)
+            for name, number in self.block_numbers.items()
+        }
 
 
-def build_extractor(extractor: str, layers: Sequence[str], weights: str = "random", *, seed: int = 0,
-                    vgg_width: float = 1.0, vit_config=None) -> nn.Module:
+def build_extractor(
+    extractor: str,
+    layers: Sequence[str],
+    weights: str = "random",
+    *,
+    seed: int = 0,
+    vgg_width: float = 1.0,
+    vit_config=None,
+) -> nn.Module:
     """A frozen extractor tapping `layers`; `vgg_width` scales the random VGG-19, `vit_config`
     (a transformers ViTConfig) sizes the random ViT."""
     if extractor == "vgg19":
@@ -85,5 +97,7 @@ def build_extractor(extractor: str, layers: Sequence[str], weights: str = "rando
     if extractor == "resnet50":
         return ResNet50Features(layers, weights, seed)
     if weights == "imagenet":
-        raise ConfigError("weights = imagenet: the ViT extractor takes 'random', a hub id or a save_pretrained directory")
+        raise ConfigError(
+            "weights = imagenet: the ViT extractor takes 'random', a hub id or a save_pretrained directory"
+        )
     return ViTFeatures(layers, weights, seed, vit_config)

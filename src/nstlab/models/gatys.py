@@ -119,19 +119,23 @@ class GatysTransfer(nn.Module):
             from transformers import ViTConfig
 
             vit_config = ViTConfig()
-        defaults = default_layers(settings.extractor,
-                                  vit_block_count(weights, vit_config) if settings.extractor == "vit" else 0)
+        defaults = default_layers(
+            settings.extractor, vit_block_count(weights, vit_config) if settings.extractor == "vit" else 0
+        )
         self.content_layers = settings.content_layers or defaults["content"]
         self.style_layers = settings.style_layers or defaults["style"]
         self.perceptual_layers = settings.perceptual_layers or defaults["perceptual"]
         self.style_layer_weights = self._style_layer_weights(settings, defaults["style"])
         layers = dict.fromkeys((*self.content_layers, *self.style_layers, *self.perceptual_layers))
-        self.extractor = build_extractor(settings.extractor, tuple(layers), weights, seed=seed,
-                                         vgg_width=vgg_width, vit_config=vit_config)
+        self.extractor = build_extractor(
+            settings.extractor, tuple(layers), weights, seed=seed, vgg_width=vgg_width, vit_config=vit_config
+        )
         self.loss_weights = {term: getattr(settings, f"{term}_weight") for term in LOSS_TERMS}
         self.last_histories: list[list[dict[str, float]]] = []
 
-    def _style_layer_weights(self, settings: GatysSettings, default_style: tuple[str, ...]) -> tuple[float, ...] | str:
+    def _style_layer_weights(
+        self, settings: GatysSettings, default_style: tuple[str, ...]
+    ) -> tuple[float, ...] | str:
         weights = settings.style_layer_weights
         if weights is None and settings.preset == "reference":
             return INVERSE_CHANNELS_SQUARED
@@ -139,8 +143,10 @@ class GatysTransfer(nn.Module):
             seed_layers = settings.extractor == "vgg19" and self.style_layers == default_style
             return SEED_LAYER_WEIGHTS if seed_layers else (1.0,) * len(self.style_layers)
         if weights != INVERSE_CHANNELS_SQUARED and len(weights) != len(self.style_layers):
-            raise ConfigError(f"style_layer_weights: {len(weights)} weights for {len(self.style_layers)} style layers "
-                              f"({', '.join(self.style_layers)})")
+            raise ConfigError(
+                f"style_layer_weights: {len(weights)} weights for {len(self.style_layers)} style layers "
+                f"({', '.join(self.style_layers)})"
+            )
         return weights
 
     def train(self, mode: bool = True):
@@ -149,7 +155,9 @@ class GatysTransfer(nn.Module):
 
     # -- targets and terms -------------------------------------------------------------------
     @torch.no_grad()
-    def encode_targets(self, content: torch.Tensor, styles: Sequence[torch.Tensor], weights: Sequence[float]) -> Targets:
+    def encode_targets(
+        self, content: torch.Tensor, styles: Sequence[torch.Tensor], weights: Sequence[float]
+    ) -> Targets:
         """Encode the content (1, 3, h, w) and the styles (1, 3, H', W') once, on the extractor's
         device; the styles are resized first (see the presets) and their Grams mixed by `weights`."""
         settings = self.settings
@@ -162,37 +170,49 @@ class GatysTransfer(nn.Module):
                 style = _resize(style, _short_edge_size(style.shape[-2:], min(content.shape[-2:])))
             style_features = self.extractor(style)
             for name in self.style_layers:
-                grams[name] = grams.get(name, 0.0) + weight * style_gram(style_features[name], settings.style_loss)
+                grams[name] = grams.get(name, 0.0) + weight * style_gram(
+                    style_features[name], settings.style_loss
+                )
         if self.style_layer_weights == INVERSE_CHANNELS_SQUARED:
             layer_weights = {name: 1.0 / grams[name].shape[-1] ** 2 for name in self.style_layers}
         else:
             layer_weights = dict(zip(self.style_layers, self.style_layer_weights))
-        return Targets(content_features, grams, layer_weights,
-                        laplacian(F.avg_pool2d(content, LAPLACIAN_POOL)))
+        return Targets(
+            content_features, grams, layer_weights, laplacian(F.avg_pool2d(content, LAPLACIAN_POOL))
+        )
 
     def terms(self, image: torch.Tensor, targets: Targets) -> dict[str, torch.Tensor]:
         """Unweighted loss terms of the image (1, 3, h, w); all are computed (they are cheap once
         the image is encoded), so the history shows TV and Laplacian even when not optimised."""
         features = self.extractor(image)
-        style = sum(weight * style_layer_loss(features[name], targets.grams[name], self.settings.style_loss)
-                    for name, weight in targets.layer_weights.items())
+        style = sum(
+            weight * style_layer_loss(features[name], targets.grams[name], self.settings.style_loss)
+            for name, weight in targets.layer_weights.items()
+        )
         return {
-            "content": feature_mse({name: features[name] for name in self.content_layers}, targets.content_features),
+            "content": feature_mse(
+                {name: features[name] for name in self.content_layers}, targets.content_features
+            ),
             "style": style,
             "tv": total_variation(image) / image.numel(),  # per pixel, so tv_weight does not depend on size
             "laplacian": laplacian_loss(image, targets.content_laplacian),
-            "perceptual": feature_mse({name: features[name] for name in self.perceptual_layers},
-                                      targets.content_features),
+            "perceptual": feature_mse(
+                {name: features[name] for name in self.perceptual_layers}, targets.content_features
+            ),
         }
 
     def _weighted_total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(weight * terms[name] for name, weight in self.loss_weights.items() if weight)
 
-    def _initial_image(self, content: torch.Tensor, styles: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    def _initial_image(
+        self, content: torch.Tensor, styles: Sequence[torch.Tensor], weights: Sequence[float]
+    ) -> torch.Tensor:
         if self.settings.init == "content":
             return content.clone()
         if self.settings.init == "style":
-            return _resize(styles[max(range(len(styles)), key=lambda k: weights[k])], content.shape[-2:]).clone()
+            return _resize(
+                styles[max(range(len(styles)), key=lambda k: weights[k])], content.shape[-2:]
+            ).clone()
         generator = torch.Generator().manual_seed(self.seed)  # on the CPU: the same noise on every device
         return torch.rand(content.shape, generator=generator).to(content.device)
 
@@ -205,9 +225,13 @@ class GatysTransfer(nn.Module):
         return optimizer_class([image], lr=settings.lr)
 
     # -- optimisation ------------------------------------------------------------------------
-    def stylize(self, content: torch.Tensor, styles: Sequence[torch.Tensor], style_weights: Sequence[float] | None = None,
-                progress_callback: Callable[[dict[str, float]], None] | None = None
-                ) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    def stylize(
+        self,
+        content: torch.Tensor,
+        styles: Sequence[torch.Tensor],
+        style_weights: Sequence[float] | None = None,
+        progress_callback: Callable[[dict[str, float]], None] | None = None,
+    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
         """content (1, 3, H, W) in [0, 1]; styles: (1, 3, H', W') images, blended with
         `style_weights` (default equal, summing to 1) by mixing their Gram matrices. Runs on the
         content's device (the extractor follows it). Returns the image (1, 3, H, W), in [0, 1]
@@ -215,9 +239,13 @@ class GatysTransfer(nn.Module):
         history: one dict per logged step (step, total, content, style, tv, laplacian,
         perceptual, elapsed_s), from step 0 to `steps`; `progress_callback` gets each entry."""
         if content.dim() != 4 or tuple(content.shape[:2]) != (1, 3):
-            raise NstlabError(f"content of shape {tuple(content.shape)}: stylize takes one image (1, 3, H, W)")
+            raise NstlabError(
+                f"content of shape {tuple(content.shape)}: stylize takes one image (1, 3, H, W)"
+            )
         if min(content.shape[-2:]) < MIN_SIDE:
-            raise NstlabError(f"content of size {tuple(content.shape[-2:])}: both sides must be ≥ {MIN_SIDE} px")
+            raise NstlabError(
+                f"content of size {tuple(content.shape[-2:])}: both sides must be ≥ {MIN_SIDE} px"
+            )
         weights = blend_weights(len(styles), style_weights)
         settings, device, size = self.settings, content.device, tuple(content.shape[-2:])
         self.to(device)
@@ -229,11 +257,17 @@ class GatysTransfer(nn.Module):
                 working = _resize(working, _short_edge_size(size, settings.max_size))
             styles = [style.detach().clone().float().to(device) for style in styles]
             targets = self.encode_targets(working, styles, weights)
-            image, history = self._optimise(self._initial_image(working, styles, weights), targets, progress_callback)
+            image, history = self._optimise(
+                self._initial_image(working, styles, weights), targets, progress_callback
+            )
         return _resize(image, size).to(content.dtype), history
 
-    def _optimise(self, image: torch.Tensor, targets: Targets,
-                  progress_callback: Callable[[dict[str, float]], None] | None) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    def _optimise(
+        self,
+        image: torch.Tensor,
+        targets: Targets,
+        progress_callback: Callable[[dict[str, float]], None] | None,
+    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
         """`steps` optimiser steps on image (1, 3, h, w) in `space`: its ImageNet-normalised values,
         unclamped, or its [0, 1] pixels, clamped after each step; logs the terms every `log_every`
         steps (those of the step's evaluation) and at the end. Returns the image in pixel units."""
@@ -251,8 +285,12 @@ class GatysTransfer(nn.Module):
         started = time.perf_counter()
 
         def log(step: int, terms: dict[str, torch.Tensor], total: torch.Tensor) -> None:
-            record = {"step": step, "total": total.item(), **{name: value.item() for name, value in terms.items()},
-                      "elapsed_s": time.perf_counter() - started}
+            record = {
+                "step": step,
+                "total": total.item(),
+                **{name: value.item() for name, value in terms.items()},
+                "elapsed_s": time.perf_counter() - started,
+            }
             history.append(record)
             if progress_callback is not None:
                 progress_callback(record)
@@ -282,8 +320,8 @@ class GatysTransfer(nn.Module):
         optimisation per sample; their histories are kept in `last_histories`."""
         outputs, self.last_histories = [], []
         for index in range(content.shape[0]):
-            style_image = style[index:index + 1] if style.shape[0] > 1 else style
-            output, history = self.stylize(content[index:index + 1], [style_image])
+            style_image = style[index : index + 1] if style.shape[0] > 1 else style
+            output, history = self.stylize(content[index : index + 1], [style_image])
             outputs.append(output)
             self.last_histories.append(history)
         return torch.cat(outputs)
@@ -297,7 +335,6 @@ class GatysTransfer(nn.Module):
         return {**counts, "trainable": 0, "total": sum(p.numel() for p in self.parameters())}
 
 
-
 def build(cfg) -> GatysTransfer:
     """GatysTransfer from the config: settings_from_config, `cfg.seed`, `backbone.vgg_width` for
     a random VGG-19 and the `backbone.vit_*` sizes for a random ViT."""
@@ -305,6 +342,10 @@ def build(cfg) -> GatysTransfer:
     if settings.extractor == "vit" and settings.weights == "random":
         from transformers import ViTConfig
 
-        vit_config = ViTConfig(hidden_size=backbone.vit_hidden, num_hidden_layers=backbone.vit_layers,
-                               num_attention_heads=backbone.vit_heads, intermediate_size=backbone.vit_mlp)
+        vit_config = ViTConfig(
+            hidden_size=backbone.vit_hidden,
+            num_hidden_layers=backbone.vit_layers,
+            num_attention_heads=backbone.vit_heads,
+            intermediate_size=backbone.vit_mlp,
+        )
     return GatysTransfer(settings, seed=cfg.seed, vgg_width=backbone.vgg_width, vit_config=vit_config)

@@ -101,8 +101,9 @@ def contrastive_masks(shared_ids: torch.Tensor, other_ids: torch.Tensor) -> tupl
     return positive, candidates
 
 
-def contrastive_loss(embeddings: torch.Tensor, shared_ids: torch.Tensor, other_ids: torch.Tensor,
-                     tau: float) -> torch.Tensor:
+def contrastive_loss(
+    embeddings: torch.Tensor, shared_ids: torch.Tensor, other_ids: torch.Tensor, tau: float
+) -> torch.Tensor:
     """InfoNCE summed over anchors (net.py compute_contrastive_loss: cross-entropy of
     anchor·candidates / τ with the positive as target). embeddings (N, D) of unit norm, ids (N,)."""
     positive, candidates = contrastive_masks(shared_ids, other_ids)
@@ -111,6 +112,7 @@ def contrastive_loss(embeddings: torch.Tensor, shared_ids: torch.Tensor, other_i
     positive_logit = (logits * positive).sum(dim=1)
     return (log_partition - positive_logit).sum()
 
+
 # Its step is not one forward and one backward that DDP could average over ranks.
 SINGLE_PROCESS_ONLY = "its discriminator takes its own optimiser step between two generator passes"
 
@@ -118,8 +120,15 @@ SINGLE_PROCESS_ONLY = "its discriminator takes its own optimiser step between tw
 class IEST(SANet):
     name = "iest"
     # IEContraAST train.py: content 1, style 1, identity 50 and 1, contrastive 0.3 each, GAN 5
-    loss_defaults = {"content": 1.0, "style": 1.0, "identity1": 50.0, "identity2": 1.0,
-                     "contrastive_content": 0.3, "contrastive_style": 0.3, "adversarial": 5.0}
+    loss_defaults = {
+        "content": 1.0,
+        "style": 1.0,
+        "identity1": 50.0,
+        "identity2": 1.0,
+        "contrastive_content": 0.3,
+        "contrastive_style": 0.3,
+        "adversarial": 5.0,
+    }
     # train.py: τ 0.2 in compute_contrastive_loss; D Adam betas (0.5, 0.999) (configure_optimizers)
     # and D's lr decayed as G's (train.py:143; false: constant), read by the trainer
     option_defaults = {"tau": 0.2, "d_betas": (0.5, 0.999), "d_lr_decay": True}
@@ -128,23 +137,34 @@ class IEST(SANet):
         super().__init__(cfg)
         weights, width = self.loss_weights, cfg.backbone.vgg_width
         if self.options["tau"] <= 0:
-            raise ConfigError(f"baselines.iest.options.tau = {self.options['tau']}: the temperature must be > 0")
+            raise ConfigError(
+                f"baselines.iest.options.tau = {self.options['tau']}: the temperature must be > 0"
+            )
         betas = self.options["d_betas"]
         if len(betas) != 2 or not all(0 <= beta < 1 for beta in betas):
             raise ConfigError(f"baselines.iest.options.d_betas = {betas!r}: give two numbers in [0, 1)")
         if not isinstance(self.options["d_lr_decay"], bool):
-            raise ConfigError(f"baselines.iest.options.d_lr_decay = {self.options['d_lr_decay']!r}: "
-                              "give true or false")
+            raise ConfigError(
+                f"baselines.iest.options.d_lr_decay = {self.options['d_lr_decay']!r}: give true or false"
+            )
         contrastive = weights["contrastive_content"] or weights["contrastive_style"]
         if contrastive and cfg.baselines["iest"].batch_size < 4:
-            raise ConfigError(f"baselines.iest.batch_size = {cfg.baselines['iest'].batch_size}: the contrastive "
-                              "batch needs at least 4 (2 contents × 2 styles, rolled)")
+            raise ConfigError(
+                f"baselines.iest.batch_size = {cfg.baselines['iest'].batch_size}: the contrastive "
+                "batch needs at least 4 (2 contents × 2 styles, rolled)"
+            )
         # A part whose loss weight is 0 is not built: nothing that cannot train sits in the model.
         channels = self.encoder.channels
-        self.style_head = (ProjectionHead(channels["relu3_1"], scaled_channels(128, width), scaled_channels(128, width))
-                           if weights["contrastive_style"] else None)
-        self.content_head = (ProjectionHead(channels["relu4_1"], scaled_channels(256, width), scaled_channels(128, width))
-                             if weights["contrastive_content"] else None)
+        self.style_head = (
+            ProjectionHead(channels["relu3_1"], scaled_channels(128, width), scaled_channels(128, width))
+            if weights["contrastive_style"]
+            else None
+        )
+        self.content_head = (
+            ProjectionHead(channels["relu4_1"], scaled_channels(256, width), scaled_channels(128, width))
+            if weights["contrastive_content"]
+            else None
+        )
         self.discriminator = MultiScaleDiscriminator(width) if weights["adversarial"] else None
         self._last_real: torch.Tensor | None = None
         self._last_output: torch.Tensor | None = None

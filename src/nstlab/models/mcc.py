@@ -17,6 +17,7 @@ from nstlab.errors import ConfigError
 from nstlab.functional import mvn, total_variation
 from nstlab.models.blocks import FeatureTransferNet
 
+
 class MCCModule(nn.Module):
     """Multi-channel correlation at relu4_1 (MCCNet net.py MCCNet.forward, without its unused conv h).
     content (B, C, h, w), style (B, C, h', w') -> (B, C, h, w)."""
@@ -28,7 +29,9 @@ class MCCModule(nn.Module):
         self.fc = nn.Linear(channels, channels)
         self.out_conv = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, content_features: dict[str, torch.Tensor], style_features: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, content_features: dict[str, torch.Tensor], style_features: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         content = content_features["relu4_1"]
         queries = self.f(mvn(content))  # (B, C, h, w)
         keys = self.g(mvn(style_features["relu4_1"])).flatten(2)  # (B, C, h'·w')
@@ -49,8 +52,14 @@ def replica_sum_weights(weights: dict[str, float], replicas: int) -> dict[str, f
 class MCC(FeatureTransferNet):
     name = "mcc"
     # MCCNet train.py loss_cal: content 3, style 10, identity 70 and 1, noise 3000, TV 10e-5 (= 1e-4)
-    loss_defaults = {"content": 3.0, "style": 10.0, "identity1": 70.0, "identity2": 1.0,
-                     "illumination": 3000.0, "tv": 1e-4}
+    loss_defaults = {
+        "content": 3.0,
+        "style": 10.0,
+        "identity1": 70.0,
+        "identity2": 1.0,
+        "illumination": 3000.0,
+        "tv": 1e-4,
+    }
     # net.py: noise std drawn once per step from U(0.01, 0.02). train.py runs the model under
     # DataParallel on 2 GPUs and back-propagates loss.sum() of the replicas' losses: each replica's
     # mean-based terms are means over its half-batch, so they count `dataparallel_replicas` times,
@@ -62,13 +71,17 @@ class MCC(FeatureTransferNet):
         super().__init__(cfg)
         noise_range = self.options["noise_std_range"]
         if len(noise_range) != 2 or not 0 <= noise_range[0] <= noise_range[1]:
-            raise ConfigError(f"baselines.mcc.options.noise_std_range = {noise_range!r}: "
-                              "give [low, high] with 0 ≤ low ≤ high")
+            raise ConfigError(
+                f"baselines.mcc.options.noise_std_range = {noise_range!r}: "
+                "give [low, high] with 0 ≤ low ≤ high"
+            )
         replicas, batch_size = self.options["dataparallel_replicas"], cfg.baselines["mcc"].batch_size
         whole = isinstance(replicas, int) and not isinstance(replicas, bool)
         if not whole or replicas < 1 or batch_size % replicas:
-            raise ConfigError(f"baselines.mcc.options.dataparallel_replicas = {replicas!r}: give a whole "
-                              f"number ≥ 1 that divides baselines.mcc.batch_size = {batch_size}")
+            raise ConfigError(
+                f"baselines.mcc.options.dataparallel_replicas = {replicas!r}: give a whole "
+                f"number ≥ 1 that divides baselines.mcc.batch_size = {batch_size}"
+            )
         self.loss_weights = replica_sum_weights(self.loss_weights, replicas)
         self.transform = MCCModule(self.encoder.channels["relu4_1"])
 
@@ -82,8 +95,12 @@ class MCC(FeatureTransferNet):
             low, high = self.options["noise_std_range"]
             noise_std = low + (high - low) * torch.rand(()).item()
             noisy_content = step.content + noise_std * torch.randn_like(step.content)
-            noisy_output = self.decoder(self.transform(self.encoder(noisy_content, self.last_layer), step.style_features))
-            terms["illumination"] = F.mse_loss(noisy_output, step.output)  # both sides carry gradients, as the code
+            noisy_output = self.decoder(
+                self.transform(self.encoder(noisy_content, self.last_layer), step.style_features)
+            )
+            terms["illumination"] = F.mse_loss(
+                noisy_output, step.output
+            )  # both sides carry gradients, as the code
         if self.loss_weights["tv"]:
             terms["tv"] = total_variation(step.output.float())  # a sum over every pixel: fp32 under AMP
         return terms

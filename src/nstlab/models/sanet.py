@@ -35,7 +35,9 @@ class SANetAttention(nn.Module):
         values = self.h(style).flatten(2).transpose(1, 2)  # (B, Ns, C)
         # scale 1: the reference applies no 1/√d. The fused kernel never holds the (Nc × Ns)
         # attention matrix on GPU, which at relu4_1 of a 1024² image is ~1 GB (docs/methods.md#known-traps).
-        attended = F.scaled_dot_product_attention(queries[:, None], keys[:, None], values[:, None], scale=1.0)[:, 0]
+        attended = F.scaled_dot_product_attention(
+            queries[:, None], keys[:, None], values[:, None], scale=1.0
+        )[:, 0]
         return content + self.out_conv(attended.transpose(1, 2).reshape(content.shape))
 
 
@@ -49,7 +51,9 @@ class SANetTransform(nn.Module):
         self.sanet5_1 = SANetAttention(channels)
         self.merge_conv = nn.Conv2d(channels, channels, 3)
 
-    def forward(self, content_features: dict[str, torch.Tensor], style_features: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, content_features: dict[str, torch.Tensor], style_features: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         at_4_1 = self.sanet4_1(content_features["relu4_1"], style_features["relu4_1"])
         at_5_1 = self.sanet5_1(content_features["relu5_1"], style_features["relu5_1"])
         # The reference's fixed nn.Upsample(scale_factor=2) crashes when ⌈H/8⌉ is odd; IEST's
@@ -69,8 +73,13 @@ class SANet(FeatureTransferNet):
         self.transform = SANetTransform(self.encoder.channels["relu4_1"])
 
     def parts(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder, "sanet4_1": self.transform.sanet4_1, "sanet5_1": self.transform.sanet5_1,
-                "merge_conv": self.transform.merge_conv, "decoder": self.decoder}
+        return {
+            "encoder": self.encoder,
+            "sanet4_1": self.transform.sanet4_1,
+            "sanet5_1": self.transform.sanet5_1,
+            "merge_conv": self.transform.merge_conv,
+            "decoder": self.decoder,
+        }
 
 
 def build(cfg) -> SANet:

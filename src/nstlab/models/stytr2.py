@@ -27,7 +27,14 @@ CAPE_GRID = 18  # transformer.py: nn.AdaptiveAvgPool2d(18)
 FULL_WIDTH = 512  # the AdaIN decoder's input channels at width 1.0
 # transformer.py Transformer(d_model=512, nhead=8, num_encoder_layers=3, num_decoder_layers=3,
 # dim_feedforward=2048, dropout=0.1).
-DEFAULT_OPTIONS = {"d_model": 512, "heads": 8, "ffn": 2048, "encoder_layers": 3, "decoder_layers": 3, "dropout": 0.1}
+DEFAULT_OPTIONS = {
+    "d_model": 512,
+    "heads": 8,
+    "ffn": 2048,
+    "encoder_layers": 3,
+    "decoder_layers": 3,
+    "dropout": 0.1,
+}
 # train.py: --content_weight 7, --style_weight 10; loss = ... + l_identity1 * 70 + l_identity2 * 1.
 PAPER_LOSS_WEIGHTS = {"content": 7.0, "style": 10.0, "identity1": 70.0, "identity2": 1.0}
 
@@ -95,13 +102,17 @@ def _check_options(options: dict) -> None:
     for name, minimum in minimums.items():
         value = options[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"baselines.stytr2.options.{name} = {value!r}: expected a whole number >= {minimum}")
+            raise ConfigError(
+                f"baselines.stytr2.options.{name} = {value!r}: expected a whole number >= {minimum}"
+            )
     dropout = options["dropout"]
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         raise ConfigError(f"baselines.stytr2.options.dropout = {dropout!r}: must be in [0, 1)")
     if options["d_model"] % options["heads"]:
-        raise ConfigError(f"baselines.stytr2.options.heads = {options['heads']}: "
-                          f"must divide options.d_model = {options['d_model']}")
+        raise ConfigError(
+            f"baselines.stytr2.options.heads = {options['heads']}: "
+            f"must divide options.d_model = {options['d_model']}"
+        )
 
 
 class StyTr2(nn.Module):
@@ -113,7 +124,12 @@ class StyTr2(nn.Module):
         self.loss_weights = method_settings("stytr2", "loss", block.loss, PAPER_LOSS_WEIGHTS)
         options = method_settings("stytr2", "options", block.options, DEFAULT_OPTIONS)
         _check_options(options)
-        d_model, heads, ffn, dropout = options["d_model"], options["heads"], options["ffn"], float(options["dropout"])
+        d_model, heads, ffn, dropout = (
+            options["d_model"],
+            options["heads"],
+            options["ffn"],
+            float(options["dropout"]),
+        )
         self.patch_embedding = nn.Conv2d(3, d_model, PATCH, stride=PATCH)  # StyTR.py PatchEmbed.proj
         self.cape = ContentAwarePositionalEncoding(d_model)
         self.content_encoder = Encoder(d_model, options["encoder_layers"], heads, ffn, dropout)
@@ -166,8 +182,15 @@ class StyTr2(nn.Module):
                 terms["content"] = net.content_loss(output_features, content_features)
             if weights["style"]:
                 terms["style"] = net.style_loss(output_features, style_features)
-        terms.update(identity_terms(weights, (content, style), (content_features, style_features),
-                                    lambda: (self(content, content), self(style, style)), net))
+        terms.update(
+            identity_terms(
+                weights,
+                (content, style),
+                (content_features, style_features),
+                lambda: (self(content, content), self(style, style)),
+                net,
+            )
+        )
         return terms
 
     def parameter_counts(self) -> dict[str, int]:

@@ -77,8 +77,9 @@ def load_truncated_vit(source: str, layers: int):
 
     total = ViTConfig.from_pretrained(source).num_hidden_layers
     with _load_report_held_back():
-        model, info = ViTModel.from_pretrained(source, num_hidden_layers=layers, add_pooling_layer=False,
-                                               output_loading_info=True)
+        model, info = ViTModel.from_pretrained(
+            source, num_hidden_layers=layers, add_pooling_layer=False, output_loading_info=True
+        )
     dropped = re.compile(r"(^|\.)(layers?\.(\d+)\.|pooler\.)")
 
     def dropped_on_purpose(key: str) -> bool:
@@ -88,11 +89,17 @@ def load_truncated_vit(source: str, layers: int):
     surprises = sorted(key for key in info["unexpected_keys"] if not dropped_on_purpose(key))
     kept = "block 1" if layers == 1 else f"blocks 1-{layers}"
     print(f"{_vit_name(model.config)} ({source}): {kept} of {total} loaded", file=sys.stderr)
-    for kind, keys in (("unexpected", surprises), ("missing", sorted(info["missing_keys"])),
-                       ("mismatched", sorted(str(entry[0]) for entry in info["mismatched_keys"]))):
+    for kind, keys in (
+        ("unexpected", surprises),
+        ("missing", sorted(info["missing_keys"])),
+        ("mismatched", sorted(str(entry[0]) for entry in info["mismatched_keys"])),
+    ):
         if keys:
-            warnings.warn(f"{source}: {len(keys)} {kind} weight(s) in the ViT checkpoint "
-                          f"({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})", stacklevel=2)
+            warnings.warn(
+                f"{source}: {len(keys)} {kind} weight(s) in the ViT checkpoint "
+                f"({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})",
+                stacklevel=2,
+            )
     return model
 
 
@@ -127,9 +134,21 @@ class CNNDecoder(nn.Sequential):
         def ch(n: int) -> int:
             return max(4, round(n * width))
 
-        plan = [(in_channels, ch(512)), "up", (ch(512), ch(512)), (ch(512), ch(256)), "up",
-                (ch(256), ch(256)), (ch(256), ch(128)), "up", (ch(128), ch(128)), (ch(128), ch(64)), "up",
-                (ch(64), ch(64)), (ch(64), 3)]
+        plan = [
+            (in_channels, ch(512)),
+            "up",
+            (ch(512), ch(512)),
+            (ch(512), ch(256)),
+            "up",
+            (ch(256), ch(256)),
+            (ch(256), ch(128)),
+            "up",
+            (ch(128), ch(128)),
+            (ch(128), ch(64)),
+            "up",
+            (ch(64), ch(64)),
+            (ch(64), 3),
+        ]
         modules: list[nn.Module] = []
         for step in plan:
             if step == "up":
@@ -143,8 +162,12 @@ class ViTLoRA(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        self.loss_weights = dict(content=cfg.loss.content, style=cfg.loss.style,
-                                 identity1=cfg.loss.identity1, identity2=cfg.loss.identity2)
+        self.loss_weights = dict(
+            content=cfg.loss.content,
+            style=cfg.loss.style,
+            identity1=cfg.loss.identity1,
+            identity2=cfg.loss.identity2,
+        )
         self.content_encoder = load_vit(cfg)
         # Both encoders start from the same weights: load once, copy (halves start-up at paper size)
         self.style_encoder = copy.deepcopy(self.content_encoder)
@@ -152,10 +175,13 @@ class ViTLoRA(nn.Module):
         self.style_encoder.requires_grad_(False)
         hidden = self.content_encoder.config.hidden_size
         if hidden % cfg.decoder.heads:
-            raise ConfigError(f"decoder.heads = {cfg.decoder.heads}: must divide the ViT hidden size {hidden}")
+            raise ConfigError(
+                f"decoder.heads = {cfg.decoder.heads}: must divide the ViT hidden size {hidden}"
+            )
         with seeded(cfg.seed):  # the decoders' init does not depend on how the encoders were loaded
-            self.transformer_decoder = StyleDecoder(hidden, cfg.decoder.layers, cfg.decoder.heads,
-                                                    cfg.decoder.ffn, cfg.decoder.dropout)
+            self.transformer_decoder = StyleDecoder(
+                hidden, cfg.decoder.layers, cfg.decoder.heads, cfg.decoder.ffn, cfg.decoder.dropout
+            )
             self.cnn_decoder = CNNDecoder(hidden, cfg.decoder.cnn_width)
         self.loss_network = loss_network(cfg.loss.convention, cfg)
         self.lora_enabled = False
@@ -167,10 +193,17 @@ class ViTLoRA(nn.Module):
 
         lora = self.cfg.lora
         for name in ("content_encoder", "style_encoder"):
-            lora_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-                                     target_modules=lora_modules(lora.target_modules))
+            lora_config = LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                bias="none",
+                target_modules=lora_modules(lora.target_modules),
+            )
             with warnings.catch_warnings():  # peft probes transformers' deprecated is_gradient_checkpointing
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+                )
                 setattr(self, name, get_peft_model(getattr(self, name), lora_config))
         self.lora_enabled = True
 
@@ -199,7 +232,9 @@ class ViTLoRA(nn.Module):
         for encoder_name in ("content_encoder", "style_encoder"):
             encoder, path = getattr(self, encoder_name), directory / encoder_name
             with warnings.catch_warnings():  # as in enable_lora
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+                )
                 if self.lora_enabled:
                     encoder.load_adapter(path, adapter_name=name)
                 else:
@@ -215,8 +250,11 @@ class ViTLoRA(nn.Module):
 
     def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
         """Adapter `name`'s LoRA tensors, keyed as a stage-2 model.pt keys them (adapter 'default')."""
-        return {key.replace(f".{name}.", ".default."): value for key, value in self.state_dict().items()
-                if "lora_" in key and f".{name}." in key}
+        return {
+            key.replace(f".{name}.", ".default."): value
+            for key, value in self.state_dict().items()
+            if "lora_" in key and f".{name}." in key
+        }
 
     # -- forward -----------------------------------------------------------------------------
     def encode(self, encoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,8 +288,15 @@ class ViTLoRA(nn.Module):
             "content": net.content_loss(output_features, content_features),
             "style": net.style_loss(output_features, style_features),
         }
-        terms.update(identity_terms(self.loss_weights, (content, style), (content_features, style_features),
-                                    lambda: (self(content, content), self(style, style)), net))
+        terms.update(
+            identity_terms(
+                self.loss_weights,
+                (content, style),
+                (content_features, style_features),
+                lambda: (self(content, content), self(style, style)),
+                net,
+            )
+        )
         return terms
 
     def parameter_counts(self) -> dict[str, int]:
@@ -261,7 +306,7 @@ class ViTLoRA(nn.Module):
 
 
 def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def build(cfg: Config) -> ViTLoRA:
@@ -286,10 +331,20 @@ def train_spec(cfg: Config, stage: int, n_train_pairs: int) -> TrainSpec:
     batch_size = cfg.train.batch_size
     steps_per_epoch = max(1, n_train_pairs // batch_size)
     stage_cfg = cfg.train.stage1 if stage == 1 else cfg.train.stage2
-    return TrainSpec("vit_lora", stage, output_key("vit_lora", stage), run_name(cfg, stage), batch_size,
-                     stage_cfg.epochs * steps_per_epoch, steps_per_epoch, cfg.train.lr, None,
-                     multistep_factor(stage_cfg.milestones, stage_cfg.gamma), "train.batch_size",
-                     keep=cfg.train.keep)
+    return TrainSpec(
+        "vit_lora",
+        stage,
+        output_key("vit_lora", stage),
+        run_name(cfg, stage),
+        batch_size,
+        stage_cfg.epochs * steps_per_epoch,
+        steps_per_epoch,
+        cfg.train.lr,
+        None,
+        multistep_factor(stage_cfg.milestones, stage_cfg.gamma),
+        "train.batch_size",
+        keep=cfg.train.keep,
+    )
 
 
 def stage1_weights(models_dir: Path, start_from: str) -> Path:
@@ -304,8 +359,10 @@ def stage1_weights(models_dir: Path, start_from: str) -> Path:
         return kept
     if start_from == "last" and (folder / "last.pt").is_file():
         return folder / "last.pt"
-    raise NstlabError(f"{folder}: stage 1 kept no {start_from} weights for train.stage2_from = {start_from}; "
-                      f"rerun stage 1 (train.keep = best also saves last.pt) or set train.stage2_from")
+    raise NstlabError(
+        f"{folder}: stage 1 kept no {start_from} weights for train.stage2_from = {start_from}; "
+        f"rerun stage 1 (train.keep = best also saves last.pt) or set train.stage2_from"
+    )
 
 
 def prepare_training(model: ViTLoRA, cfg: Config, stage: int, models_dir: Path) -> None:
