@@ -322,23 +322,26 @@ def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_table2(mlfl
     client = MlflowClient(mlflow_ui)
     experiment = client.get_experiment_by_name("nstlab")
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 3 and experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert all(run.inputs.dataset_inputs for run in runs)
+    trained = [run for run in runs if "model" in run.data.tags]
+    parents = {run.info.run_id: run for run in runs if "seed_group" in run.data.tags}
+    assert len(trained) == 3 and len(parents) == 3  # each run nests under its configuration's parent
+    assert {run.data.tags["mlflow.parentRunId"] for run in trained} == set(parents)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert all(run.inputs.dataset_inputs for run in trained)
     assert not [
         key
         for run in runs
-        if run.data.tags["model"] == "vit_lora"
+        if "vit_lora" in (run.data.tags.get("model"), run.data.tags.get("seed_group_model"))
         for key in run.data.params
         if key.startswith("baselines.")
     ]
 
     page = f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/runs?{MODEL_TRAINING_QUERY}"
     text = _page_text(page, tmp_path / "chrome-runs")
-    assert "3 matching runs" in text, text[:2000]
+    # three configurations, each a parent row (its seeds' runs nested under it, collapsed)
+    assert "6 matching runs" in text, text[:2000]
     for name in ("vit_lora-stage1-e2-d1", "vit_lora-r16-qkvd-e2-d1", "gatys"):
         assert name in text
-    digest = dvc_md5(tmp_path / "pairs")
-    assert f"pairs/train ({digest})" in text and f"pairs/test ({digest})" in text  # the Dataset column
     screenshot = tmp_path / "mlflow_runs.png"  # for humans: what the test saw
     subprocess.run(
         [
@@ -358,6 +361,8 @@ def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_table2(mlfl
     table2 = _page_text(table2_url(mlflow_ui, experiment.experiment_id), tmp_path / "chrome-table2")
     assert "1 matching run" in table2 and "vit_lora-r16-qkvd-e2-d1" in table2
     assert "vit_lora-stage1" not in table2 and "gatys" not in table2
+    digest = dvc_md5(tmp_path / "pairs")  # the Dataset column: what the run trained and was tested on
+    assert f"pairs/train ({digest})" in table2 and f"pairs/test ({digest})" in table2
     for column in (
         "lora.r",
         "lora.target_modules",

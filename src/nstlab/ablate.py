@@ -293,7 +293,7 @@ def run_grid(
                 f"{prefix}-{name}",
                 *[part for arg in args for part in ("-S", f"++{arg}")],
             )
-    if any(state == "queued" for state, _ in plan.values()):
+    if any(point.state == "queued" for point in plan.values()):
         _dvc("queue", "start", "--jobs", str(jobs), env=worker_env(jobs))
         statuses = _wait_for_queue()
         for name, point in plan.items():
