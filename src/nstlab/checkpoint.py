@@ -29,7 +29,16 @@ def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     """Load trained_state() output; a key mismatch means another model or config made the file."""
-    expected = set(trained_state(model))
+    check_trained_keys(set(trained_state(model)), state, path)
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as error:
+        detail = str(error).splitlines()[-1].strip()  # the first line only names the model class
+        raise NstlabError(f"{path}: checkpoint shapes do not fit this model ({detail})") from None
+
+
+def check_trained_keys(expected: set[str], state: dict[str, torch.Tensor], path: Path) -> None:
+    """The checkpoint holds exactly the `expected` tensors, or a one-line NstlabError."""
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
         example = sorted(missing or unexpected)[0]
@@ -37,11 +46,6 @@ def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor], path: P
         raise NstlabError(
             f"{path}: checkpoint {kind} tensor {example!r}: it was made by another model or config"
         )
-    try:
-        model.load_state_dict(state, strict=False)
-    except RuntimeError as error:
-        detail = str(error).splitlines()[-1].strip()  # the first line only names the model class
-        raise NstlabError(f"{path}: checkpoint shapes do not fit this model ({detail})") from None
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:

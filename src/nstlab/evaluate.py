@@ -35,14 +35,20 @@ def load_model(
     checkpoint: Path | None = None,
     device: torch.device | None = None,
 ) -> nn.Module:
-    """Build `method` and load its trained weights (ViT-LoRA: the stage-2 model with LoRA)."""
+    """Build `method` and load its trained weights (ViT-LoRA: the stage-2 model with LoRA), by
+    the method module's `load_for_inference(cfg, path)` where it has one and it serves (a model
+    for stylising only, quick to load), else as training built it."""
     from nstlab.checkpoint import load_checkpoint, load_trained_state
+    from nstlab.models import method_module
 
-    model = _build_seeded(cfg, method, lora=method == "vit_lora")
-    if method == "gatys":
-        return model
     path = checkpoint or trained_weights_path(method, models_dir)
-    load_trained_state(model, load_checkpoint(path)["model"], path)
+    load_for_inference = getattr(method_module(method), "load_for_inference", None)
+    model = load_for_inference(cfg, path) if load_for_inference else None
+    if model is None:
+        model = _build_seeded(cfg, method, lora=method == "vit_lora")
+        if method == "gatys":
+            return model
+        load_trained_state(model, load_checkpoint(path)["model"], path)
     return model.to(device or torch.device("cpu")).eval()
 
 

@@ -25,6 +25,10 @@ What differs in training, each optional, with the default in brackets:
   nstlab.schedule.baseline_spec]; `run_name(cfg, stage)` [the method's name];
   `prepare_training(model, cfg, stage, models_dir)`, run after `build` [nothing];
   `SINGLE_PROCESS_ONLY`: why it cannot train under torchrun [it can].
+
+And in evaluation and `nstlab stylize`, optional: module-level `load_for_inference(cfg,
+checkpoint) -> model or None`, the trained model for stylising only, quicker to load (ViT-LoRA:
+without transformers and peft); None where it cannot serve [`build`, then the checkpoint].
 """
 
 import importlib

@@ -22,18 +22,20 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from nstlab.checkpoint import load_checkpoint, load_trained_state
+from nstlab.checkpoint import check_trained_keys, load_checkpoint, load_trained_state, trained_state
 from nstlab.config import Config, lora_modules, short_targets
 from nstlab.errors import ConfigError, NstlabError
 from nstlab.functional import crop_to, imagenet_denormalize, imagenet_normalize, pad_to_multiple
 from nstlab.losses import identity_terms, loss_network
 from nstlab.models.blocks import StyleDecoder, part_counts
+from nstlab.models.plain_vit import PlainViT, load_pretrained, lora_shapes, merge_lora
 from nstlab.registry import output_key
 from nstlab.runtime import seeded
 from nstlab.schedule import TrainSpec, multistep_factor
 
 PATCH = 16
 LOSS_TERMS = ("content", "style", "identity1", "identity2")
+ENCODERS = ("content_encoder", "style_encoder")
 
 
 def load_vit(cfg: Config):
@@ -87,8 +89,7 @@ def load_truncated_vit(source: str, layers: int):
         return bool(match) and (match.group(3) is None or int(match.group(3)) >= layers)
 
     surprises = sorted(key for key in info["unexpected_keys"] if not dropped_on_purpose(key))
-    kept = "block 1" if layers == 1 else f"blocks 1-{layers}"
-    print(f"{_vit_name(model.config)} ({source}): {kept} of {total} loaded", file=sys.stderr)
+    _report_loaded(model.config, source, layers, total)
     for kind, keys in (
         ("unexpected", surprises),
         ("missing", sorted(info["missing_keys"])),
@@ -101,6 +102,12 @@ def load_truncated_vit(source: str, layers: int):
                 stacklevel=2,
             )
     return model
+
+
+def _report_loaded(config, source: str, layers: int, total: int) -> None:
+    """One line on stderr: "ViT-B/16 (<source>): blocks 1-6 of 12 loaded"."""
+    kept = "block 1" if layers == 1 else f"blocks 1-{layers}"
+    print(f"{_vit_name(config)} ({source}): {kept} of {total} loaded", file=sys.stderr)
 
 
 def _vit_name(config) -> str:
@@ -159,7 +166,9 @@ class CNNDecoder(nn.Sequential):
 
 
 class ViTLoRA(nn.Module):
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, encoders: tuple[PlainViT, PlainViT] | None = None):
+        """The training model: two copies of the HF ViT (load_vit) and the loss network. With
+        `encoders` (load_for_inference: PlainViTs, LoRA merged), a model that only stylises."""
         super().__init__()
         self.cfg = cfg
         self.loss_weights = dict(
@@ -168,12 +177,15 @@ class ViTLoRA(nn.Module):
             identity1=cfg.loss.identity1,
             identity2=cfg.loss.identity2,
         )
-        self.content_encoder = load_vit(cfg)
-        # Both encoders start from the same weights: load once, copy (halves start-up at paper size)
-        self.style_encoder = copy.deepcopy(self.content_encoder)
+        training = encoders is None
+        if training:
+            # Both encoders start from the same weights: load once, copy (halves start-up at paper size)
+            vit = load_vit(cfg)
+            encoders = (vit, copy.deepcopy(vit))
+        self.content_encoder, self.style_encoder = encoders
         self.content_encoder.requires_grad_(False)
         self.style_encoder.requires_grad_(False)
-        hidden = self.content_encoder.config.hidden_size
+        hidden = self.content_encoder.embeddings.cls_token.shape[-1]  # either kind of encoder
         if hidden % cfg.decoder.heads:
             raise ConfigError(
                 f"decoder.heads = {cfg.decoder.heads}: must divide the ViT hidden size {hidden}"
@@ -183,7 +195,7 @@ class ViTLoRA(nn.Module):
                 hidden, cfg.decoder.layers, cfg.decoder.heads, cfg.decoder.ffn, cfg.decoder.dropout
             )
             self.cnn_decoder = CNNDecoder(hidden, cfg.decoder.cnn_width)
-        self.loss_network = loss_network(cfg.loss.convention, cfg)
+        self.loss_network = loss_network(cfg.loss.convention, cfg) if training else None
         self.lora_enabled = False
 
     # -- stage 2 -----------------------------------------------------------------------------
@@ -258,8 +270,11 @@ class ViTLoRA(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------
     def encode(self, encoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W), H and W multiples of 16 -> tokens (B, N, d) and their positions (1, N, d)."""
+        """(B, 3, H, W), H and W multiples of 16 -> tokens (B, N, d) and their positions (1, N, d),
+        CLS dropped, from either encoder: HF's ViTModel (training) or a PlainViT (inference)."""
         pixels = imagenet_normalize(images)  # ImageNet mean/std, as the paper (not the ViT processor's 0.5)
+        if isinstance(encoder, PlainViT):
+            return encoder(pixels)
         tokens = encoder(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state[:, 1:]
         base = encoder.get_base_model() if hasattr(encoder, "get_base_model") else encoder
         with_cls = torch.empty(1, tokens.shape[1] + 1, tokens.shape[2], device=tokens.device)
@@ -311,6 +326,38 @@ def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor
 
 def build(cfg: Config) -> ViTLoRA:
     return ViTLoRA(cfg)
+
+
+def load_for_inference(cfg: Config, checkpoint: Path) -> ViTLoRA | None:
+    """The stage-2 model of `checkpoint` for stylising, without transformers and peft (seconds of
+    start-up): PlainViT encoders with the checkpoint's LoRA merged in, its decoders, no loss
+    network, in eval mode. None where the training model must serve instead: a random-init ViT
+    (the demo's, drawn by HF's init), a ViT that is not a local config.json + model.safetensors."""
+    if cfg.backbone.vit == "random":
+        return None
+    loaded = load_pretrained(cfg.backbone.vit, cfg.encoder.layers)
+    if loaded is None:
+        return None
+    vit, total = loaded
+    _report_loaded(vit.spec, cfg.backbone.vit, cfg.encoder.layers, total)
+    state = load_checkpoint(checkpoint)["model"]
+    model = ViTLoRA(cfg, encoders=(vit, copy.deepcopy(vit)))
+    lora, targets = cfg.lora, lora_modules(cfg.lora.target_modules)
+    shapes = {key: tuple(value.shape) for key, value in trained_state(model).items()}  # the decoders
+    for name in ENCODERS:
+        shapes.update(lora_shapes(getattr(model, name), targets, lora.r, f"{name}."))
+    check_trained_keys(set(shapes), state, checkpoint)
+    for key, shape in shapes.items():
+        found = tuple(getattr(state[key], "shape", ()))
+        if found != shape:
+            raise NstlabError(
+                f"{checkpoint}: checkpoint shapes do not fit this model "
+                f"({key}: {found} in the checkpoint, {shape} in the model)"
+            )
+    model.load_state_dict(state, strict=False)  # the decoders; the LoRA pairs are merged instead
+    for name in ENCODERS:
+        merge_lora(getattr(model, name), state, targets, f"{name}.", lora.alpha / lora.r)
+    return model.eval()
 
 
 # -- training: two stages (nstlab.train calls these hooks; see nstlab.models) ------------------
