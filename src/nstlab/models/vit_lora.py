@@ -18,6 +18,7 @@ import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -31,7 +32,9 @@ from nstlab.models.blocks import StyleDecoder, part_counts
 from nstlab.models.plain_vit import PlainViT, load_pretrained, lora_shapes, merge_lora
 from nstlab.registry import output_key
 from nstlab.runtime import seeded
-from nstlab.schedule import TrainSpec, multistep_factor
+
+if TYPE_CHECKING:
+    from nstlab.schedule import TrainSpec
 
 PATCH = 16
 LOSS_TERMS = ("content", "style", "identity1", "identity2")
@@ -370,9 +373,11 @@ def run_name(cfg: Config, stage: int) -> str:
     return f"vit_lora-r{cfg.lora.r}-{short_targets(cfg.lora.target_modules)}-{architecture}"
 
 
-def train_spec(cfg: Config, stage: int, n_train_pairs: int) -> TrainSpec:
+def train_spec(cfg: Config, stage: int, n_train_pairs: int) -> "TrainSpec":
     """Both stages train by the `train` block: its batch size and lr, the stage's epochs and
     MultiStepLR milestones."""
+    from nstlab.schedule import TrainSpec, multistep_factor  # training only: stylising does not import it
+
     if stage not in (1, 2):
         raise NstlabError("vit_lora trains in two stages: pass --stage 1 or --stage 2")
     batch_size = cfg.train.batch_size
