@@ -20,7 +20,7 @@ from nstlab.config import load_config, lora_modules
 from nstlab.errors import NstlabError
 from nstlab.evaluate import load_model
 from nstlab.models import build_model
-from nstlab.models.plain_vit import PlainViT, ViTSpec, load_pretrained, merge_lora, pretrained_files
+from nstlab.models.plain_vit import PlainViT, ViTSpec, load_pretrained, add_lora, pretrained_files
 from nstlab.models.vit_lora import load_for_inference
 from nstlab.runtime import seeded
 
@@ -51,7 +51,7 @@ def _perturb_lora_b(model: torch.nn.Module) -> None:
                 parameter.normal_(std=0.2)
 
 
-def test_plain_vit_with_merged_lora_equals_hf_vit_with_peft_lora():
+def test_plain_vit_with_lora_equals_hf_vit_with_peft_lora():
     hf = _hf_vit()
     plain = PlainViT(ViTSpec.from_config(hf.config.to_dict(), 4))
     plain.load_state_dict(hf.state_dict())  # strict: ViTModel's own names
@@ -63,7 +63,7 @@ def test_plain_vit_with_merged_lora_equals_hf_vit_with_peft_lora():
     peft.eval()
     state = {f"content_encoder.{key}": value for key, value in peft.state_dict().items() if "lora_" in key}
     assert len(state) == 2 * 6 * 4  # A and B of six layers in four blocks
-    merge_lora(plain, state, ALL_TARGETS, "content_encoder.", 12 / 4)
+    add_lora(plain, state, ALL_TARGETS, "content_encoder.", 12 / 4)
     pixels = torch.randn(2, 3, 48, 80)  # a 3 × 5 grid, not the 2 × 2 the positions were trained for
     with torch.no_grad():
         expected = peft(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state[:, 1:]
@@ -164,6 +164,11 @@ def test_the_plain_model_stylises_as_the_training_model(tiny_stage2):
     fast = load_model(cfg, "vit_lora", checkpoint=path)
     assert isinstance(fast.content_encoder, PlainViT) and isinstance(fast.style_encoder, PlainViT)
     assert fast.loss_network is None and not fast.training
+    content_fc1, style_fc1 = (
+        encoder.layers[0].mlp.fc1 for encoder in (fast.content_encoder, fast.style_encoder)
+    )
+    assert content_fc1.base.weight.data_ptr() == style_fc1.base.weight.data_ptr()  # one frozen ViT
+    assert not torch.equal(content_fc1.up, style_fc1.up)  # two LoRA pairs
     content, style = _images()
     with torch.no_grad():
         expected, output = trained(content, style), fast(content, style)

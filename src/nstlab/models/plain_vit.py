@@ -4,8 +4,9 @@ Computes what transformers 5's `ViTModel(add_pooling_layer=False)` computes with
 `interpolate_pos_encoding=True` (in eval mode), with its module names, so its state dict loads
 here as it is. `nstlab stylize` builds ViT-LoRA's encoders from it: importing transformers and
 peft costs seconds at start-up, this costs nothing. The frozen base weights are read from
-`config.json` + `model.safetensors` (a `save_pretrained` directory or the local hub cache), and
-the trained LoRA pairs are merged into them (peft's merge: W += alpha / r · B @ A).
+`config.json` + `model.safetensors` (a `save_pretrained` directory or the local hub cache),
+mapped rather than copied and shared by both encoders; each encoder adds its trained LoRA pairs
+as peft computes them, xWᵀ + b + (xAᵀ)Bᵀ · alpha / r.
 
     pixels ─patch conv─► + CLS ─► + positions (bicubic to the grid) ─► N × block ─► LayerNorm
     block: x + o_proj(attention(LN(x)))  then  x + fc2(GELU(fc1(LN(x))))
@@ -159,6 +160,18 @@ class PlainViT(nn.Module):
         self.layers = nn.ModuleList(Block(spec) for _ in range(spec.num_hidden_layers))
         self.layernorm = nn.LayerNorm(spec.hidden_size, eps=spec.layer_norm_eps)
 
+    @classmethod
+    def from_state(cls, spec: ViTSpec, state: Mapping[str, torch.Tensor]) -> "PlainViT":
+        """A frozen PlainViT over `state`'s tensors as they are (no random init, no copy)."""
+        with torch.device("meta"):
+            model = cls(spec)
+        model.load_state_dict(state, assign=True)
+        return model.requires_grad_(False)
+
+    def twin(self) -> "PlainViT":
+        """Another PlainViT over the same frozen tensors: ViT-LoRA's second encoder, before LoRA."""
+        return PlainViT.from_state(self.spec, self.state_dict())
+
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised pixels (B, C, H, W) -> the patch tokens of the last hidden state (B, N, d)
         and their positions (1, N, d), both without the CLS token."""
@@ -197,11 +210,11 @@ def module_name(saved: str) -> str:
 def pretrained_files(source: str) -> tuple[Path, Path] | None:
     """config.json and model.safetensors of `source`: a local directory or a hub id whose files
     are in the local Hugging Face cache; None when either is not there (nothing is downloaded)."""
-    from huggingface_hub import try_to_load_from_cache
-
     if Path(source).is_dir():
         found = [Path(source) / name for name in ("config.json", WEIGHTS)]
         return (found[0], found[1]) if all(path.is_file() for path in found) else None
+    from huggingface_hub import try_to_load_from_cache
+
     try:
         cached = [try_to_load_from_cache(source, name) for name in ("config.json", WEIGHTS)]
     except ValueError:  # not a valid hub id (huggingface_hub's HFValidationError)
@@ -210,9 +223,10 @@ def pretrained_files(source: str) -> tuple[Path, Path] | None:
 
 
 def load_pretrained(source: str, layers: int) -> tuple[PlainViT, int] | None:
-    """The first `layers` blocks of the ViTModel at `source` (fp32, frozen) and how many blocks it
-    has; None when the files are not local or this encoder cannot compute what ViTModel
-    computes from them."""
+    """The first `layers` blocks of the ViTModel at `source` (fp32, frozen; the tensors map the
+    file, read when used: copying or merging into them costs a second at ViT-B size on 2 cores)
+    and how many blocks it has; None when the files are not local or this encoder cannot compute
+    what ViTModel computes from them."""
     from safetensors import safe_open
 
     files = pretrained_files(source)
@@ -220,19 +234,32 @@ def load_pretrained(source: str, layers: int) -> tuple[PlainViT, int] | None:
     spec = ViTSpec.from_config(config, layers) if files else None
     if spec is None:
         return None
-    with torch.device("meta"):  # no random init: every tensor comes from the file
-        model = PlainViT(spec)
-    wanted = model.state_dict().keys()
+    with torch.device("meta"):
+        wanted = PlainViT(spec).state_dict().keys()
     with safe_open(files[1], framework="pt") as weights:
         saved = {module_name(key): key for key in weights.keys()}
         if not wanted <= saved.keys():
             return None
         state = {key: weights.get_tensor(saved[key]).float() for key in wanted}
-    model.load_state_dict(state, assign=True)
-    return model.requires_grad_(False), config["num_hidden_layers"]
+    return PlainViT.from_state(spec, state), config["num_hidden_layers"]
 
 
-# -- LoRA, merged ------------------------------------------------------------------------------
+# -- LoRA --------------------------------------------------------------------------------------
+
+
+class LoRALinear(nn.Module):
+    """A frozen Linear plus a trained LoRA pair, computed as peft's unmerged forward does. Not
+    merged into W: that would write a new W per encoder (a second of memory traffic here)."""
+
+    def __init__(self, base: nn.Linear, down: torch.Tensor, up: torch.Tensor, scaling: float):
+        super().__init__()
+        self.base = base
+        self.down = nn.Parameter(down, requires_grad=False)  # lora_A: (r, in)
+        self.up = nn.Parameter(up, requires_grad=False)  # lora_B: (out, r)
+        self.scaling = scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + F.linear(F.linear(x, self.down), self.up) * self.scaling
 
 
 def lora_targets(model: PlainViT, targets: Iterable[str]) -> dict[str, nn.Linear]:
@@ -259,11 +286,12 @@ def lora_shapes(model: PlainViT, targets: Iterable[str], r: int, prefix: str) ->
     return shapes
 
 
-@torch.no_grad()
-def merge_lora(
+def add_lora(
     model: PlainViT, state: Mapping[str, torch.Tensor], targets: Iterable[str], prefix: str, scaling: float
 ) -> None:
-    """W += scaling · B @ A for every target (scaling = alpha / r, peft's default)."""
+    """Wrap every target in a LoRALinear with its pair from `state` (keys under `prefix`, as
+    lora_shapes lists them); scaling = alpha / r, peft's default."""
     for name, linear in lora_targets(model, targets).items():
-        update = state[lora_key(prefix, name, "B")] @ state[lora_key(prefix, name, "A")]
-        linear.weight += scaling * update.to(linear.weight.dtype)
+        down, up = (state[lora_key(prefix, name, part)].to(linear.weight.dtype) for part in "AB")
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, LoRALinear(linear, down, up, scaling))

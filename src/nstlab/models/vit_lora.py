@@ -29,7 +29,7 @@ from nstlab.errors import ConfigError, NstlabError
 from nstlab.functional import crop_to, imagenet_denormalize, imagenet_normalize, pad_to_multiple
 from nstlab.losses import identity_terms, loss_network
 from nstlab.models.blocks import StyleDecoder, part_counts
-from nstlab.models.plain_vit import PlainViT, load_pretrained, lora_shapes, merge_lora
+from nstlab.models.plain_vit import PlainViT, add_lora, load_pretrained, lora_shapes
 from nstlab.registry import output_key
 from nstlab.runtime import seeded
 
@@ -333,8 +333,8 @@ def build(cfg: Config) -> ViTLoRA:
 
 def load_for_inference(cfg: Config, checkpoint: Path) -> ViTLoRA | None:
     """The stage-2 model of `checkpoint` for stylising, without transformers and peft (seconds of
-    start-up): PlainViT encoders with the checkpoint's LoRA merged in, its decoders, no loss
-    network, in eval mode. None where the training model must serve instead: a random-init ViT
+    start-up): PlainViT encoders sharing the frozen weights, each with its LoRA pairs from the
+    checkpoint, its decoders, no loss network, in eval mode. None where the training model must serve instead: a random-init ViT
     (the demo's, drawn by HF's init), a ViT that is not a local config.json + model.safetensors."""
     if cfg.backbone.vit == "random":
         return None
@@ -344,7 +344,8 @@ def load_for_inference(cfg: Config, checkpoint: Path) -> ViTLoRA | None:
     vit, total = loaded
     _report_loaded(vit.spec, cfg.backbone.vit, cfg.encoder.layers, total)
     state = load_checkpoint(checkpoint)["model"]
-    model = ViTLoRA(cfg, encoders=(vit, copy.deepcopy(vit)))
+    with torch.device("meta"):  # no random init of the decoders: every tensor comes from the checkpoint
+        model = ViTLoRA(cfg, encoders=(vit, vit.twin()))
     lora, targets = cfg.lora, lora_modules(cfg.lora.target_modules)
     shapes = {key: tuple(value.shape) for key, value in trained_state(model).items()}  # the decoders
     for name in ENCODERS:
@@ -357,9 +358,9 @@ def load_for_inference(cfg: Config, checkpoint: Path) -> ViTLoRA | None:
                 f"{checkpoint}: checkpoint shapes do not fit this model "
                 f"({key}: {found} in the checkpoint, {shape} in the model)"
             )
-    model.load_state_dict(state, strict=False)  # the decoders; the LoRA pairs are merged instead
+    model.load_state_dict(state, strict=False, assign=True)  # the decoders; LoRA goes in below
     for name in ENCODERS:
-        merge_lora(getattr(model, name), state, targets, f"{name}.", lora.alpha / lora.r)
+        add_lora(getattr(model, name), state, targets, f"{name}.", lora.alpha / lora.r)
     return model.eval()
 
 
