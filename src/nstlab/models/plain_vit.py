@@ -223,10 +223,10 @@ def pretrained_files(source: str) -> tuple[Path, Path] | None:
 
 
 def load_pretrained(source: str, layers: int) -> tuple[PlainViT, int] | None:
-    """The first `layers` blocks of the ViTModel at `source` (fp32, frozen; the tensors map the
-    file, read when used: copying or merging into them costs a second at ViT-B size on 2 cores)
-    and how many blocks it has; None when the files are not local or this encoder cannot compute
-    what ViTModel computes from them."""
+    """The first `layers` blocks of the ViTModel at `source` (fp32, frozen) and how many blocks it
+    has; None when the files are not local or this encoder cannot compute what ViTModel computes
+    from them. The tensors map the file and are read when used: copying them, or merging LoRA
+    into them, writes 170 MB per ViT-B/16 encoder, about a second of start-up on 2 CPU cores."""
     from safetensors import safe_open
 
     files = pretrained_files(source)

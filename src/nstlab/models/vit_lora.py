@@ -171,7 +171,7 @@ class CNNDecoder(nn.Sequential):
 class ViTLoRA(nn.Module):
     def __init__(self, cfg: Config, encoders: tuple[PlainViT, PlainViT] | None = None):
         """The training model: two copies of the HF ViT (load_vit) and the loss network. With
-        `encoders` (load_for_inference: PlainViTs, LoRA merged), a model that only stylises."""
+        `encoders` (load_for_inference: two PlainViTs), a model that only stylises."""
         super().__init__()
         self.cfg = cfg
         self.loss_weights = dict(
@@ -334,8 +334,9 @@ def build(cfg: Config) -> ViTLoRA:
 def load_for_inference(cfg: Config, checkpoint: Path) -> ViTLoRA | None:
     """The stage-2 model of `checkpoint` for stylising, without transformers and peft (seconds of
     start-up): PlainViT encoders sharing the frozen weights, each with its LoRA pairs from the
-    checkpoint, its decoders, no loss network, in eval mode. None where the training model must serve instead: a random-init ViT
-    (the demo's, drawn by HF's init), a ViT that is not a local config.json + model.safetensors."""
+    checkpoint, its decoders, no loss network, in eval mode. None where the training model must
+    serve instead: a random-init ViT (the demo's, drawn by HF's init), a ViT that is not a local
+    config.json + model.safetensors."""
     if cfg.backbone.vit == "random":
         return None
     loaded = load_pretrained(cfg.backbone.vit, cfg.encoder.layers)
@@ -344,8 +345,9 @@ def load_for_inference(cfg: Config, checkpoint: Path) -> ViTLoRA | None:
     vit, total = loaded
     _report_loaded(vit.spec, cfg.backbone.vit, cfg.encoder.layers, total)
     state = load_checkpoint(checkpoint)["model"]
+    encoders = (vit, vit.twin())
     with torch.device("meta"):  # no random init of the decoders: every tensor comes from the checkpoint
-        model = ViTLoRA(cfg, encoders=(vit, vit.twin()))
+        model = ViTLoRA(cfg, encoders)
     lora, targets = cfg.lora, lora_modules(cfg.lora.target_modules)
     shapes = {key: tuple(value.shape) for key, value in trained_state(model).items()}  # the decoders
     for name in ENCODERS:
