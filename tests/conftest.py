@@ -21,6 +21,16 @@ TINY = [
     "data.image_size=32",
 ]
 
+# TINY's ViT as a transformers ViTConfig (32 px: a 2 × 2 grid), four blocks, for save_pretrained folders
+TINY_VIT = dict(
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=32,
+    patch_size=16,
+)
+
 
 SHRINK = {  # the demo profile, smaller still: every stage runs, each in seconds
     "data": {"image_size": 32, "n_train": 8, "n_val": 2, "n_test": 2, "test_max_side": 48},

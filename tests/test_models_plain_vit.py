@@ -14,7 +14,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import ViTConfig, ViTModel
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, TINY_VIT
 from nstlab.checkpoint import save_atomic, trained_state
 from nstlab.config import load_config, lora_modules
 from nstlab.errors import NstlabError
@@ -24,15 +24,6 @@ from nstlab.models.plain_vit import PlainViT, ViTSpec, load_pretrained, add_lora
 from nstlab.models.vit_lora import load_for_inference
 from nstlab.runtime import seeded
 
-# TINY's ViT (hidden 32, 2 heads, MLP 64, 32 px: a 2 × 2 grid), four blocks on file
-TINY_VIT = dict(
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=2,
-    intermediate_size=64,
-    image_size=32,
-    patch_size=16,
-)
 ALL_TARGETS = lora_modules(["query", "key", "value", "dense"])
 
 

@@ -86,17 +86,9 @@ def test_four_layer_decoder_counts(tiny_config):
 @pytest.fixture
 def pretrained_tiny(tmp_path, tiny_config):
     """A tiny ViT saved with save_pretrained, so the real from_pretrained path is exercised."""
-    vit = ViTModel(
-        ViTConfig(
-            hidden_size=32,
-            num_hidden_layers=4,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=32,
-            patch_size=16,
-        ),
-        add_pooling_layer=False,
-    )
+    from conftest import TINY_VIT
+
+    vit = ViTModel(ViTConfig(**TINY_VIT), add_pooling_layer=False)
     vit.save_pretrained(tmp_path / "tiny-vit")
     return tiny_config(f"backbone.vit={tmp_path / 'tiny-vit'}", "encoder.layers=2")
 
