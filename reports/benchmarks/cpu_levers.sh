@@ -1,32 +1,45 @@
 #!/usr/bin/env bash
-# The CPU speed levers, measured before/after side by side in one run on this machine:
-#   1. train.precision fp32 vs auto (bf16 autocast where the CPU has AVX512-BF16/AMX):
-#      `nstlab bench train` (paper configuration, random weights, batch 4 at 224²) and
-#      `nstlab bench stylize` at 512²; rounds alternate fp32/auto so machine noise hits both.
-#   2. `nstlab stylize` end to end (process start to file written) at 512 px with a paper-size
-#      ViT-LoRA checkpoint and a ViT-B/16 directory saved with save_pretrained (random weights).
+# The CPU speed levers of issue 20, before and after side by side in one run on this machine:
+#   1. `nstlab bench train` (paper configuration, random weights, batch 4 at 224², LoRA on):
+#      before = train.precision fp32 with torch's dropout (the code as it was); then bf16 alone
+#      (train.precision auto on a CPU with AVX512-BF16/AMX); then bf16 + train.fast_dropout.
+#   2. `nstlab bench stylize` at 512²: fp32 against auto (dropout is off in eval).
+#   3. `nstlab stylize` end to end (process start to file written) at 512 px with a paper-size
+#      ViT-LoRA checkpoint and a ViT-B/16 directory saved with save_pretrained (random weights):
+#      the code at BEFORE_REF (default b0a78ed, before these levers; run from a temporary git
+#      worktree) against the working tree, both with train.precision auto.
+# Rounds alternate the variants so machine noise hits each alike.
 # Usage (repository root, venv active): bash reports/benchmarks/cpu_levers.sh [ROUNDS]
-# Writes reports/benchmarks/cpu/*.json and prints a summary table.
+# Writes reports/benchmarks/cpu/*.json|txt and prints the summary table.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-rounds=${1:-2}
+rounds=${1:-3}
+before_ref=${BEFORE_REF:-b0a78ed}
 out=reports/benchmarks/cpu
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-mkdir -p "$out"
+trap 'git worktree remove --force "$work/before" 2>/dev/null || true; rm -rf "$work"' EXIT
+rm -rf "$out" && mkdir -p "$out"
 paper=(-S profile=paper -S backbone.vit=random -S backbone.vgg19=random -S train.batch_size=4)
+declare -A train_variants=(
+  [before]="-S train.precision=fp32 -S train.fast_dropout=false"
+  [bf16]="-S train.precision=auto -S train.fast_dropout=false"
+  [bf16_fastdropout]="-S train.precision=auto -S train.fast_dropout=true"
+)
 
 for round in $(seq "$rounds"); do
+  for variant in before bf16 bf16_fastdropout; do
+    # shellcheck disable=SC2086
+    nstlab bench train "${paper[@]}" ${train_variants[$variant]} --steps 3 --warmup 1 \
+      --out "$out/train_${variant}_r$round.json" >/dev/null 2>&1
+  done
   for precision in fp32 auto; do
-    nstlab bench train "${paper[@]}" -S train.precision=$precision --steps 3 --warmup 1 \
-      --out "$out/train_${precision}_r$round.json" >/dev/null
     nstlab bench stylize "${paper[@]}" -S train.precision=$precision --height 512 --width 512 \
-      --steps 5 --warmup 2 --out "$out/stylize512_${precision}_r$round.json" >/dev/null
+      --steps 5 --warmup 2 --out "$out/stylize512_${precision}_r$round.json" >/dev/null 2>&1
   done
 done
 
 # A paper-size stage-2 checkpoint and a local ViT-B/16 directory, as a user's would be.
-python - "$work" <<'PY'
+python - "$work" <<'PY' >/dev/null 2>&1
 import sys
 from pathlib import Path
 
@@ -50,32 +63,49 @@ for name, size in (("content.jpg", (683, 1024)), ("style.jpg", (512, 512))):
     Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(work / name)
 PY
 
-for precision in fp32 auto; do
-  for round in $(seq "$rounds"); do
+git worktree add --detach -q "$work/before" "$before_ref"
+declare -A sources=([before]="$work/before/src" [after]="$PWD/src")
+for round in $(seq "$rounds"); do
+  for variant in before after; do
     started=$(date +%s.%N)
-    nstlab stylize "$work/content.jpg" "$work/style.jpg" -o "$work/out.png" --size 512 \
-      --checkpoint "$work/model.pt" -S profile=paper -S "backbone.vit=$work/vit" -S backbone.vgg19=random \
-      -S train.precision=$precision >/dev/null 2>&1
+    PYTHONPATH=${sources[$variant]} python -m nstlab stylize "$work/content.jpg" "$work/style.jpg" \
+      -o "$work/out.png" --size 512 --checkpoint "$work/model.pt" -S profile=paper \
+      -S "backbone.vit=$work/vit" -S backbone.vgg19=random -S train.precision=auto >/dev/null 2>&1
     python -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$started" "$(date +%s.%N)" \
-      > "$out/stylize_e2e_${precision}_r$round.txt"
+      > "$out/stylize_e2e_${variant}_r$round.txt"
   done
 done
 
-python - "$out" <<'PY'
+python - "$out" "$before_ref" <<'PY' | tee "$out/summary.txt"
 import json
+import statistics
 import sys
 from pathlib import Path
 
-out = Path(sys.argv[1])
-print(f"{'measurement':<32}{'fp32':>12}{'auto':>12}{'speed-up':>10}")
-for name, key, unit in (("train (pairs/s)", "train", "pairs_per_s"), ("stylize 512² (ms)", "stylize512", "ms_per_image")):
-    means = {}
-    for precision in ("fp32", "auto"):
-        values = [json.loads(p.read_text())[unit] for p in sorted(out.glob(f"{key}_{precision}_r*.json"))]
-        means[precision] = sum(values) / len(values)
-    ratio = means["auto"] / means["fp32"] if unit == "pairs_per_s" else means["fp32"] / means["auto"]
-    print(f"{name:<32}{means['fp32']:>12.3f}{means['auto']:>12.3f}{ratio:>9.2f}x")
-means = {p: [float(f.read_text()) for f in sorted(out.glob(f"stylize_e2e_{p}_r*.txt"))] for p in ("fp32", "auto")}
-print(f"{'stylize end to end 512 px (s)':<32}{min(means['fp32']):>12.2f}{min(means['auto']):>12.2f}"
-      f"{min(means['fp32']) / min(means['auto']):>9.2f}x   (best of {len(means['fp32'])})")
+out, before_ref = Path(sys.argv[1]), sys.argv[2]
+first = json.loads(next(out.glob("train_before_r*.json")).read_text())
+print(f"machine: {first['device']}; torch {first['torch']}; {first['date']}")
+
+
+def values(pattern: str, key: str) -> list[float]:
+    return [json.loads(p.read_text())[key] for p in sorted(out.glob(pattern))]
+
+
+def row(name: str, samples: list[float], baseline: list[float], higher_is_better: bool) -> None:
+    median, base = statistics.median(samples), statistics.median(baseline)
+    ratio = median / base if higher_is_better else base / median
+    spread = f"{min(samples):.3f}-{max(samples):.3f}"
+    print(f"{name:<44}{median:>10.3f}  ({spread}, n={len(samples)}){ratio:>8.2f}x")
+
+
+print(f"{'measurement (median, range)':<44}{'value':>10}{'':>22}{'vs before':>10}")
+train_before = values("train_before_r*.json", "pairs_per_s")
+for variant, label in (("before", "fp32, torch dropout"), ("bf16", "bf16"), ("bf16_fastdropout", "bf16 + fast dropout")):
+    row(f"bench train pairs/s: {label}", values(f"train_{variant}_r*.json", "pairs_per_s"), train_before, True)
+stylize_fp32 = values("stylize512_fp32_r*.json", "ms_per_image")
+row("bench stylize 512² ms: fp32", stylize_fp32, stylize_fp32, False)
+row("bench stylize 512² ms: auto (bf16)", values("stylize512_auto_r*.json", "ms_per_image"), stylize_fp32, False)
+e2e = {v: [float(p.read_text()) for p in sorted(out.glob(f"stylize_e2e_{v}_r*.txt"))] for v in ("before", "after")}
+row(f"nstlab stylize 512 px end to end s: {before_ref}", e2e["before"], e2e["before"], False)
+row("nstlab stylize 512 px end to end s: now", e2e["after"], e2e["before"], False)
 PY

@@ -50,10 +50,11 @@ def _timed(function, steps: int, warmup: int, device: torch.device) -> float:
 def run_benchmark(
     cfg: Config, what: str, *, steps: int = 10, warmup: int = 3, size: tuple[int, int] = (1064, 1600)
 ) -> dict:
-    """Returns a JSON-able dict: seconds per step/image, throughput, peak memory, TFLOP/s, config."""
+    """Returns a JSON-able dict: seconds per step/image, throughput, peak memory, TFLOP/s, the speed
+    levers in force (train.precision as resolved, train.fast_dropout on this device), config."""
     from nstlab.errors import NstlabError
     from nstlab.models import build_model
-    from nstlab.runtime import autocast, autocast_dtype, pick_device
+    from nstlab.runtime import autocast, autocast_dtype, pick_device, use_fast_dropout
     from nstlab.train import train_step
 
     if what not in ("train", "stylize"):
@@ -63,6 +64,7 @@ def run_benchmark(
     torch.manual_seed(cfg.seed)
     model = build_model("vit_lora", cfg)
     model.enable_lora()
+    fast_dropout = use_fast_dropout(model, cfg, device)
     model.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -91,6 +93,7 @@ def run_benchmark(
         "benchmark": what,
         "device": _device_name(device),
         "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
+        "levers": {"precision": "bf16" if dtype else "fp32", "fast_dropout": fast_dropout},
         "seconds_per_step": seconds,
         "tflops_per_step": flops / 1e12,
         "achieved_tflop_per_s": flops / seconds / 1e12,

@@ -56,6 +56,17 @@ def autocast_dtype(cfg, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
+def use_fast_dropout(model: torch.nn.Module, cfg, device: torch.device) -> bool:
+    """`train.fast_dropout` on CPU: swap the model's dropout for nstlab.dropout's (half the time of
+    torch's CPU mask); on CUDA torch's fused kernel stays. Returns whether the lever is in force."""
+    if not (cfg.train.fast_dropout and device.type == "cpu"):
+        return False
+    from nstlab.dropout import swap_dropout
+
+    swap_dropout(model)
+    return True
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return torch.autocast(device.type, enabled=False)

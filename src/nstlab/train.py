@@ -38,7 +38,7 @@ from nstlab.models import (
     single_process_reason,
     train_spec,
 )
-from nstlab.runtime import autocast, autocast_dtype, pick_device, rng_state, set_rng_state
+from nstlab.runtime import autocast, autocast_dtype, pick_device, rng_state, set_rng_state, use_fast_dropout
 
 
 def check_distributable(method: str, batch_size: int, world_size: int, batch_size_key: str = "") -> None:
@@ -192,6 +192,7 @@ class Trainer:
         self.tracking = tracking
         model = build_model(method, cfg)
         prepare_training(method, model, cfg, stage, models_dir)  # e.g. a stage 2 that starts from stage 1
+        self.fast_dropout = use_fast_dropout(model, cfg, self.device)
         self.model = model.to(self.device)
         self.weights = {name: w for name, w in self.model.loss_weights.items() if w}
         self.optimizer, self.d_optimizer = configure_optimizers(self.model, self.spec.lr)
@@ -375,6 +376,7 @@ class Trainer:
                         "train.total_steps": spec.total_steps,
                         "train.world_size": self.world_size,
                         "train.precision_used": "bf16" if self.dtype else "fp32",
+                        "train.fast_dropout_used": self.fast_dropout,
                     }
                 )
                 if main:
