@@ -74,3 +74,35 @@ def test_bf16_training_losses_track_fp32(tiny_config, tiny_pairs, tmp_path):
     assert len(totals["fp32"]) == 4
     assert totals["bf16"] != totals["fp32"]  # bf16 really ran
     assert totals["bf16"] == pytest.approx(totals["fp32"], rel=0.01)
+
+
+KEEP_MEMORY_PROBE = """
+import resource, sys, torch
+from nstlab.runtime import keep_freed_memory
+took = keep_freed_memory()
+def touch():  # 64 MB, past glibc's 32 MB mmap ceiling: a fresh mapping each time by default
+    torch.ones(2**24)
+touch()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+touch()
+print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_kept_memory_lets_the_second_activation_reuse_the_first_ones_pages(setting):
+    """The second 64 MB tensor page-faults its 16,384 4-KiB pages in afresh under glibc's
+    defaults (NSTLAB_KEEP_FREED_MEMORY=0) and reuses the first one's with the lever on."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NSTLAB_KEEP_FREED_MEMORY": setting}
+    result = subprocess.run(
+        [sys.executable, "-c", KEEP_MEMORY_PROBE], env=env, capture_output=True, text=True, check=True
+    )
+    took, faults = result.stdout.split()
+    if setting == "1":
+        assert took == "True" and int(faults) < 1000
+    else:
+        assert took == "False" and int(faults) > 4000  # 16,384 with 4-KiB pages, fewer with huge pages

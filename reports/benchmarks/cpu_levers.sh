@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The CPU speed levers of issue 20, before and after side by side in one run on this machine:
 #   1. `nstlab bench train` (paper configuration, random weights, batch 4 at 224², LoRA on):
-#      before = train.precision fp32 with torch's dropout (the code as it was); then bf16 alone
-#      (train.precision auto on a CPU with AVX512-BF16/AMX); then bf16 + train.fast_dropout.
-#   2. `nstlab bench stylize` at 512²: fp32 against auto (dropout is off in eval).
+#      before = train.precision fp32, torch's dropout, glibc's malloc defaults (the code as it
+#      was); then bf16 alone (train.precision auto on a CPU with AVX512-BF16/AMX); then + fast
+#      dropout (train.fast_dropout); then + glibc keeping freed memory (all levers: the defaults).
+#   2. `nstlab bench stylize` at 512²: before (fp32, malloc defaults), bf16, all levers.
 #   3. `nstlab stylize` end to end (process start to file written) at 512 px with a paper-size
 #      ViT-LoRA checkpoint and a ViT-B/16 directory saved with save_pretrained (random weights):
 #      the code at BEFORE_REF (default b0a78ed, before these levers; run from a temporary git
@@ -20,21 +21,23 @@ work=$(mktemp -d)
 trap 'git worktree remove --force "$work/before" 2>/dev/null || true; rm -rf "$work"' EXIT
 rm -rf "$out" && mkdir -p "$out"
 paper=(-S profile=paper -S backbone.vit=random -S backbone.vgg19=random -S train.batch_size=4)
-declare -A train_variants=(
-  [before]="-S train.precision=fp32 -S train.fast_dropout=false"
-  [bf16]="-S train.precision=auto -S train.fast_dropout=false"
-  [bf16_fastdropout]="-S train.precision=auto -S train.fast_dropout=true"
+declare -A variants=(
+  [before]="NSTLAB_KEEP_FREED_MEMORY=0 nstlab bench TASK -S train.precision=fp32 -S train.fast_dropout=false"
+  [bf16]="NSTLAB_KEEP_FREED_MEMORY=0 nstlab bench TASK -S train.precision=auto -S train.fast_dropout=false"
+  [bf16_fastdropout]="NSTLAB_KEEP_FREED_MEMORY=0 nstlab bench TASK -S train.precision=auto"
+  [all]="nstlab bench TASK -S train.precision=auto"
 )
 
 for round in $(seq "$rounds"); do
-  for variant in before bf16 bf16_fastdropout; do
+  for variant in before bf16 bf16_fastdropout all; do
     # shellcheck disable=SC2086
-    nstlab bench train "${paper[@]}" ${train_variants[$variant]} --steps 3 --warmup 1 \
+    env ${variants[$variant]/TASK/train} "${paper[@]}" --steps 3 --warmup 1 \
       --out "$out/train_${variant}_r$round.json" >/dev/null 2>&1
   done
-  for precision in fp32 auto; do
-    nstlab bench stylize "${paper[@]}" -S train.precision=$precision --height 512 --width 512 \
-      --steps 5 --warmup 2 --out "$out/stylize512_${precision}_r$round.json" >/dev/null 2>&1
+  for variant in before bf16 all; do
+    # shellcheck disable=SC2086
+    env ${variants[$variant]/TASK/stylize} "${paper[@]}" --height 512 --width 512 --steps 5 --warmup 2 \
+      --out "$out/stylize512_${variant}_r$round.json" >/dev/null 2>&1
   done
 done
 
@@ -64,13 +67,14 @@ for name, size in (("content.jpg", (683, 1024)), ("style.jpg", (512, 512))):
 PY
 
 git worktree add --detach -q "$work/before" "$before_ref"
-declare -A sources=([before]="$work/before/src" [after]="$PWD/src")
+declare -A trees=([before]="$work/before" [after]="$PWD")
 for round in $(seq "$rounds"); do
   for variant in before after; do
     started=$(date +%s.%N)
-    PYTHONPATH=${sources[$variant]} python -m nstlab stylize "$work/content.jpg" "$work/style.jpg" \
+    # each version runs in its own tree, with its own code and params.yaml
+    (cd "${trees[$variant]}" && PYTHONPATH=src python -m nstlab stylize "$work/content.jpg" "$work/style.jpg" \
       -o "$work/out.png" --size 512 --checkpoint "$work/model.pt" -S profile=paper \
-      -S "backbone.vit=$work/vit" -S backbone.vgg19=random -S train.precision=auto >/dev/null 2>&1
+      -S "backbone.vit=$work/vit" -S backbone.vgg19=random -S train.precision=auto >/dev/null 2>&1)
     python -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$started" "$(date +%s.%N)" \
       > "$out/stylize_e2e_${variant}_r$round.txt"
   done
@@ -100,11 +104,19 @@ def row(name: str, samples: list[float], baseline: list[float], higher_is_better
 
 print(f"{'measurement (median, range)':<44}{'value':>10}{'':>22}{'vs before':>10}")
 train_before = values("train_before_r*.json", "pairs_per_s")
-for variant, label in (("before", "fp32, torch dropout"), ("bf16", "bf16"), ("bf16_fastdropout", "bf16 + fast dropout")):
-    row(f"bench train pairs/s: {label}", values(f"train_{variant}_r*.json", "pairs_per_s"), train_before, True)
-stylize_fp32 = values("stylize512_fp32_r*.json", "ms_per_image")
-row("bench stylize 512² ms: fp32", stylize_fp32, stylize_fp32, False)
-row("bench stylize 512² ms: auto (bf16)", values("stylize512_auto_r*.json", "ms_per_image"), stylize_fp32, False)
+labels = {
+    "before": "before (fp32)",
+    "bf16": "bf16",
+    "bf16_fastdropout": "bf16 + fast dropout",
+    "all": "bf16 + fast dropout + kept memory",
+}
+for variant in ("before", "bf16", "bf16_fastdropout", "all"):
+    samples = values(f"train_{variant}_r*.json", "pairs_per_s")
+    row(f"bench train pairs/s: {labels[variant]}", samples, train_before, True)
+stylize_before = values("stylize512_before_r*.json", "ms_per_image")
+for variant in ("before", "bf16", "all"):
+    samples = values(f"stylize512_{variant}_r*.json", "ms_per_image")
+    row(f"bench stylize 512² ms: {labels[variant].replace(' + fast dropout', '')}", samples, stylize_before, False)
 e2e = {v: [float(p.read_text()) for p in sorted(out.glob(f"stylize_e2e_{v}_r*.txt"))] for v in ("before", "after")}
 row(f"nstlab stylize 512 px end to end s: {before_ref}", e2e["before"], e2e["before"], False)
 row("nstlab stylize 512 px end to end s: now", e2e["after"], e2e["before"], False)

@@ -51,16 +51,18 @@ def run_benchmark(
     cfg: Config, what: str, *, steps: int = 10, warmup: int = 3, size: tuple[int, int] = (1064, 1600)
 ) -> dict:
     """Returns a JSON-able dict: seconds per step/image, throughput, peak memory, TFLOP/s, the speed
-    levers in force (train.precision as resolved, train.fast_dropout on this device), config."""
+    levers in force (train.precision as resolved, train.fast_dropout on this device, glibc
+    keeping freed memory: nstlab.runtime.keep_freed_memory), config."""
     from nstlab.errors import NstlabError
     from nstlab.models import build_model
-    from nstlab.runtime import autocast, autocast_dtype, pick_device, use_fast_dropout
+    from nstlab.runtime import autocast, autocast_dtype, keep_freed_memory, pick_device, use_fast_dropout
     from nstlab.train import train_step
 
     if what not in ("train", "stylize"):
         raise NstlabError(f"bench {what!r}: choose train or stylize")
     device = pick_device(cfg)
     dtype = autocast_dtype(cfg, device)
+    kept_memory = keep_freed_memory()
     torch.manual_seed(cfg.seed)
     model = build_model("vit_lora", cfg)
     model.enable_lora()
@@ -93,7 +95,11 @@ def run_benchmark(
         "benchmark": what,
         "device": _device_name(device),
         "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
-        "levers": {"precision": "bf16" if dtype else "fp32", "fast_dropout": fast_dropout},
+        "levers": {
+            "precision": "bf16" if dtype else "fp32",
+            "fast_dropout": fast_dropout,
+            "keep_freed_memory": kept_memory,
+        },
         "seconds_per_step": seconds,
         "tflops_per_step": flops / 1e12,
         "achieved_tflop_per_s": flops / seconds / 1e12,

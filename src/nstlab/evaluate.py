@@ -21,7 +21,7 @@ from nstlab.config import Config
 from nstlab.errors import NstlabError
 from nstlab.functional import gram_distance, luminance, ssim
 from nstlab.registry import final_output_key
-from nstlab.runtime import pick_device, seeded
+from nstlab.runtime import keep_freed_memory, pick_device, seeded
 
 
 def trained_weights_path(method: str, models_dir: Path) -> Path:
@@ -136,6 +136,7 @@ def evaluate_model(
     from nstlab.records import evaluation_record_paths, write_record
 
     device = pick_device(cfg)
+    keep_freed_memory()
     model = load_model(cfg, method, models_dir, device=device)
     scorer = Scorer(cfg).to(device)
     pairs = _read_pairs(pairs_dir, "test")[: cfg.eval.max_pairs]
@@ -310,6 +311,7 @@ def stylize_file(
         styles = [coral(style, content) for style in styles]
     device = pick_device(cfg)
     dtype = autocast_dtype(cfg, device)  # train.precision: bf16 where native (auto), as in training
+    keep_freed_memory()
     if adapters:
         model, decoders = load_adapters(cfg, adapters, models_dir)
         model = model.to(device).eval()

@@ -38,7 +38,15 @@ from nstlab.models import (
     single_process_reason,
     train_spec,
 )
-from nstlab.runtime import autocast, autocast_dtype, pick_device, rng_state, set_rng_state, use_fast_dropout
+from nstlab.runtime import (
+    autocast,
+    autocast_dtype,
+    keep_freed_memory,
+    pick_device,
+    rng_state,
+    set_rng_state,
+    use_fast_dropout,
+)
 
 
 def check_distributable(method: str, batch_size: int, world_size: int, batch_size_key: str = "") -> None:
@@ -189,6 +197,7 @@ class Trainer:
         self.checkpoint_path = checkpoints_dir / self.spec.key / "last.pt"
         self.device = pick_device(cfg)
         self.dtype = autocast_dtype(cfg, self.device)
+        keep_freed_memory()  # activations reuse freed pages instead of faulting in fresh ones
         self.tracking = tracking
         model = build_model(method, cfg)
         prepare_training(method, model, cfg, stage, models_dir)  # e.g. a stage 2 that starts from stage 1
