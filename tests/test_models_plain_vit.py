@@ -225,6 +225,20 @@ def test_nstlab_stylize_imports_neither_transformers_nor_peft(tiny_stage2, tmp_p
     assert (tmp_path / "out.png").is_file()
     assert f"({cfg.backbone.vit}): blocks 1-2 of 4 loaded" in result.stderr
 
+    # The console command ends without Python's teardown: same exit code, output and image
+    args[args.index("out.png")] = "console.png"
+    console = subprocess.run(
+        [sys.executable, "-m", "nstlab", *args],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert console.returncode == 0, console.stderr
+    assert console.stdout.splitlines() == ["console.png"]
+    assert (tmp_path / "console.png").read_bytes() == (tmp_path / "out.png").read_bytes()
+
 
 def test_a_random_init_vit_stylises_through_the_training_model(tmp_path):
     cfg = load_config(REPO / "params.yaml", [*TINY, "lora.r=4"])
