@@ -77,32 +77,38 @@ def test_bf16_training_losses_track_fp32(tiny_config, tiny_pairs, tmp_path):
 
 
 KEEP_MEMORY_PROBE = """
-import resource, sys, torch
+import resource, torch
 from nstlab.runtime import keep_freed_memory
 took = keep_freed_memory()
-def touch():  # 64 MB, past glibc's 32 MB mmap ceiling: a fresh mapping each time by default
-    torch.ones(2**24)
-touch()
+def step():  # a forward's worth: three 64 MB activations alive at once (glibc mmaps each), then freed
+    a = torch.ones(2**24); b = a * 2; c = b + a
+    return float(c[0])
+for _ in range(3):
+    step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-touch()
+for _ in range(3):
+    step()
 print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.parametrize("setting", ["1", "0"])
-def test_kept_memory_lets_the_second_activation_reuse_the_first_ones_pages(setting):
-    """The second 64 MB tensor page-faults its 16,384 4-KiB pages in afresh under glibc's
-    defaults (NSTLAB_KEEP_FREED_MEMORY=0) and reuses the first one's with the lever on."""
+def test_kept_memory_lets_later_steps_reuse_freed_pages():
+    """Three later steps fault all of their nine 64 MB tensors in afresh under glibc's defaults
+    (NSTLAB_KEEP_FREED_MEMORY=0: 9 × 16,384 4-KiB pages, every run); with the lever on they mostly
+    reuse freed pages: 0 to 3 tensors' worth over 20 runs (a freed block is not reused when a small
+    allocation landed after it). Bound: under two thirds of the defaults' faults."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "NSTLAB_KEEP_FREED_MEMORY": setting}
-    result = subprocess.run(
-        [sys.executable, "-c", KEEP_MEMORY_PROBE], env=env, capture_output=True, text=True, check=True
-    )
-    took, faults = result.stdout.split()
-    if setting == "1":
-        assert took == "True" and int(faults) < 1000
-    else:
-        assert took == "False" and int(faults) > 4000  # 16,384 with 4-KiB pages, fewer with huge pages
+    faults = {}
+    for setting in ("1", "0"):
+        env = {**os.environ, "NSTLAB_KEEP_FREED_MEMORY": setting}
+        result = subprocess.run(
+            [sys.executable, "-c", KEEP_MEMORY_PROBE], env=env, capture_output=True, text=True, check=True
+        )
+        took, count = result.stdout.split()
+        assert took == str(setting == "1")
+        faults[setting] = int(count)
+    assert faults["0"] > 0
+    assert faults["1"] < faults["0"] * 2 / 3

@@ -69,8 +69,9 @@ def keep_freed_memory() -> bool:
     By default glibc serves every block over 32 MB (a 512² activation map is one) with its own
     mmap and unmaps it on free, so each forward pass faults its activations in afresh; on this
     2-core VM that costs 8-12 % of a training step or a 512² stylisation (reports/benchmarks).
-    Serving them from the heap and never trimming it makes the second pass reuse the first's
-    pages, as jemalloc or tcmalloc would (PyTorch's CPU tuning advice), without a preload.
+    Serving them from the heap and never trimming it lets later passes reuse freed pages (most
+    of them: a freed block stays put when a small allocation lands after it), much as jemalloc or
+    tcmalloc would (PyTorch's CPU tuning advice), without a preload.
     Peak RSS is what it was; it is just not returned until the process ends. Set
     NSTLAB_KEEP_FREED_MEMORY=0 to keep glibc's defaults. Returns whether the setting took.
     """
