@@ -212,14 +212,18 @@ def test_nstlab_stylize_imports_neither_transformers_nor_peft(tiny_stage2, tmp_p
     ]
     args = ["stylize", "content.png", "style.png", "-o", "out.png", "--checkpoint", str(path)]
     args += ["--params", str(REPO / "params.yaml")] + [f"-S{item}" for item in [*TINY, *overrides]]
-    result = subprocess.run(
-        [sys.executable, "-c", WRAPPER, *args],
-        cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def run(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, *command],
+            cwd=tmp_path,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    result = run("-c", WRAPPER, *args)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "imported:"
     assert (tmp_path / "out.png").is_file()
@@ -227,14 +231,7 @@ def test_nstlab_stylize_imports_neither_transformers_nor_peft(tiny_stage2, tmp_p
 
     # The console command ends without Python's teardown: same exit code, output and image
     args[args.index("out.png")] = "console.png"
-    console = subprocess.run(
-        [sys.executable, "-m", "nstlab", *args],
-        cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    console = run("-m", "nstlab", *args)
     assert console.returncode == 0, console.stderr
     assert console.stdout.splitlines() == ["console.png"]
     assert (tmp_path / "console.png").read_bytes() == (tmp_path / "out.png").read_bytes()
