@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from nstlab.data.dataset import seeded_loader
 from nstlab.data.images import load_rgb, to_tensor
 from nstlab.data.pairs import IMAGES_CSV
 from nstlab.errors import NstlabError
@@ -156,12 +157,4 @@ def make_crop_loader(
     """A training DataLoader for a baseline's `data` block (nstlab.config.BaselineDataConfig)."""
     dataset = CropDataset(pairs_dir, data.sampling, data.resize, data.crop, seed, root)
     sampler = PositionSampler(steps_per_epoch * batch_size, batch_size)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=workers,
-        generator=torch.Generator().manual_seed(seed),
-        pin_memory=torch.cuda.is_available(),
-    )
+    return seeded_loader(dataset, sampler, batch_size=batch_size, drop_last=True, seed=seed, workers=workers)

@@ -90,13 +90,22 @@ def make_loader(
     """
     dataset = PairDataset(csv_path, root)
     sampler = EpochSampler(len(dataset), seed) if shuffle else None
-    # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
-    # and a resumed run (one more iterator) would then see other dropout masks.
+    return seeded_loader(
+        dataset, sampler, batch_size=batch_size, drop_last=shuffle, seed=seed, workers=workers
+    )
+
+
+def seeded_loader(
+    dataset: Dataset, sampler: Sampler | None, *, batch_size: int, drop_last: bool, seed: int, workers: int
+) -> DataLoader:
+    """A DataLoader with its own generator seeded by `seed`: a DataLoader iterator otherwise draws
+    its base seed from the global RNG, and a resumed run (one more iterator) would then see other
+    dropout masks. Every training loader (pairs and baseline crops) is built here."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        drop_last=shuffle,
+        drop_last=drop_last,
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),
         pin_memory=torch.cuda.is_available(),
