@@ -77,13 +77,9 @@ def keep_freed_memory() -> bool:
     """
     if os.environ.get("NSTLAB_KEEP_FREED_MEMORY", "1") == "0":
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc else None
-    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
-        return False
-    if mallopt is None:
+    try:  # glibc's; macOS has no mallopt, Windows no libc to find, musl's ignores these (returns 0)
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
         return False
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
