@@ -90,6 +90,11 @@ def _images(trained):
     return rows[0], rows[1]
 
 
+def _stylize(trained, output, *options):
+    """`nstlab stylize` of the first test pair to `output` with `options`, as CLI arguments."""
+    return _cli(trained, "stylize", *_images(trained), "-o", str(output), *options)
+
+
 def test_two_adapters_give_two_images_from_one_base_model(store, tmp_path, monkeypatch):
     built = []
     original_init = ViTLoRA.__init__
@@ -99,20 +104,10 @@ def test_two_adapters_give_two_images_from_one_base_model(store, tmp_path, monke
         original_init(self, cfg)
 
     monkeypatch.setattr(ViTLoRA, "__init__", counting_init)
-    content, style = _images(store)
     result = CliRunner().invoke(
         app,
-        _cli(
-            store,
-            "stylize",
-            content,
-            style,
-            "-o",
-            str(tmp_path / "out.png"),
-            "--adapter",
-            _adapter(store, "a"),
-            "--adapter",
-            _adapter(store, "b"),
+        _stylize(
+            store, tmp_path / "out.png", "--adapter", _adapter(store, "a"), "--adapter", _adapter(store, "b")
         ),
     )
     assert result.exit_code == 0, result.output
@@ -127,12 +122,11 @@ def _assert_each_is_its_own_models(trained, tmp_path, first, second):
     model.pt, to within one 8-bit level (whether two tiny trainings differ in 8 bits is up to them)."""
     from PIL import Image, ImageChops
 
-    content, style = _images(trained)
     for name, image in (("a", first), ("b", second)):
         own = tmp_path / f"own_{name}.png"
         checkpoint = trained["root"] / name / "vit_lora_stage2" / "model.pt"
-        arguments = ["stylize", content, style, "-o", str(own), "--checkpoint", str(checkpoint)]
-        result = CliRunner().invoke(app, [*_cli(trained, *arguments), "-S", f"lora.r={RANKS[name]}"])
+        arguments = _stylize(trained, own, "--checkpoint", str(checkpoint), "-S", f"lora.r={RANKS[name]}")
+        result = CliRunner().invoke(app, arguments)
         assert result.exit_code == 0, result.output
         assert ImageChops.difference(Image.open(image), Image.open(own)).getextrema() <= ((0, 1),) * 3
 
@@ -164,47 +158,28 @@ def _fail(arguments, capsys):
 
 
 def test_a_bad_adapter_path_or_run_is_one_line_naming_it(store, tmp_path, capsys):
-    content, style = _images(store)
-    stylize = ["stylize", content, style, "-o", str(tmp_path / "out.png")]
+    out = tmp_path / "out.png"
     assert "--adapter no/such/adapter: no such directory" in _fail(
-        _cli(store, *stylize, "--adapter", "no/such/adapter"), capsys
+        _stylize(store, out, "--adapter", "no/such/adapter"), capsys
     )
     unknown = "0123456789abcdef0123456789abcdef"
-    assert f"MLflow run {unknown!r}" in _fail(_cli(store, *stylize, "--adapter", unknown), capsys)
+    assert f"MLflow run {unknown!r}" in _fail(_stylize(store, out, "--adapter", unknown), capsys)
 
 
 def test_decoders_from_another_training_are_refused(store, tmp_path, capsys):
     mixed = tmp_path / "mixed"
     shutil.copytree(store["root"] / "a" / "vit_lora_stage2" / "adapter", mixed / "adapter")
     shutil.copy(store["root"] / "b" / "vit_lora_stage2" / "model.pt", mixed / "model.pt")
-    content, style = _images(store)
-    error = _fail(
-        _cli(
-            store,
-            "stylize",
-            content,
-            style,
-            "-o",
-            str(tmp_path / "out.png"),
-            "--adapter",
-            str(mixed / "adapter"),
-        ),
-        capsys,
-    )
+    error = _fail(_stylize(store, tmp_path / "out.png", "--adapter", str(mixed / "adapter")), capsys)
     assert "was not trained with this adapter" in error
 
 
 def test_an_mlflow_run_id_alone_stylises_with_the_decoders_logged_beside_its_adapter(store, tmp_path, capsys):
-    content, style = _images(store)
     run_a, run_b = store["runs"]["a"], store["runs"]["b"]
     no_local_weights = tmp_path / "empty-models"
-    written = _cli(
+    written = _stylize(
         store,
-        "stylize",
-        content,
-        style,
-        "-o",
-        str(tmp_path / "out.png"),
+        tmp_path / "out.png",
         "--adapter",
         f"runs:/{run_a}/adapter",
         "--adapter",
