@@ -1,7 +1,8 @@
-"""DVC stage `download`: a thin entry into `nstlab download` (see dvc.yaml for its deps, params and outs)."""
+"""DVC stage `download`: `nstlab download`, forked from a warm process when one is up
+(nstlab.warm); dvc.yaml lists its deps, params and outs."""
 
 import sys
 
-from nstlab.cli import main
+from nstlab.warm import run_stage
 
-main(["download", *sys.argv[1:]])
+run_stage(["download", *sys.argv[1:]])

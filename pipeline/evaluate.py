@@ -1,7 +1,8 @@
-"""DVC stage `evaluate`: a thin entry into `nstlab evaluate` (see dvc.yaml for its deps, params and outs)."""
+"""DVC stage `evaluate`: `nstlab evaluate`, forked from a warm process when one is up
+(nstlab.warm); dvc.yaml lists its deps, params and outs."""
 
 import sys
 
-from nstlab.cli import main
+from nstlab.warm import run_stage
 
-main(["evaluate", *sys.argv[1:]])
+run_stage(["evaluate", *sys.argv[1:]])

@@ -1,7 +1,8 @@
-"""DVC stage `pair`: a thin entry into `nstlab pair` (see dvc.yaml for its deps, params and outs)."""
+"""DVC stage `pair`: `nstlab pair`, forked from a warm process when one is up
+(nstlab.warm); dvc.yaml lists its deps, params and outs."""
 
 import sys
 
-from nstlab.cli import main
+from nstlab.warm import run_stage
 
-main(["pair", *sys.argv[1:]])
+run_stage(["pair", *sys.argv[1:]])

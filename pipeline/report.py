@@ -1,7 +1,8 @@
-"""DVC stage `report`: a thin entry into `nstlab report` (see dvc.yaml for its deps, params and outs)."""
+"""DVC stage `report`: `nstlab report`, forked from a warm process when one is up
+(nstlab.warm); dvc.yaml lists its deps, params and outs."""
 
 import sys
 
-from nstlab.cli import main
+from nstlab.warm import run_stage
 
-main(["report", *sys.argv[1:]])
+run_stage(["report", *sys.argv[1:]])

@@ -1,7 +1,8 @@
-"""DVC stage `train`: a thin entry into `nstlab train` (see dvc.yaml for its deps, params and outs)."""
+"""DVC stage `train`: `nstlab train`, forked from a warm process when one is up
+(nstlab.warm); dvc.yaml lists its deps, params and outs."""
 
 import sys
 
-from nstlab.cli import main
+from nstlab.warm import run_stage
 
-main(["train", *sys.argv[1:]])
+run_stage(["train", *sys.argv[1:]])

@@ -1,5 +1,7 @@
 """ViT-LoRA: the paper's parameter counts (docs/methods.md#parameter-counts), any size, what trains when."""
 
+import json
+import os
 import warnings
 
 import pytest
@@ -167,6 +169,42 @@ def test_adapters_round_trip_with_save_pretrained(tiny_config, tmp_path):
         expected = model.content_encoder.eval()(pixel_values=pixels).last_hidden_state
         actual = reloaded.eval()(pixel_values=pixels).last_hidden_state
     assert torch.allclose(expected, actual, atol=1e-5)
+
+
+SAVE_ADAPTERS = """
+import sys
+from pathlib import Path
+from conftest import REPO, TINY
+from nstlab.config import load_config
+from nstlab.models.vit_lora import ViTLoRA
+model = ViTLoRA(load_config(REPO / "params.yaml", TINY))
+model.enable_lora()
+model.save_adapters(Path(sys.argv[1]))
+"""
+
+
+def test_saved_adapter_configs_do_not_depend_on_the_process_hash_seed(tmp_path):
+    """peft lists target_modules from a set; unsorted, two identical trainings wrote different
+    adapter_config.json files (string hash order) and DVC saw a changed models/vit_lora_stage2."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    configs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(REPO / "tests")}
+        subprocess.run(
+            [sys.executable, "-c", SAVE_ADAPTERS, str(tmp_path / seed)],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        configs.append((tmp_path / seed / "content_encoder" / "adapter_config.json").read_bytes())
+    assert configs[0] == configs[1]
+    modules = json.loads(configs[0])["target_modules"]
+    assert modules == sorted(modules) and len(modules) > 1
 
 
 def test_truncated_load_prints_one_line_and_no_load_report(pretrained_tiny, capsys, caplog):

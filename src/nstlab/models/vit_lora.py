@@ -12,6 +12,7 @@ decoders together. Every number: docs/methods.md#vit-lora (NST-Project `code/`).
 """
 
 import copy
+import json
 import logging
 import re
 import sys
@@ -227,6 +228,7 @@ class ViTLoRA(nn.Module):
         paths = []
         for name in ("content_encoder", "style_encoder"):
             getattr(self, name).save_pretrained(directory / name)
+            _sort_target_modules(directory / name / "adapter_config.json")
             paths.append(directory / name)
         return paths
 
@@ -321,6 +323,15 @@ class ViTLoRA(nn.Module):
         """Per part (encoders, decoders, loss network), LoRA alone, then totals."""
         lora = sum(p.numel() for name, p in self.named_parameters() if "lora_" in name)
         return {**part_counts(self), "lora": lora}
+
+
+def _sort_target_modules(config_file: Path) -> None:
+    """peft writes target_modules from a set, in the order of that process's string hashes, so two
+    identical trainings wrote different adapter_config.json files and DVC saw a changed output."""
+    config = json.loads(config_file.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
