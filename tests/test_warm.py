@@ -37,7 +37,7 @@ def stage(tmp_path_factory):
     folder = tmp_path_factory.mktemp("target")
     (folder / "stage_target.py").write_text("VERSION = 1\n" + TARGET)
     env = {key: value for key, value in os.environ.items() if key != "PYTEST_CURRENT_TEST"}
-    env.update(NSTLAB_WARM="1", PYTHONPATH=str(folder))
+    env.update(NSTLAB_WARM="1", NSTLAB_WARM_IDLE_S="30", PYTHONPATH=str(folder))
 
     def run(*argv, stdin="", cwd=None, extra_env=None):
         process = subprocess.Popen(
@@ -181,3 +181,33 @@ def test_the_stage_scripts_go_through_run_stage():
     for script in sorted((REPO / "pipeline").glob("*.py")):
         text = script.read_text()
         assert "from nstlab.warm import run_stage" in text and "run_stage([" in text, script.name
+
+
+def test_an_idle_server_exits_and_removes_its_socket(tmp_path):
+    (tmp_path / "stage_target.py").write_text("VERSION = 1\n" + TARGET)
+    env = {key: value for key, value in os.environ.items() if key != "PYTEST_CURRENT_TEST"}
+    env.update(NSTLAB_WARM="1", NSTLAB_WARM_IDLE_S="2", PYTHONPATH=str(tmp_path))
+    key = subprocess.run(
+        [sys.executable, "-c", "from nstlab.warm import environment_key; print(environment_key())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    socket_file = warm.socket_path(key)
+    subprocess.run(
+        [sys.executable, "-c", CLIENT, "ok", "0"],
+        cwd=tmp_path,
+        env=env,
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # cold; starts the server
+    deadline = time.monotonic() + 60
+    while not socket_file.exists():
+        assert time.monotonic() < deadline, "no server started"
+        time.sleep(0.1)
+    while socket_file.exists():  # 2 s idle after its imports
+        assert time.monotonic() < deadline + 60, "the idle server never exited"
+        time.sleep(0.2)

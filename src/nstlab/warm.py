@@ -21,7 +21,9 @@ What keeps a fork equal to a cold run:
 - A fork happens only while the server runs one Python thread, so no Python lock is held across it
   (the native pools that libraries start, OpenBLAS's and jemalloc's, have their own fork handlers).
 
-`NSTLAB_WARM=0` runs every stage cold. Servers exit after a minute without work.
+`NSTLAB_WARM=0` runs every stage cold. A server exits after 10 minutes without work (about 1 GB of
+memory, mostly shared with its forks), so a `dvc exp run` soon after a repro starts warm too;
+`NSTLAB_WARM_IDLE_S` sets that time.
 """
 
 import hashlib
@@ -57,7 +59,7 @@ PRELOAD = (
     "transformers.models.vit.modeling_vit",
     "peft",
 )
-IDLE_SECONDS = 60.0
+IDLE_SECONDS = 600.0  # NSTLAB_WARM_IDLE_S overrides
 HANDSHAKE_SECONDS = 120.0  # the longest a stage waits for a server still importing its libraries
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 # set per command by the shell, and per stage or experiment by DVC (DVC_STAGE, DVC_EXP_NAME, ...):
@@ -210,7 +212,7 @@ def _receive(connection: socket.socket) -> dict:
 
 def serve(address: Path, path: list[str]) -> None:
     """Listen first (a stage arriving during the imports waits instead of starting a rival), import,
-    then fork a child per request until a minute passes without work."""
+    then fork a child per request until IDLE_SECONDS pass without work."""
     sys.path[:] = path
     os.chdir("/")  # hold no caller's folder busy; each child moves to its client's
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -232,7 +234,11 @@ def serve(address: Path, path: list[str]) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     children: dict[int, socket.socket] = {}
     last_work = time.monotonic()
-    while children or time.monotonic() - last_work < IDLE_SECONDS:
+    try:
+        idle_seconds = float(os.environ.get("NSTLAB_WARM_IDLE_S", IDLE_SECONDS))
+    except ValueError:
+        idle_seconds = IDLE_SECONDS
+    while children or time.monotonic() - last_work < idle_seconds:
         ready, _, _ = select.select([listener, wake_read], [], [], 5.0)
         if wake_read in ready:
             os.read(wake_read, 4096)
