@@ -883,3 +883,23 @@ def test_ctrl_c_in_a_training_stage_ends_the_run_as_killed(tiny_config, tiny_pai
     assert load_checkpoint(tracked["checkpoints_dir"] / "vit_lora_stage1/last.pt")["step"] == 3
     runs = search_runs(cfg.mlflow, "tags.model = 'vit_lora'")  # its seed-group parent is FINISHED
     assert list(runs["status"]) == ["KILLED"]
+
+
+def test_sigterm_in_a_training_stage_ends_it_as_ctrl_c_does(tiny_config, tiny_pairs, tracked, monkeypatch):
+    """`kill` (or a scheduler's stop) used to end the process on the spot: run RUNNING, steps lost."""
+    from nstlab.tracking_queries import search_runs
+
+    cfg = tiny_config(*SCHEDULE)
+    original_step, handler_before = Trainer._step, signal.getsignal(signal.SIGTERM)
+
+    def step_then_terminated(self, content, style, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original_step(self, content, style, step)
+
+    monkeypatch.setattr(Trainer, "_step", step_then_terminated)
+    with pytest.raises(NstlabError, match="interrupted at step 3; checkpoint saved"):
+        train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, **tracked)
+    assert load_checkpoint(tracked["checkpoints_dir"] / "vit_lora_stage1/last.pt")["step"] == 3
+    assert list(search_runs(cfg.mlflow, "tags.model = 'vit_lora'")["status"]) == ["KILLED"]
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # restored after training

@@ -13,8 +13,11 @@ process runs this loop on its share of each batch, DDP averages the gradients
 
 import csv
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -47,6 +50,26 @@ from nstlab.runtime import (
     set_rng_state,
     use_fast_dropout,
 )
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """A SIGTERM (`kill`, a scheduler's stop, the warm-stage client passing one on) raises
+    KeyboardInterrupt, so training stops as on Ctrl-C: last.pt saved, the MLflow run KILLED, one
+    line saying how to resume. Python's default was to die on the spot, leaving the run RUNNING
+    and the steps since the last checkpoint lost. Only the main thread can own a signal handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signal: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_distributable(method: str, batch_size: int, world_size: int, batch_size_key: str = "") -> None:
@@ -360,6 +383,11 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, resume: str = "auto") -> dict:
+        """Train to the end; SIGTERM ends it as Ctrl-C does (see sigterm_as_interrupt)."""
+        with sigterm_as_interrupt():
+            return self._run(resume)
+
+    def _run(self, resume: str) -> dict:
         from nstlab.tracking import Tracker, seed_group
 
         spec = self.spec
