@@ -4,6 +4,7 @@ the cold process would: its cwd, environment, argv, streams, exit code, signals 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,14 +31,32 @@ def main(argv):
 CLIENT = "import sys; from nstlab.warm import run_stage; run_stage(sys.argv[1:], target='stage_target:main')"
 
 
+def _client_env(folder, **settings: str) -> dict:
+    """Write the target stage into `folder` and return a client's environment that imports it.
+    pytest's per-test variable is left out: it would give every test a server of its own."""
+    (folder / "stage_target.py").write_text("VERSION = 1\n" + TARGET)
+    env = {key: value for key, value in os.environ.items() if key != "PYTEST_CURRENT_TEST"}
+    return {**env, "PYTHONPATH": str(folder), **settings}
+
+
+def _server_socket(env: dict):
+    """The socket of the server that clients with `env` use (the key as a `-c` client computes it)."""
+    key = subprocess.run(
+        [sys.executable, "-c", "from nstlab.warm import environment_key; print(environment_key())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return warm.socket_path(key)
+
+
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
     """Run the target stage through run_stage in a fresh client process; the first call starts the
     module's server (its environment is this module's own), which the fixture waits for."""
     folder = tmp_path_factory.mktemp("target")
-    (folder / "stage_target.py").write_text("VERSION = 1\n" + TARGET)
-    env = {key: value for key, value in os.environ.items() if key != "PYTEST_CURRENT_TEST"}
-    env.update(NSTLAB_WARM="1", NSTLAB_WARM_IDLE_S="30", PYTHONPATH=str(folder))
+    env = _client_env(folder, NSTLAB_WARM="1", NSTLAB_WARM_IDLE_S="30")
 
     def run(*argv, stdin="", cwd=None, extra_env=None):
         process = subprocess.Popen(
@@ -150,8 +169,7 @@ def test_the_server_is_keyed_by_environment_and_path_but_not_per_command_variabl
 
 
 def test_switched_off_a_stage_runs_in_the_callers_process(tmp_path):
-    (tmp_path / "stage_target.py").write_text("VERSION = 1\n" + TARGET)
-    env = {**os.environ, "NSTLAB_WARM": "0", "PYTHONPATH": str(tmp_path)}
+    env = _client_env(tmp_path, NSTLAB_WARM="0")
     process = subprocess.Popen(
         [sys.executable, "-c", CLIENT, "ok", "0"],
         cwd=tmp_path,
@@ -184,17 +202,8 @@ def test_the_stage_scripts_go_through_run_stage():
 
 
 def test_an_idle_server_exits_and_removes_its_socket(tmp_path):
-    (tmp_path / "stage_target.py").write_text("VERSION = 1\n" + TARGET)
-    env = {key: value for key, value in os.environ.items() if key != "PYTEST_CURRENT_TEST"}
-    env.update(NSTLAB_WARM="1", NSTLAB_WARM_IDLE_S="2", PYTHONPATH=str(tmp_path))
-    key = subprocess.run(
-        [sys.executable, "-c", "from nstlab.warm import environment_key; print(environment_key())"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    socket_file = warm.socket_path(key)
+    env = _client_env(tmp_path, NSTLAB_WARM="1", NSTLAB_WARM_IDLE_S="2")
+    socket_file = _server_socket(env)
     subprocess.run(
         [sys.executable, "-c", CLIENT, "ok", "0"],
         cwd=tmp_path,
@@ -211,3 +220,14 @@ def test_an_idle_server_exits_and_removes_its_socket(tmp_path):
     while socket_file.exists():  # 2 s idle after its imports
         assert time.monotonic() < deadline + 60, "the idle server never exited"
         time.sleep(0.2)
+
+
+def test_a_malformed_request_costs_that_client_only(stage):
+    """Bytes without the standard streams: the server closes that connection and serves on."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(str(_server_socket(stage.env)))
+        client.sendall(b"\x00\x00\x00\x02{}")
+        client.settimeout(30)
+        assert client.recv(1) == b""  # closed, no fork
+    process, out, _ = stage("ok", "0")
+    assert json.loads(out)["pid"] != process.pid

@@ -26,6 +26,7 @@ memory, mostly shared with its forks), so a `dvc exp run` soon after a repro sta
 `NSTLAB_WARM_IDLE_S` sets that time.
 """
 
+import atexit
 import hashlib
 import importlib
 import json
@@ -162,10 +163,9 @@ def _request_fork(connection: socket.socket, target: str, argv: list[str]) -> in
         "env": dict(os.environ),
         "path": sys.path,
     }
-    body = json.dumps(request).encode()
     connection.settimeout(HANDSHAKE_SECONDS)
     try:
-        socket.send_fds(connection, [struct.pack("!I", len(body)) + body], [0, 1, 2])
+        socket.send_fds(connection, [_frame(request)], [0, 1, 2])
         pid = int(_receive(connection)["pid"])
     except (OSError, ValueError, KeyError):
         connection.close()
@@ -196,15 +196,20 @@ def _wait_for(connection: socket.socket, pid: int) -> int:
         return 1
 
 
-def _receive(connection: socket.socket) -> dict:
-    """One newline-terminated JSON message."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = connection.recv(4096)
+def _receive(connection: socket.socket, data: bytes = b"") -> dict:
+    """One message, both ways: a 4-byte big-endian length, then that many bytes of JSON. `data`:
+    what the caller has already read of it."""
+    while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
+        chunk = connection.recv(1 << 16)
         if not chunk:
             raise ValueError("connection closed")
         data += chunk
-    return json.loads(data)
+    return json.loads(data[4:])
+
+
+def _frame(message: dict) -> bytes:
+    body = json.dumps(message).encode()
+    return struct.pack("!I", len(body)) + body
 
 
 # --- server ---------------------------------------------------------------------------------------
@@ -288,17 +293,18 @@ def _accept(listener: socket.socket, children: dict[int, socket.socket], inherit
 
 
 def _receive_request(connection: socket.socket) -> tuple[dict, list[int]]:
+    """The request, with the client's stdin/stdout/stderr riding on its first bytes."""
     data, fds, _, _ = socket.recv_fds(connection, 1 << 16, 3)
-    if len(fds) != 3 or len(data) < 4:
-        raise ValueError("malformed request")
-    (length,) = struct.unpack("!I", data[:4])
-    data = data[4:]
-    while len(data) < length:
-        chunk = connection.recv(length - len(data))
-        if not chunk:
-            raise ValueError("truncated request")
-        data += chunk
-    return json.loads(data), fds
+    if len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("malformed request: no standard streams")
+    try:
+        return _receive(connection, data), fds
+    except (OSError, ValueError):
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def _reap(children: dict[int, socket.socket]) -> bool:
@@ -322,7 +328,7 @@ def _reap(children: dict[int, socket.socket]) -> bool:
 
 def _send(connection: socket.socket, message: dict) -> None:
     try:
-        connection.sendall(json.dumps(message).encode() + b"\n")
+        connection.sendall(_frame(message))
     except OSError:
         pass  # the client is gone; its child has killed itself or will
 
@@ -361,8 +367,6 @@ def _run_child(connection: socket.socket, request: dict, fds: list[int], server_
         except BaseException as error:  # noqa: BLE001 - reported as the interpreter reports it
             sys.excepthook(*sys.exc_info())
             code = 128 + signal.SIGINT if isinstance(error, KeyboardInterrupt) else 1
-        import atexit
-
         atexit._run_exitfuncs()  # what a cold process runs at exit; its slow teardown is skipped
     finally:
         sys.stdout.flush()
