@@ -1,8 +1,7 @@
-"""DVC stage `download`: `nstlab download`, forked from a warm process when one is up
-(nstlab.warm); dvc.yaml lists its deps, params and outs."""
+"""DVC stage `download`: a thin entry into `nstlab download` (dvc.yaml lists its deps, params and outs)."""
 
 import sys
 
-from nstlab.warm import run_stage
+from nstlab.cli import main
 
-run_stage(["download", *sys.argv[1:]])
+main(["download", *sys.argv[1:]])

@@ -1,8 +1,7 @@
-"""DVC stage `evaluate`: `nstlab evaluate`, forked from a warm process when one is up
-(nstlab.warm); dvc.yaml lists its deps, params and outs."""
+"""DVC stage `evaluate`: a thin entry into `nstlab evaluate` (dvc.yaml lists its deps, params and outs)."""
 
 import sys
 
-from nstlab.warm import run_stage
+from nstlab.cli import main
 
-run_stage(["evaluate", *sys.argv[1:]])
+main(["evaluate", *sys.argv[1:]])

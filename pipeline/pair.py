@@ -1,8 +1,7 @@
-"""DVC stage `pair`: `nstlab pair`, forked from a warm process when one is up
-(nstlab.warm); dvc.yaml lists its deps, params and outs."""
+"""DVC stage `pair`: a thin entry into `nstlab pair` (dvc.yaml lists its deps, params and outs)."""
 
 import sys
 
-from nstlab.warm import run_stage
+from nstlab.cli import main
 
-run_stage(["pair", *sys.argv[1:]])
+main(["pair", *sys.argv[1:]])

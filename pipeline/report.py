@@ -1,8 +1,7 @@
-"""DVC stage `report`: `nstlab report`, forked from a warm process when one is up
-(nstlab.warm); dvc.yaml lists its deps, params and outs."""
+"""DVC stage `report`: a thin entry into `nstlab report` (dvc.yaml lists its deps, params and outs)."""
 
 import sys
 
-from nstlab.warm import run_stage
+from nstlab.cli import main
 
-run_stage(["report", *sys.argv[1:]])
+main(["report", *sys.argv[1:]])

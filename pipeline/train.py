@@ -1,8 +1,7 @@
-"""DVC stage `train`: `nstlab train`, forked from a warm process when one is up
-(nstlab.warm); dvc.yaml lists its deps, params and outs."""
+"""DVC stage `train`: a thin entry into `nstlab train` (dvc.yaml lists its deps, params and outs)."""
 
 import sys
 
-from nstlab.warm import run_stage
+from nstlab.cli import main
 
-run_stage(["train", *sys.argv[1:]])
+main(["train", *sys.argv[1:]])

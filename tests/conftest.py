@@ -1,15 +1,10 @@
 """Shared fixtures: tiny configs built from the real params.yaml, so tests exercise the real loader."""
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-# Pipeline scripts the tests run go cold, each in its own process (what test_dvc_deps traces); the
-# warm path has its own tests (test_warm.py) and the slow end-to-end repro, which turn it back on.
-os.environ["NSTLAB_WARM"] = "0"
 
 # A ViT-LoRA small enough for CPU tests: hidden 32, 2 blocks, 32 px images.
 TINY = [

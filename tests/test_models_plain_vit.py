@@ -229,7 +229,7 @@ def test_nstlab_stylize_imports_neither_transformers_nor_peft(tiny_stage2, tmp_p
     assert (tmp_path / "out.png").is_file()
     assert f"({cfg.backbone.vit}): blocks 1-2 of 4 loaded" in result.stderr
 
-    # The console command ends without Python's teardown: same exit code, output and image
+    # `python -m nstlab` (the console entry point) writes the same image
     args[args.index("out.png")] = "console.png"
     console = run("-m", "nstlab", *args)
     assert console.returncode == 0, console.stderr

@@ -57,8 +57,6 @@ def repo(tmp_path_factory):
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "OMP_NUM_THREADS": "1",
-        "NSTLAB_WARM": "1",  # as a user's dvc repro runs: stages forked from a warm process (nstlab.warm)
-        "NSTLAB_WARM_IDLE_S": "60",
         "GIT_AUTHOR_NAME": "t",
         "GIT_AUTHOR_EMAIL": "t@t",
         "GIT_COMMITTER_NAME": "t",

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The CPU speed levers of issue 20, before and after side by side in one run on this machine:
 #   1. `nstlab bench train` (paper configuration, random weights, batch 4 at 224², LoRA on):
-#      before = train.precision fp32, torch's dropout, glibc's malloc defaults (the code as it
-#      was); then bf16 alone (train.precision auto on a CPU with AVX512-BF16/AMX); then + fast
-#      dropout (train.fast_dropout); then + glibc keeping freed memory (all levers: the defaults).
+#      before = train.precision fp32, glibc's malloc defaults (the code as it was); then bf16
+#      alone (train.precision auto on a CPU with AVX512-BF16/AMX); then + glibc keeping freed
+#      memory (all levers: the defaults).
 #   2. `nstlab bench stylize` at 512²: before (fp32, malloc defaults), bf16, all levers.
 #   3. `nstlab stylize` end to end (process start to file written) at 512 px with a paper-size
 #      ViT-LoRA checkpoint and a ViT-B/16 directory saved with save_pretrained (random weights):
@@ -22,14 +22,13 @@ trap 'git worktree remove --force "$work/before" 2>/dev/null || true; rm -rf "$w
 rm -rf "$out" && mkdir -p "$out"
 paper=(-S profile=paper -S backbone.vit=random -S backbone.vgg19=random -S train.batch_size=4)
 declare -A variants=(
-  [before]="NSTLAB_KEEP_FREED_MEMORY=0 nstlab bench TASK -S train.precision=fp32 -S train.fast_dropout=false"
-  [bf16]="NSTLAB_KEEP_FREED_MEMORY=0 nstlab bench TASK -S train.precision=auto -S train.fast_dropout=false"
-  [bf16_fastdropout]="NSTLAB_KEEP_FREED_MEMORY=0 nstlab bench TASK -S train.precision=auto"
+  [before]="NSTLAB_KEEP_FREED_MEMORY=0 nstlab bench TASK -S train.precision=fp32"
+  [bf16]="NSTLAB_KEEP_FREED_MEMORY=0 nstlab bench TASK -S train.precision=auto"
   [all]="nstlab bench TASK -S train.precision=auto"
 )
 
 for round in $(seq "$rounds"); do
-  for variant in before bf16 bf16_fastdropout all; do
+  for variant in before bf16 all; do
     # shellcheck disable=SC2086
     env ${variants[$variant]/TASK/train} "${paper[@]}" --steps 3 --warmup 1 \
       --out "$out/train_${variant}_r$round.json" >/dev/null 2>&1
@@ -107,16 +106,15 @@ train_before = values("train_before_r*.json", "pairs_per_s")
 labels = {
     "before": "before (fp32)",
     "bf16": "bf16",
-    "bf16_fastdropout": "bf16 + fast dropout",
-    "all": "bf16 + fast dropout + kept memory",
+    "all": "bf16 + kept memory",
 }
-for variant in ("before", "bf16", "bf16_fastdropout", "all"):
+for variant in ("before", "bf16", "all"):
     samples = values(f"train_{variant}_r*.json", "pairs_per_s")
     row(f"bench train pairs/s: {labels[variant]}", samples, train_before, True)
 stylize_before = values("stylize512_before_r*.json", "ms_per_image")
 for variant in ("before", "bf16", "all"):
     samples = values(f"stylize512_{variant}_r*.json", "ms_per_image")
-    row(f"bench stylize 512² ms: {labels[variant].replace(' + fast dropout', '')}", samples, stylize_before, False)
+    row(f"bench stylize 512² ms: {labels[variant]}", samples, stylize_before, False)
 e2e = {v: [float(p.read_text()) for p in sorted(out.glob(f"stylize_e2e_{v}_r*.txt"))] for v in ("before", "after")}
 row(f"nstlab stylize 512 px end to end s: {before_ref}", e2e["before"], e2e["before"], False)
 row("nstlab stylize 512 px end to end s: now", e2e["after"], e2e["before"], False)

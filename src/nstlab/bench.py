@@ -51,11 +51,11 @@ def run_benchmark(
     cfg: Config, what: str, *, steps: int = 10, warmup: int = 3, size: tuple[int, int] = (1064, 1600)
 ) -> dict:
     """Returns a JSON-able dict: seconds per step/image, throughput, peak memory, TFLOP/s, the speed
-    levers in force (train.precision as resolved, train.fast_dropout on this device, glibc
-    keeping freed memory: nstlab.runtime.keep_freed_memory), config."""
+    levers in force (train.precision as resolved, glibc keeping freed memory:
+    nstlab.runtime.keep_freed_memory), config."""
     from nstlab.errors import NstlabError
     from nstlab.models import build_model
-    from nstlab.runtime import autocast, autocast_dtype, keep_freed_memory, pick_device, use_fast_dropout
+    from nstlab.runtime import autocast, autocast_dtype, keep_freed_memory, pick_device
     from nstlab.train import train_step
 
     if what not in ("train", "stylize"):
@@ -66,7 +66,6 @@ def run_benchmark(
     torch.manual_seed(cfg.seed)
     model = build_model("vit_lora", cfg)
     model.enable_lora()
-    fast_dropout = use_fast_dropout(model, cfg, device)
     model.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -97,7 +96,6 @@ def run_benchmark(
         "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
         "levers": {
             "precision": "bf16" if dtype else "fp32",
-            "fast_dropout": fast_dropout,
             "keep_freed_memory": kept_memory,
         },
         "seconds_per_step": seconds,

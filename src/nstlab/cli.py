@@ -128,7 +128,6 @@ def report(
 
 @app.command()
 def stylize(
-    context: typer.Context,
     content: Annotated[Path, typer.Argument(help="content image")],
     styles: Annotated[list[Path], typer.Argument(help="one or more style images")],
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write the result")],
@@ -181,18 +180,6 @@ def stylize(
         models_dir=models,
     )
     typer.echo("\n".join(str(path) for path in written))
-    if context.obj and context.obj.get("console"):
-        _exit_without_teardown()
-
-
-def _exit_without_teardown() -> None:
-    """End the process now that the image is written and the output flushed: Python's teardown of
-    libtorch takes 0.4-0.5 s on the 2-core VM (`python -c "import torch"` 1.71 s, 1.30 s ending
-    with os._exit), a seventh of a whole `nstlab stylize`. Only for a command that holds nothing
-    for atexit (stylize logs nothing to MLflow) and only in the console process, never in a caller's."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 @app.command()
@@ -329,8 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     bug and keeps its traceback.
     """
     try:
-        # console: a process of its own, which a command may end early (see _exit_without_teardown)
-        app(args=argv, prog_name="nstlab", obj={"console": argv is None})
+        app(args=argv, prog_name="nstlab")
     except NstlabError as error:
         _fail(str(error))
     except OSError as error:

@@ -135,7 +135,6 @@ class TrainConfig:
     workers: int = field(metadata=_range(0, 64))
     keep: str = field(default="best", metadata=_choices("best", "last"))  # what ViT-LoRA's model.pt holds
     stage2_from: str = field(default="last", metadata=_choices("last", "best"))  # stage 1's, for stage 2
-    fast_dropout: bool = True  # on CPU, dropout masks from one uniform draw (nstlab.dropout)
 
 
 @dataclass(frozen=True)
@@ -211,7 +210,6 @@ BASELINE_TRAIN_KEYS = (
     "max_val_pairs",
     "sample_every",
     "precision",
-    "fast_dropout",
     "device",
     "workers",
 )

@@ -84,17 +84,6 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def use_fast_dropout(model: torch.nn.Module, cfg, device: torch.device) -> bool:
-    """`train.fast_dropout` on CPU: swap the model's dropout for nstlab.dropout's (half the time of
-    torch's CPU mask); on CUDA torch's fused kernel stays. Returns whether the lever is in force."""
-    if not (cfg.train.fast_dropout and device.type == "cpu"):
-        return False
-    from nstlab.dropout import swap_dropout
-
-    swap_dropout(model)
-    return True
-
-
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return torch.autocast(device.type, enabled=False)

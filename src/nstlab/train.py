@@ -48,13 +48,12 @@ from nstlab.runtime import (
     pick_device,
     rng_state,
     set_rng_state,
-    use_fast_dropout,
 )
 
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """A SIGTERM (`kill`, a scheduler's stop, the warm-stage client passing one on) raises
+    """A SIGTERM (`kill`, a scheduler's stop) raises
     KeyboardInterrupt, so training stops as on Ctrl-C: last.pt saved, the MLflow run KILLED, one
     line saying how to resume. Python's default was to die on the spot, leaving the run RUNNING
     and the steps since the last checkpoint lost. Only the main thread can own a signal handler."""
@@ -224,7 +223,6 @@ class Trainer:
         self.tracking = tracking
         model = build_model(method, cfg)
         prepare_training(method, model, cfg, stage, models_dir)  # e.g. a stage 2 that starts from stage 1
-        self.fast_dropout = use_fast_dropout(model, cfg, self.device)
         self.model = model.to(self.device)
         self.weights = {name: w for name, w in self.model.loss_weights.items() if w}
         self.optimizer, self.d_optimizer = configure_optimizers(self.model, self.spec.lr)
@@ -413,7 +411,6 @@ class Trainer:
                         "train.total_steps": spec.total_steps,
                         "train.world_size": self.world_size,
                         "train.precision_used": "bf16" if self.dtype else "fp32",
-                        "train.fast_dropout_used": self.fast_dropout,
                     }
                 )
                 if main:
