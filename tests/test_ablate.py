@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from nstlab.ablate import methods_touched, override_args, read_grid
+from nstlab.tracking.ablate import methods_touched, override_args, read_grid
 from nstlab.errors import ConfigError
 
 GRID = """
@@ -105,7 +105,7 @@ def test_an_experiment_is_identified_by_the_method_it_changes(overrides, touched
 
 
 def test_queue_workers_share_the_cores_unless_the_user_chose(monkeypatch):
-    from nstlab.ablate import worker_env
+    from nstlab.tracking.ablate import worker_env
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 8)
@@ -116,7 +116,7 @@ def test_queue_workers_share_the_cores_unless_the_user_chose(monkeypatch):
 
 
 def test_spellings_of_one_configuration_share_a_digest(tiny_config):
-    from nstlab.checkpoint import run_digest
+    from nstlab.training.checkpoint import run_digest
 
     def gatys(*overrides: str) -> str:
         return run_digest(tiny_config(*overrides), "gatys", 0)
@@ -145,10 +145,10 @@ def empty_store(tmp_path, monkeypatch):
 def test_seeds_plan_each_configuration_under_each_seed_and_skip_the_done_points(tmp_path, empty_store):
     from conftest import REPO
 
-    from nstlab.ablate import plan_grid
-    from nstlab.checkpoint import run_digest
+    from nstlab.tracking.ablate import plan_grid
+    from nstlab.training.checkpoint import run_digest
     from nstlab.config import load_config
-    from nstlab.tracking import Tracker
+    from nstlab.tracking.run import Tracker
 
     params = REPO / "params.yaml"
     finished = load_config(params, ["lora.r=8", "seed=325"])  # a, seed 325 ran already
@@ -208,7 +208,7 @@ def test_dry_run_with_seeds_prints_every_configuration_seed_pair(tmp_path, empty
 
 @pytest.mark.parametrize("seeds", ["0", "[]", "[1, 1]", "[-1]", "two", "true", "[1.5]", "[{a: 1}]"])
 def test_bad_seeds_name_the_file_and_the_key(tmp_path, seeds):
-    from nstlab.ablate import grid_seeds
+    from nstlab.tracking.ablate import grid_seeds
 
     path = write(tmp_path, f"experiments:\n  a: {{lora.r: 8}}\nseeds: {seeds}\n")
     with pytest.raises(ConfigError, match="seeds: ") as error:

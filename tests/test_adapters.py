@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from nstlab.cli import app, main
 from nstlab.config import load_config
-from nstlab.adapters import load_adapters
-from nstlab.evaluate import load_model
+from nstlab.training.adapters import load_adapters
+from nstlab.evaluation.evaluate import load_model
 from nstlab.models.vit_lora import ViTLoRA
-from nstlab.train import train
+from nstlab.training.trainer import train
 
 from conftest import REPO, TINY
 
@@ -194,7 +194,7 @@ def test_an_mlflow_run_id_alone_stylises_with_the_decoders_logged_beside_its_ada
 
 
 def test_adapters_lists_each_logged_adapter_with_its_lora_config_and_test_losses(store):
-    from nstlab.tracking_queries import log_to_run
+    from nstlab.tracking.queries import log_to_run
 
     log_to_run(
         store["cfg"].mlflow,

@@ -188,7 +188,7 @@ def test_a_dir_source_overlapping_the_output_is_refused(tmp_path):
 
 def test_dir_sources_for_both_roles_feed_the_same_pair_stage(tmp_path):
     from nstlab.config import load_config
-    from nstlab.stages import download_stage, pair_stage
+    from nstlab.data.stages import download_stage, pair_stage
 
     from conftest import REPO
 

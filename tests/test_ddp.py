@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from nstlab import distributed
-from nstlab.checkpoint import load_checkpoint
+from nstlab.training import distributed
+from nstlab.training.checkpoint import load_checkpoint
 from nstlab.data.dataset import EpochSampler
 from nstlab.errors import NstlabError
-from nstlab.train import Trainer, check_distributable, train
+from nstlab.training.trainer import Trainer, check_distributable, train
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 pairs, global batch 2 (1 per rank), 2 epochs = 8 steps. Dropout off: its masks depend on how
@@ -131,7 +131,7 @@ def test_methods_ddp_cannot_train_and_batches_that_do_not_split_are_refused():
 def test_torchrun_writes_one_run_and_matches_one_process_on_the_same_global_batch(
     tiny_config, tiny_overrides, tiny_pairs, tmp_path, monkeypatch
 ):
-    from nstlab.tracking_queries import search_runs
+    from nstlab.tracking.queries import search_runs
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     cfg = tiny_config(*RUN)

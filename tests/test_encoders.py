@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nstlab.encoders import NormalisedVGG, ResNet50Features, TorchVGG19, load_weights
+from nstlab.models.encoders import NormalisedVGG, ResNet50Features, TorchVGG19, load_weights
 from nstlab.errors import ConfigError
 
 

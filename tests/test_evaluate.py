@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from nstlab import evaluate
-from nstlab.checkpoint import save_atomic, trained_state
+from nstlab.evaluation import evaluate
+from nstlab.training.checkpoint import save_atomic, trained_state
 from nstlab.errors import NstlabError
-from nstlab.evaluate import ALPHA_MODELS, Scorer, stylize_file
+from nstlab.evaluation.evaluate import ALPHA_MODELS, Scorer, stylize_file
 
 MODELS = ("vit_lora", "stytr2", "adain", "sanet", "mcc", "artflow", "iest", "gatys")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.models.vgg import cfgs, make_layers
 
-from nstlab.encoders import PAPER_LAYERS, TorchVGG19
+from nstlab.models.encoders import PAPER_LAYERS, TorchVGG19
 from nstlab.functional import imagenet_normalize
 from nstlab.losses import identity_terms
 

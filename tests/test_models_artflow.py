@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nstlab.checkpoint import load_trained_state, trained_state
+from nstlab.training.checkpoint import load_trained_state, trained_state
 from nstlab.errors import ConfigError
 from nstlab.models.artflow import ArtFlow, wct
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nstlab.encoders import VGG_LAYERS, NormalisedVGG, pad_for_vgg
+from nstlab.models.encoders import VGG_LAYERS, NormalisedVGG, pad_for_vgg
 from nstlab.errors import ConfigError
 from nstlab.losses import mean_std_style_loss, normalised_content_loss
 from nstlab.models.blocks import AdaINDecoder, count_parameters, method_settings

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from nstlab.errors import ConfigError, NstlabError
 from nstlab.functional import gram, total_variation
 from nstlab.functional import IMAGENET_STD, imagenet_normalize
-from nstlab.gatys_settings import SEED_LAYER_WEIGHTS, settings_from_options
+from nstlab.config.gatys import SEED_LAYER_WEIGHTS, settings_from_options
 from nstlab.models.gatys import GatysTransfer, build, style_layer_loss
 
 VGG_WIDTH = 0.125
@@ -328,8 +328,8 @@ def test_vit_extractor_from_pretrained(tmp_path):
 
 
 def test_every_ablation_in_the_grid_file_resolves(tiny_config):
-    from nstlab.ablate import override_args, read_grid
-    from nstlab.gatys_settings import settings_from_config
+    from nstlab.tracking.ablate import override_args, read_grid
+    from nstlab.config.gatys import settings_from_config
 
     from conftest import REPO
 
@@ -353,7 +353,7 @@ def test_every_ablation_in_the_grid_file_resolves(tiny_config):
 def test_resnet50_weights_from_a_file(tmp_path):
     from torchvision.models import resnet50
 
-    from nstlab.encoders import ResNet50Features
+    from nstlab.models.encoders import ResNet50Features
 
     state = {key: value for key, value in resnet50().state_dict().items() if not key.startswith("fc.")}
     torch.save(state, tmp_path / "resnet50.pth")

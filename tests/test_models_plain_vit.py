@@ -15,10 +15,10 @@ from peft import LoraConfig, get_peft_model
 from transformers import ViTConfig, ViTModel
 
 from conftest import REPO, TINY, TINY_VIT
-from nstlab.checkpoint import save_atomic, trained_state
+from nstlab.training.checkpoint import save_atomic, trained_state
 from nstlab.config import load_config, lora_modules
 from nstlab.errors import NstlabError
-from nstlab.evaluate import load_model
+from nstlab.evaluation.evaluate import load_model
 from nstlab.models import build_model
 from nstlab.models.plain_vit import PlainViT, ViTSpec, load_pretrained, add_lora, pretrained_files
 from nstlab.models.vit_lora import load_for_inference

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nstlab.encoders import VGG_LAYERS
+from nstlab.models.encoders import VGG_LAYERS
 from nstlab.errors import ConfigError
 from nstlab.functional import mvn
 from nstlab.models import build_model

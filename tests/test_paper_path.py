@@ -31,7 +31,7 @@ def weights(tmp_path_factory):
     weights, a VGG-19 `features.*` state dict and a vgg_normalised-style state dict."""
     from transformers import ViTConfig, ViTModel
 
-    from nstlab.encoders import NormalisedVGG, _vgg19_features
+    from nstlab.models.encoders import NormalisedVGG, _vgg19_features
 
     root = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)

@@ -133,7 +133,7 @@ def test_ablate_runs_a_grid_from_the_dvc_queue_and_skips_done_configs(repo):
     """A grid half done (r=32 finished by the experiment above, as if a grid run was killed
     after it): ablate runs only the other two, two at a time; a rerun queues nothing."""
     from nstlab.config import MlflowConfig
-    from nstlab.tracking_queries import search_runs
+    from nstlab.tracking.queries import search_runs
 
     root, env = repo
     store = MlflowConfig(tracking_uri=f"sqlite:///{root / 'mlruns.db'}", experiment="nstlab")

@@ -5,7 +5,7 @@ import torch
 
 from nstlab import runtime
 from nstlab.runtime import autocast_dtype
-from nstlab.train import train
+from nstlab.training.trainer import train
 
 CPU = torch.device("cpu")
 FAST = [

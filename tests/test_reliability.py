@@ -28,17 +28,17 @@ import torch
 import yaml
 from PIL import Image
 
-import nstlab.checkpoint
+import nstlab.training.checkpoint
 from conftest import REPO, TINY
 from conftest_data import fake_mirror, noise_image, serve_coco, serve_wikiart, write_image  # noqa: F401 (fixture)
 from test_data_images import png_header_only
-from nstlab.checkpoint import load_checkpoint, save_atomic
+from nstlab.training.checkpoint import load_checkpoint, save_atomic
 from nstlab.cli import main
 from nstlab.config import load_config, parse_override
 from nstlab.data.images import load_rgb
 from nstlab.data.pairs import build_pairs
 from nstlab.errors import ImageError, NstlabError
-from nstlab.train import Trainer, train
+from nstlab.training.trainer import Trainer, train
 
 _SCRIPT = Path(sys.executable).with_name("nstlab")
 NSTLAB = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "nstlab"]
@@ -613,7 +613,7 @@ HOLD_AFTER_STEP = 24
 TRAIN_THEN_HOLD = f"""
 import sys, threading
 from nstlab.cli import main
-from nstlab.train import Trainer
+from nstlab.training.trainer import Trainer
 
 checkpoint = Trainer._validate_and_checkpoint
 
@@ -711,9 +711,11 @@ def _fill_disk(monkeypatch, how: str) -> None:
             handle.write(b"PK\x03\x04" + bytes(4000))
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        monkeypatch.setattr(nstlab.checkpoint.torch, "save", save_part_then_fail)
+        monkeypatch.setattr(nstlab.training.checkpoint.torch, "save", save_part_then_fail)
     else:  # the real torch.save, whose zip writer then fails (it raises RuntimeError)
-        monkeypatch.setattr(nstlab.checkpoint, "open", lambda file, mode: FullDisk(file, mode), raising=False)
+        monkeypatch.setattr(
+            nstlab.training.checkpoint, "open", lambda file, mode: FullDisk(file, mode), raising=False
+        )
 
 
 @pytest.mark.parametrize("how", ["torch.save raises", "the file write fails"])
@@ -752,7 +754,7 @@ def test_a_full_disk_during_training_stops_it_with_the_last_checkpoint_intact(
         monkeypatch.context() as patch,
         pytest.raises(NstlabError, match=r"last.pt: checkpoint not written \(No"),
     ):
-        patch.setattr(nstlab.checkpoint.torch, "save", fail_the_second_checkpoint)
+        patch.setattr(nstlab.training.checkpoint.torch, "save", fail_the_second_checkpoint)
         train(
             cfg,
             "vit_lora",
@@ -863,7 +865,7 @@ def _fail_at_step(monkeypatch, error: BaseException, at_step: int = 3) -> None:
 def test_an_exception_in_a_training_stage_ends_the_run_as_failed(
     tiny_config, tiny_pairs, tracked, monkeypatch
 ):
-    from nstlab.tracking_queries import search_runs
+    from nstlab.tracking.queries import search_runs
 
     cfg = tiny_config(*SCHEDULE)
     _fail_at_step(monkeypatch, RuntimeError("simulated fault"))
@@ -874,7 +876,7 @@ def test_an_exception_in_a_training_stage_ends_the_run_as_failed(
 
 
 def test_ctrl_c_in_a_training_stage_ends_the_run_as_killed(tiny_config, tiny_pairs, tracked, monkeypatch):
-    from nstlab.tracking_queries import search_runs
+    from nstlab.tracking.queries import search_runs
 
     cfg = tiny_config(*SCHEDULE)
     _fail_at_step(monkeypatch, KeyboardInterrupt())
@@ -887,7 +889,7 @@ def test_ctrl_c_in_a_training_stage_ends_the_run_as_killed(tiny_config, tiny_pai
 
 def test_sigterm_in_a_training_stage_ends_it_as_ctrl_c_does(tiny_config, tiny_pairs, tracked, monkeypatch):
     """`kill` (or a scheduler's stop) used to end the process on the spot: run RUNNING, steps lost."""
-    from nstlab.tracking_queries import search_runs
+    from nstlab.tracking.queries import search_runs
 
     cfg = tiny_config(*SCHEDULE)
     original_step, handler_before = Trainer._step, signal.getsignal(signal.SIGTERM)

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 
 from nstlab.config import canonical_targets
-from nstlab.records import evaluation_record_paths, write_record
-from nstlab.report import build_report, table2
-from nstlab.tracking import Tracker
+from nstlab.tracking.records import evaluation_record_paths, write_record
+from nstlab.report.build import build_report, table2
+from nstlab.tracking.run import Tracker
 
 CONFIGS = [  # (r, targets, encoder layers, decoder layers, test content, test style)
     (16, ["query", "value"], 6, 3, 1.5, 0.25),
@@ -167,7 +167,7 @@ def test_gallery_renders_in_a_real_browser_with_every_image_loaded(store, tmp_pa
 
 
 def test_pareto_front_keeps_the_points_nothing_beats_on_both_cost_and_loss():
-    from nstlab.report import pareto_front
+    from nstlab.report.build import pareto_front
 
     costs, losses = [1, 2, 3, 2, 1], [3, 1, 2, 3, 3]
     # (3, 2) loses to (2, 1); (2, 3) loses to (1, 3); the two equal (1, 3) points do not beat each other.
@@ -178,7 +178,7 @@ def test_pareto_front_keeps_the_points_nothing_beats_on_both_cost_and_loss():
 def test_quality_vs_cost_figure_sits_next_to_table2(store, tmp_path):
     from PIL import Image
 
-    from nstlab.report import quality_vs_cost
+    from nstlab.report.build import quality_vs_cost
 
     reports = tmp_path / "reports"
     result = build_report(store, reports_dir=reports)
@@ -215,8 +215,8 @@ UI_FAST = [
 def demo_like_store(tmp_path, tiny_config, tiny_pairs, monkeypatch):
     """What the demo's repro leaves in MLflow, in small: ViT-LoRA stage 1 and 2 trained and
     evaluated, and a Gatys evaluation run, logged by the project's own code."""
-    from nstlab.evaluate import evaluate_model
-    from nstlab.train import train
+    from nstlab.evaluation.evaluate import evaluate_model
+    from nstlab.training.trainer import train
 
     store = tmp_path / "mlruns.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
@@ -317,7 +317,7 @@ def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_table2(mlfl
     from mlflow.tracking import MlflowClient
 
     from nstlab.data.version import dvc_md5
-    from nstlab.tracking import MODEL_TRAINING_QUERY, table2_url
+    from nstlab.tracking.view import MODEL_TRAINING_QUERY, table2_url
 
     client = MlflowClient(mlflow_ui)
     experiment = client.get_experiment_by_name("nstlab")
@@ -376,7 +376,7 @@ def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_table2(mlfl
 def _seed_run(cfg, content: float, style: float) -> str:
     """A stage-2 run as the trainer logs it (nested under its configuration, every param), with
     the test losses the evaluate stage adds."""
-    from nstlab.tracking import seed_group
+    from nstlab.tracking.groups import seed_group
 
     name = f"vit_lora-r{cfg.lora.r}"
     with Tracker(
@@ -443,7 +443,7 @@ def test_table2_gives_mean_std_and_n_over_the_seeds_of_each_configuration(seeded
 
 
 def test_table1_reads_every_seed_of_a_models_configuration_from_mlflow(seeded_store, tmp_path):
-    from nstlab.report import table1
+    from nstlab.report.build import table1
 
     cfg, runs = seeded_store
     reports = tmp_path / "reports"
@@ -467,7 +467,7 @@ def test_quality_vs_cost_draws_the_seed_spread_as_error_bars(seeded_store, tmp_p
     import numpy as np
     from PIL import Image
 
-    from nstlab.report import quality_vs_cost
+    from nstlab.report.build import quality_vs_cost
 
     cfg, _ = seeded_store
     rows = table2(cfg)

@@ -5,10 +5,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nstlab.ablate import override_args
+from nstlab.tracking.ablate import override_args
 from nstlab.config import load_config
-from nstlab.report_gatys import OPTIONS, effective, gatys_section, param_value
-from nstlab.tracking import Tracker
+from nstlab.report.gatys import OPTIONS, effective, gatys_section, param_value
+from nstlab.tracking.run import Tracker
 
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = REPO / "experiments" / "gatys.yaml"

@@ -4,7 +4,7 @@ import math
 
 import pandas as pd
 
-from nstlab.spread import BEST, WITHIN, cell, display, mark, summarise, within_spread
+from nstlab.report.spread import BEST, WITHIN, cell, display, mark, summarise, within_spread
 
 
 def test_summarise_gives_mean_sample_std_and_n_per_configuration():

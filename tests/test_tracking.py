@@ -2,8 +2,10 @@
 
 import pytest
 
-from nstlab.tracking import Tracker, find_or_create_parent, seed_group
-from nstlab.tracking_queries import search_runs
+from nstlab.tracking.groups import find_or_create_parent, seed_group
+
+from nstlab.tracking.run import Tracker
+from nstlab.tracking.queries import search_runs
 
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient
@@ -73,7 +75,7 @@ def test_two_processes_creating_one_parent_both_keep_the_oldest(store, tiny_conf
 
 
 def test_the_seed_stays_out_of_the_configuration_digest_only(tiny_config):
-    from nstlab.checkpoint import run_digest
+    from nstlab.training.checkpoint import run_digest
 
     one, two = tiny_config("seed=1"), tiny_config("seed=2")
     assert run_digest(one, "vit_lora", 2) != run_digest(two, "vit_lora", 2)
@@ -85,7 +87,7 @@ def test_the_seed_stays_out_of_the_configuration_digest_only(tiny_config):
 
 
 def test_a_baselines_seeds_share_a_parent_across_grid_experiments_that_differ_in_lora_keys(tiny_config):
-    from nstlab.checkpoint import run_digest
+    from nstlab.training.checkpoint import run_digest
 
     def family(method: str, stage: int, *overrides: str) -> str:
         return run_digest(tiny_config(*overrides), method, stage, with_seed=False)

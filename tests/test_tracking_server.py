@@ -16,11 +16,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nstlab import tracking
-from nstlab.checkpoint import load_checkpoint
+from nstlab.tracking import buffer, source, view
+from nstlab.training.checkpoint import load_checkpoint
 from nstlab.cli import app, main
-from nstlab.tracking import Buffer, Tracker, sync_buffers
-from nstlab.train import Trainer, train
+from nstlab.tracking.buffer import Buffer, sync_buffers
+from nstlab.tracking.run import Tracker
+from nstlab.training.trainer import Trainer, train
 
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -187,7 +188,7 @@ def store(tmp_path, monkeypatch, tiny_config):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     outage = {"on": False, "attempts": 0, "fail_after": None}
-    deliver, create_run = tracking._deliver, tracking._create_run
+    deliver, create_run = buffer.deliver, buffer.create_run
 
     def failing(function):
         def call(*args):
@@ -203,8 +204,8 @@ def store(tmp_path, monkeypatch, tiny_config):
 
         return call
 
-    monkeypatch.setattr(tracking, "_deliver", failing(deliver))
-    monkeypatch.setattr(tracking, "_create_run", failing(create_run))
+    monkeypatch.setattr(buffer, "deliver", failing(deliver))
+    monkeypatch.setattr(buffer, "create_run", failing(create_run))
     return tiny_config().mlflow, outage
 
 
@@ -216,7 +217,7 @@ def test_an_outage_is_buffered_retried_at_most_every_n_seconds_and_replayed_in_o
     store, monkeypatch, tmp_path
 ):
     cfg, outage = store
-    monkeypatch.setattr(tracking, "RETRY_SECONDS", 3600.0)  # no retry while steps 2-4 log, however slow
+    monkeypatch.setattr(buffer, "RETRY_SECONDS", 3600.0)  # no retry while steps 2-4 log, however slow
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with Tracker(cfg, "outage", {"model": "test"}) as tracker:
@@ -228,7 +229,7 @@ def test_an_outage_is_buffered_retried_at_most_every_n_seconds_and_replayed_in_o
             assert len(list((tmp_path / "mlruns-buffer").glob("*.jsonl"))) == 1
             outage["on"] = False
             now = time.monotonic
-            monkeypatch.setattr(tracking.time, "monotonic", lambda: now() + 3600.0)  # the retry time has come
+            monkeypatch.setattr(buffer.time, "monotonic", lambda: now() + 3600.0)  # the retry time has come
             tracker.log_metrics({"loss": 5.0}, step=5)  # replays 2-4 first, then goes straight through
             assert not list((tmp_path / "mlruns-buffer").glob("*.jsonl"))
             tracker.log_metrics({"loss": 6.0}, step=6)
@@ -320,7 +321,7 @@ def test_sync_leaves_the_buffer_of_a_running_training_alone(store, tmp_path):
 def test_http_settings_fail_fast_only_where_the_user_set_none(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
-    with tracking._fail_fast(0):
+    with buffer.fail_fast(0):
         assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
         assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
     assert (
@@ -330,8 +331,8 @@ def test_http_settings_fail_fast_only_where_the_user_set_none(monkeypatch):
 
 
 def test_table2_rows_link_to_their_run_page_on_the_server(server, tiny_config, run_dirs, monkeypatch):
-    from nstlab.report import table2
-    from nstlab.report_tables import html_table
+    from nstlab.report.build import table2
+    from nstlab.report.tables import html_table
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     cfg = tiny_config()
@@ -377,9 +378,9 @@ def test_the_table2_view_shows_the_params_the_table2_grid_ablates():
 
     grid = yaml.safe_load((REPO / "experiments" / "table2.yaml").read_text())["experiments"]
     ablated = {key for point in grid.values() for key in point}
-    assert set(tracking.TABLE2_ABLATED) == ablated
-    assert {f"params.`{key}`" for key in ablated} <= set(tracking.TABLE2_VIEW["selectedColumns"])
-    assert tracking.table2_url("http://127.0.0.1:5000/", "1") == (
+    assert set(view.TABLE2_ABLATED) == ablated
+    assert {f"params.`{key}`" for key in ablated} <= set(view.TABLE2_VIEW["selectedColumns"])
+    assert view.table2_url("http://127.0.0.1:5000/", "1") == (
         "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=table2"
     )
 
@@ -388,16 +389,16 @@ def test_source_tags_name_the_entry_point_as_the_repository_does(tmp_path, monke
     monkeypatch.chdir(tmp_path)  # a queued DVC experiment runs in a temp copy below DVC_ROOT
     monkeypatch.setenv("DVC_ROOT", str(tmp_path.parent))
     monkeypatch.setattr(sys, "argv", ["pipeline/train.py", "vit_lora"])
-    tags = tracking.source_tags()
+    tags = source.source_tags()
     assert tags["mlflow.source.name"] == "pipeline/train.py" and tags["mlflow.source.type"] == "LOCAL"
     monkeypatch.setattr(sys, "argv", [str(tmp_path / ".venv" / "bin" / "nstlab"), "train"])
-    assert tracking.source_tags()["mlflow.source.name"] == "nstlab"
-    assert tracking.repo_path(tmp_path / "data" / "pairs") == "data/pairs"
-    assert tracking.repo_path(Path("/elsewhere/pairs")) == "/elsewhere/pairs"
+    assert source.source_tags()["mlflow.source.name"] == "nstlab"
+    assert source.repo_path(tmp_path / "data" / "pairs") == "data/pairs"
+    assert source.repo_path(Path("/elsewhere/pairs")) == "/elsewhere/pairs"
 
 
 def test_a_buffered_seed_run_nests_under_its_configuration_when_synced(store, tiny_config):
-    from nstlab.tracking import seed_group
+    from nstlab.tracking.groups import seed_group
 
     cfg, outage = store
     outage["on"] = True

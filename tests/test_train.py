@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nstlab.checkpoint import load_checkpoint
+from nstlab.training.checkpoint import load_checkpoint
 from nstlab.errors import NstlabError
-from nstlab.train import Trainer, train
+from nstlab.training.trainer import Trainer, train
 
 FAST = [
     "train.batch_size=2",
@@ -39,7 +39,7 @@ def _weights(path):
 
 
 def test_two_stages_write_weights_logs_adapter_and_an_mlflow_run(tiny_config, tiny_pairs, run_dirs):
-    from nstlab.tracking_queries import search_runs
+    from nstlab.tracking.queries import search_runs
 
     cfg = tiny_config(*FAST)
     first = train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, **run_dirs)
@@ -81,7 +81,7 @@ def test_a_run_logs_its_own_params_its_data_version_and_its_source(
     from mlflow.tracking import MlflowClient
 
     from nstlab.data.version import dvc_md5
-    from nstlab.tracking_queries import search_runs
+    from nstlab.tracking.queries import search_runs
 
     cfg = tiny_config(*FAST, "lora.r=8")
     train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, **run_dirs)
@@ -174,7 +174,7 @@ def test_a_nan_loss_stops_with_a_message_keeps_the_checkpoint_and_fails_the_run(
     tiny_config, tiny_pairs, run_dirs, monkeypatch
 ):
     from nstlab.models.vit_lora import ViTLoRA
-    from nstlab.tracking_queries import search_runs
+    from nstlab.tracking.queries import search_runs
 
     cfg = tiny_config(*FAST)
     original = ViTLoRA.losses

@@ -50,7 +50,7 @@ import torch
 from PIL import Image
 from transformers import ViTConfig, ViTModel
 
-from nstlab.checkpoint import save_atomic, trained_state
+from nstlab.training.checkpoint import save_atomic, trained_state
 from nstlab.config import load_config
 from nstlab.models import build_model
 

@@ -19,7 +19,7 @@ import torch
 from nstlab.config import load_config
 from nstlab.models import build_model
 from nstlab.runtime import keep_freed_memory, use_fast_dropout
-from nstlab.train import train_step
+from nstlab.training.trainer import train_step
 
 CPU = torch.device("cpu")
 OVERRIDES = ["profile=paper", "backbone.vit=random", "backbone.vgg19=random", "train.batch_size=4"]

@@ -43,7 +43,7 @@ def download(
     progress: ProgressOption = True,
 ) -> None:
     """Fetch the content and style images of the active profile (demo: copy the embedded ones)."""
-    from nstlab.stages import download_stage
+    from nstlab.data.stages import download_stage
 
     download_stage(_config(params, set_), out, progress=progress)
 
@@ -57,7 +57,7 @@ def pair(
     progress: ProgressOption = True,
 ) -> None:
     """Split images into disjoint train/val/test sets, draw seeded (content, style) pairs, pre-resize."""
-    from nstlab.stages import pair_stage
+    from nstlab.data.stages import pair_stage
 
     pair_stage(_config(params, set_), raw, out, progress=progress)
 
@@ -77,7 +77,7 @@ def train(
     progress: ProgressOption = True,
 ) -> None:
     """Train one model (one ViT-LoRA stage); logs to MLflow, checkpoints, resumes."""
-    from nstlab.train import train as run_training
+    from nstlab.training.trainer import train as run_training
 
     if resume not in ("auto", "never", "require"):
         raise NstlabError(f"--resume {resume!r}: choose auto, never or require")
@@ -106,7 +106,7 @@ def evaluate(
     progress: ProgressOption = True,
 ) -> None:
     """Stylise every test pair and write reports/metrics/<model>.json and the outputs."""
-    from nstlab.evaluate import evaluate_model
+    from nstlab.evaluation.evaluate import evaluate_model
 
     evaluate_model(
         _config(params, set_), method, pairs_dir=pairs, models_dir=models, reports_dir=out, progress=progress
@@ -121,7 +121,7 @@ def report(
     pairs: Path = Path("data/pairs"),
 ) -> None:
     """Write Table 1, Table 2, figures and the HTML gallery from the metrics and MLflow."""
-    from nstlab.report import build_report
+    from nstlab.report.build import build_report
 
     build_report(_config(params, set_), reports_dir=out, pairs_dir=pairs)
 
@@ -162,7 +162,7 @@ def stylize(
     set_: SetOption = None,
 ) -> None:
     """Stylise one image with a trained model (any size), or with each of several LoRA adapters."""
-    from nstlab.evaluate import stylize_file
+    from nstlab.evaluation.evaluate import stylize_file
 
     style_weights = _parse_weights(weights, len(styles))
     written = stylize_file(
@@ -189,7 +189,7 @@ def adapters(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """List the ViT-LoRA adapters in MLflow: LoRA config and test losses, ready for stylize --adapter."""
-    from nstlab.report import adapters_table
+    from nstlab.report.build import adapters_table
 
     table = adapters_table(_config(params, set_))
     if as_json:
@@ -201,7 +201,7 @@ def adapters(
 @app.command()
 def sync() -> None:
     """Send the MLflow calls buffered while the tracking server was down (mlruns-buffer/); idempotent."""
-    from nstlab.tracking import sync_buffers
+    from nstlab.tracking.buffer import sync_buffers
 
     lines, left = sync_buffers()
     typer.echo("\n".join(lines) or "nothing to sync")
@@ -253,7 +253,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Parameter counts per part (trainable and frozen) of a model under the current config."""
-    from nstlab.evaluate import describe_model
+    from nstlab.evaluation.evaluate import describe_model
 
     counts = describe_model(_config(params, set_), model, stage)
     if as_json:
@@ -280,7 +280,7 @@ def ablate(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Queue every configuration of a grid as a DVC experiment, run the queue, rebuild the report."""
-    from nstlab.ablate import run_grid
+    from nstlab.tracking.ablate import run_grid
 
     run_grid(grid, jobs=jobs, force=force, dry_run=dry_run, params_path=params, seeds=seeds)
 
@@ -298,7 +298,7 @@ def bench(
     out: Annotated[Path | None, typer.Option(help="also write the JSON here")] = None,
 ) -> None:
     """Time the training step (pairs/s) or stylisation (ms/image) on this machine."""
-    from nstlab.bench import run_benchmark
+    from nstlab.training.bench import run_benchmark
 
     result = run_benchmark(_config(params, set_), what, steps=steps, warmup=warmup, size=(height, width))
     text = json.dumps(result, indent=2)

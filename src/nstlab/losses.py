@@ -1,6 +1,6 @@
 """The loss functions, and the two loss networks that pair a frozen encoder with them.
 
-Encode once, score many: a loss network (nstlab.encoders) runs once per batch and returns every
+Encode once, score many: a loss network (nstlab.models.encoders) runs once per batch and returns every
 tapped layer; the loss functions read that dict. They return unweighted terms; weights are
 applied by the caller (trainer or evaluator).
 """
@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nstlab.encoders import PAPER_LAYERS, VGG_LAYERS, NormalisedVGG, TorchVGG19
+from nstlab.models.encoders import PAPER_LAYERS, VGG_LAYERS, NormalisedVGG, TorchVGG19
 from nstlab.functional import ADAIN_EPS, mean_std, mean_std_loss, mvn
 
 Features = dict[str, torch.Tensor]

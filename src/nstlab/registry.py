@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from nstlab.errors import ConfigError
 
-TRAINED = "trained"  # a feed-forward network that nstlab.train trains
+TRAINED = "trained"  # a feed-forward network that nstlab.training.trainer trains
 OPTIMISED = "optimised"  # nothing trains: each image is optimised at evaluation (Gatys)
 
 

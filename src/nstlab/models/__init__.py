@@ -22,7 +22,7 @@ What differs in training, each optional, with the default in brackets:
 - `model.save_beside_weights(out_dir) -> [(path, MLflow artifact folder)]`: files written
   beside model.pt from the best weights (ViT-LoRA's adapters) [nothing].
 - module-level `train_spec(cfg, stage, n_train_pairs) -> TrainSpec` [its baselines block,
-  nstlab.schedule.baseline_spec]; `run_name(cfg, stage)` [the method's name];
+  nstlab.training.schedule.baseline_spec]; `run_name(cfg, stage)` [the method's name];
   `prepare_training(model, cfg, stage, models_dir)`, run after `build` [nothing];
   `SINGLE_PROCESS_ONLY`: why it cannot train under torchrun [it can].
 
@@ -62,7 +62,7 @@ def run_name(name: str, cfg, stage: int) -> str:
 
 def train_spec(name: str, cfg, stage: int, n_train_pairs: int):
     """What one training of `name` runs: its module's `train_spec`, else its baselines block."""
-    from nstlab.schedule import baseline_spec
+    from nstlab.training.schedule import baseline_spec
 
     hook = getattr(method_module(name), "train_spec", None)
     if hook:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from nstlab.encoders import VGG_LAYERS, pad_for_vgg
+from nstlab.models.encoders import VGG_LAYERS, pad_for_vgg
 from nstlab.errors import NstlabError
 from nstlab.functional import adain, crop_to
 from nstlab.losses import mean_std_style_loss

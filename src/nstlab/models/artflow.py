@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nstlab.encoders import NormalisedVGG
+from nstlab.models.encoders import NormalisedVGG
 from nstlab.errors import ConfigError
 from nstlab.functional import adain, crop_to, pad_to_multiple
 from nstlab.losses import mean_std_style_loss

@@ -4,7 +4,7 @@
 - parameter counting for `nstlab info`.
 - the AdaIN family's parts: the AdaIN decoder and `FeatureTransferNet`, the encoder → transform
   → decoder skeleton that AdaIN, SANet, MCC and IEST share around the frozen normalised VGG-19
-  (nstlab.encoders; StyTr² reuses the decoder).
+  (nstlab.models.encoders; StyTr² reuses the decoder).
 """
 
 from collections.abc import Callable, Mapping
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nstlab.encoders import NormalisedVGG, pad_for_vgg, reflect_conv, scaled_channels
+from nstlab.models.encoders import NormalisedVGG, pad_for_vgg, reflect_conv, scaled_channels
 from nstlab.errors import ConfigError
 from nstlab.functional import crop_to
 from nstlab.losses import identity_terms, mean_std_style_loss, normalised_content_loss

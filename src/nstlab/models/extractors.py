@@ -1,10 +1,10 @@
 """Gatys' extractors: the ViT feature extractor, and `build_extractor` over every kind.
 
-The CNN extractors (VGG-19, ResNet-50) live in nstlab.encoders with the other frozen networks;
+The CNN extractors (VGG-19, ResNet-50) live in nstlab.models.encoders with the other frozen networks;
 the ViT one stays here beside the ViT loading code. Each maps (B, 3, H, W) RGB in [0, 1] to
 {layer name: (B, C, h, w)} for the layers it was built with. Weights: "random" (seeded init, the
 offline demo), "imagenet" (torchvision; CNNs only), a path (CNNs: a state-dict file; ViT: a
-`save_pretrained` directory) or a Hugging Face hub id (ViT). Layer names: nstlab.layer_names
+`save_pretrained` directory) or a Hugging Face hub id (ViT). Layer names: nstlab.config.layer_names
 (ViT `block1` … `blockN`: the residual stream after block N, CLS dropped, tokens laid out as a
 (C, H/p, W/p) grid).
 """
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from nstlab.encoders import FrozenEncoder, ResNet50Features, TorchVGG19
+from nstlab.models.encoders import FrozenEncoder, ResNet50Features, TorchVGG19
 from nstlab.errors import ConfigError
 from nstlab.functional import imagenet_normalize, pad_to_multiple
-from nstlab.layer_names import VIT_LAYER
+from nstlab.config.layer_names import VIT_LAYER
 from nstlab.runtime import seeded
 
 

@@ -13,7 +13,7 @@ Two presets (`preset`), every field overridable:
   optimised tensor is the ImageNet-normalised image, never clamped (only the picture is). The report
   taps torchvision's `features` by index 0, 5, 10, 19, 21, 28 ("conv1_1 … conv5_1, conv4_2"),
   but with its in-place ReLUs those tensors hold relu1_1 … relu5_1 and relu4_2 by the time the
-  loss reads them, so we tap the ReLU outputs by name (out-of-place ReLUs, nstlab.encoders).
+  loss reads them, so we tap the ReLU outputs by name (out-of-place ReLUs, nstlab.models.encoders).
 - "reference", pystiche's reading of Gatys 2016: relu4_2 content, style layer weights 1/C²,
   G = F·Fᵀ/(h·w) and mean((G_o − G_s)²) per layer, β 1e3, L-BFGS lr 1, 500 steps, the short edge
   capped at 512 (styles keep their aspect, short edge matched); pystiche too optimises the
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from nstlab.errors import ConfigError, NstlabError
 from nstlab.functional import gram, imagenet_denormalize, imagenet_normalize, laplacian, total_variation
-from nstlab.gatys_settings import (
+from nstlab.config.gatys import (
     INVERSE_CHANNELS_SQUARED,
     LOSS_TERMS,
     MIN_SIDE,
@@ -49,7 +49,7 @@ from nstlab.gatys_settings import (
     GatysSettings,
     settings_from_config,
 )
-from nstlab.layer_names import default_layers
+from nstlab.config.layer_names import default_layers
 from nstlab.losses import feature_mse
 from nstlab.models.blocks import count_parameters
 from nstlab.models.extractors import build_extractor, vit_block_count

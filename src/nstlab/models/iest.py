@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nstlab.encoders import scaled_channels
+from nstlab.models.encoders import scaled_channels
 from nstlab.errors import ConfigError
 from nstlab.models import Optimizers, default_optimizer
 from nstlab.models.sanet import SANet

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nstlab.encoders import pad_for_vgg
+from nstlab.models.encoders import pad_for_vgg
 from nstlab.errors import ConfigError
 from nstlab.functional import crop_to, pad_to_multiple
 from nstlab.losses import identity_terms, loss_network

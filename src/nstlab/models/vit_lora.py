@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
-from nstlab.checkpoint import check_trained_keys, load_checkpoint, load_trained_state, trained_state
+from nstlab.training.checkpoint import check_trained_keys, load_checkpoint, load_trained_state, trained_state
 from nstlab.config import Config, lora_modules, short_targets
 from nstlab.errors import ConfigError, NstlabError
 from nstlab.functional import crop_to, imagenet_denormalize, imagenet_normalize, pad_to_multiple
@@ -35,7 +35,7 @@ from nstlab.registry import output_key
 from nstlab.runtime import seeded
 
 if TYPE_CHECKING:
-    from nstlab.schedule import TrainSpec
+    from nstlab.training.schedule import TrainSpec
 
 PATCH = 16
 LOSS_TERMS = ("content", "style", "identity1", "identity2")
@@ -377,7 +377,7 @@ def load_for_inference(cfg: Config, checkpoint: Path) -> ViTLoRA | None:
     return model.eval()
 
 
-# -- training: two stages (nstlab.train calls these hooks; see nstlab.models) ------------------
+# -- training: two stages (nstlab.training.trainer calls these hooks; see nstlab.models) ------------------
 
 
 def run_name(cfg: Config, stage: int) -> str:
@@ -390,7 +390,10 @@ def run_name(cfg: Config, stage: int) -> str:
 def train_spec(cfg: Config, stage: int, n_train_pairs: int) -> "TrainSpec":
     """Both stages train by the `train` block: its batch size and lr, the stage's epochs and
     MultiStepLR milestones."""
-    from nstlab.schedule import TrainSpec, multistep_factor  # training only: stylising does not import it
+    from nstlab.training.schedule import (
+        TrainSpec,
+        multistep_factor,
+    )  # training only: stylising does not import it
 
     if stage not in (1, 2):
         raise NstlabError("vit_lora trains in two stages: pass --stage 1 or --stage 2")

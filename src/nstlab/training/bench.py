@@ -56,7 +56,7 @@ def run_benchmark(
     from nstlab.errors import NstlabError
     from nstlab.models import build_model
     from nstlab.runtime import autocast, autocast_dtype, keep_freed_memory, pick_device
-    from nstlab.train import train_step
+    from nstlab.training.trainer import train_step
 
     if what not in ("train", "stylize"):
         raise NstlabError(f"bench {what!r}: choose train or stylize")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from nstlab.checkpoint import load_checkpoint
+from nstlab.training.checkpoint import load_checkpoint
 from nstlab.config import Config
 from nstlab.errors import NstlabError
 from nstlab.models import build_model
@@ -61,7 +61,7 @@ def _resolve_adapter(cfg: Config, reference: str, models_dir: Path, scratch: Pat
         raise NstlabError(
             f"--adapter {reference}: no such directory, and not an MLflow run id or runs:/<run id>/<path>"
         )
-    from nstlab.tracking_queries import download_artifact
+    from nstlab.tracking.queries import download_artifact
 
     folder = download_artifact(cfg.mlflow, run_id, artifact.strip("/") or "adapter", scratch / run_id)
     logged = folder / "model.pt"  # runs log their stage-2 weights with the adapter; older ones did not

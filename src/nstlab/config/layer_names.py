@@ -1,5 +1,5 @@
 """Names of the frozen encoders' layers, torch-free: config validation reads them without
-building a network (nstlab.encoders builds the networks).
+building a network (nstlab.models.encoders builds the networks).
 
 VGG-19 `conv1_1`, `relu1_1`, …, `pool5` (torchvision's `features` by index); ResNet-50 `stem`
 (after the max-pool), `layer1` … `layer4`; ViT `block1` … `blockN` (the residual stream after

@@ -1,6 +1,6 @@
 """How the report writes a table: CSV + markdown with the profile note, and HTML fragments.
 
-Shared by the report builder (nstlab.report) and its Gatys section (nstlab.report_gatys).
+Shared by the report builder (nstlab.report.build) and its Gatys section (nstlab.report.gatys).
 """
 
 import csv
@@ -25,7 +25,7 @@ def write_table(
 ) -> None:
     """stem.csv (every column, numbers) and stem.md (title + profile note + `shown`, the table
     as displayed with mean ± std cells, and the note on seed spread)."""
-    from nstlab.spread import SPREAD_NOTE
+    from nstlab.report.spread import SPREAD_NOTE
 
     frame.to_csv(stem.with_suffix(".csv"), index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g")
     shown = frame if shown is None else shown

@@ -1,5 +1,5 @@
 """The read side of MLflow: runs, metric histories and artefacts, for the report, `ablate`,
-evaluation and the adapter library. Writing goes through nstlab.tracking's Tracker."""
+evaluation and the adapter library. Writing goes through nstlab.tracking.run's Tracker."""
 
 import importlib.util
 import os
@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from nstlab.config import MlflowConfig
-from nstlab.tracking import Tracker, resolve_tracking_uri
+from nstlab.tracking.run import Tracker
+from nstlab.tracking.source import resolve_tracking_uri
 
 
 def search_runs(cfg: MlflowConfig, filter_string: str = "") -> "Any":

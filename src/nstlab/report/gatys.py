@@ -17,10 +17,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from nstlab.ablate import read_grid
+from nstlab.tracking.ablate import read_grid
 from nstlab.config import Config
-from nstlab.report_tables import html_table, write_table
-from nstlab.tracking_queries import metric_history, search_runs
+from nstlab.report.tables import html_table, write_table
+from nstlab.tracking.queries import metric_history, search_runs
 
 OPTIONS = "baselines.gatys.options."
 STEPS_GRID = "steps"  # its one key, baselines.gatys.iterations, is the table's `iterations` column
@@ -56,7 +56,7 @@ def param_value(raw: Any) -> Any:
 def _preset_defaults(preset: str) -> dict[str, Any]:
     import dataclasses
 
-    from nstlab.gatys_settings import settings_from_options
+    from nstlab.config.gatys import settings_from_options
 
     return dataclasses.asdict(settings_from_options({"preset": preset}))
 

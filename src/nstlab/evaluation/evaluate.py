@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from nstlab.adapters import load_adapters
+from nstlab.training.adapters import load_adapters
 from nstlab.config import Config
 from nstlab.errors import NstlabError
 from nstlab.functional import gram_distance, luminance, ssim
@@ -38,7 +38,7 @@ def load_model(
     """Build `method` and load its trained weights (ViT-LoRA: the stage-2 model with LoRA), by
     the method module's `load_for_inference(cfg, path)` where it has one and it serves (a model
     for stylising only, quick to load), else as training built it."""
-    from nstlab.checkpoint import load_checkpoint, load_trained_state
+    from nstlab.training.checkpoint import load_checkpoint, load_trained_state
     from nstlab.models import method_module
 
     path = checkpoint or trained_weights_path(method, models_dir)
@@ -133,7 +133,7 @@ def evaluate_model(
     from rich.progress import track
 
     from nstlab.data.images import save_image
-    from nstlab.records import evaluation_record_paths, write_record
+    from nstlab.tracking.records import evaluation_record_paths, write_record
 
     device = pick_device(cfg)
     keep_freed_memory()
@@ -200,8 +200,8 @@ def evaluate_model(
 def _log_test_metrics(cfg: Config, method: str, reports_dir: Path, summary: dict, test_pairs) -> str | None:
     """Attach the test metrics and the test pairs (a dataset input) to the model's training run in
     MLflow (Table 2 reads them there)."""
-    from nstlab.records import training_record_paths
-    from nstlab.tracking_queries import log_to_run
+    from nstlab.tracking.records import training_record_paths
+    from nstlab.tracking.queries import log_to_run
 
     _, train_run = training_record_paths(reports_dir / "train", final_output_key(method))
     if not train_run.is_file():
@@ -233,9 +233,10 @@ def _against_adain(output: torch.Tensor, reports_dir: Path, index: int) -> dict[
 def _log_gatys_run(cfg: Config, summary: dict, outputs_dir: Path, test_pairs) -> str | None:
     """One MLflow run per Gatys configuration: its settings, the test pairs it stylised, test
     metrics, step history and the whole resolved config."""
-    from nstlab.checkpoint import run_digest
+    from nstlab.training.checkpoint import run_digest
     from nstlab.config import config_yaml, run_params
-    from nstlab.tracking import Tracker, seed_group
+    from nstlab.tracking.groups import seed_group
+    from nstlab.tracking.run import Tracker
 
     history_path, config_file = outputs_dir / "history.json", outputs_dir / "config.yaml"
     config_file.write_text(config_yaml(cfg))

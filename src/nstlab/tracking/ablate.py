@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nstlab.checkpoint import run_digest
+from nstlab.training.checkpoint import run_digest
 from nstlab.config import PROFILES, Config, load_config, resolve
 from nstlab.errors import ConfigError, NstlabError
 
@@ -139,7 +139,7 @@ def methods_touched(overrides: dict) -> tuple[str, int]:
 
 
 def finished_digests(cfg: Config) -> set[str]:
-    from nstlab.tracking_queries import search_runs
+    from nstlab.tracking.queries import search_runs
 
     runs = search_runs(cfg.mlflow, "attributes.status = 'FINISHED'")
     if runs.empty or "tags.config_digest" not in runs:

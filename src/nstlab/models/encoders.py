@@ -8,7 +8,7 @@
 
 Each subclasses `FrozenEncoder` (no gradients, always in eval mode) and reads file or ImageNet
 weights through `load_weights`. Input (B, 3, H, W) RGB in [0, 1]; output {layer: (B, C, h, w)}
-for the layers it was built with, computed once. Layer names: nstlab.layer_names.
+for the layers it was built with, computed once. Layer names: nstlab.config.layer_names.
 """
 
 from collections.abc import Sequence
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from nstlab.errors import ConfigError
 from nstlab.functional import imagenet_normalize, pad_to_multiple
-from nstlab.layer_names import RESNET_LAYERS, VGG19_BLOCKS, VGG19_LAYERS
+from nstlab.config.layer_names import RESNET_LAYERS, VGG19_BLOCKS, VGG19_LAYERS
 from nstlab.runtime import seeded
 
 # The paper's code taps features[:29] at indices 0, 5, 10, 19, 28 with torchvision's in-place

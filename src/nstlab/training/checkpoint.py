@@ -129,7 +129,7 @@ def run_digest(cfg, method: str, stage: int, *, with_seed: bool = True) -> str:
     config = cfg.flat()
     config["lora.target_modules"] = sorted(config["lora.target_modules"])
     if method == "gatys":
-        from nstlab.gatys_settings import settings_from_config
+        from nstlab.config.gatys import settings_from_config
 
         options = "baselines.gatys.options."
         config = {key: value for key, value in config.items() if not key.startswith(options)}

@@ -1,5 +1,5 @@
 """Gatys' settings as config: the presets, every option's validation, and the settings a config
-resolves to. Torch-free, so the config digest (nstlab.checkpoint) and the report read them
+resolves to. Torch-free, so the config digest (nstlab.training.checkpoint) and the report read them
 without the model (nstlab.models.gatys optimises with them).
 """
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nstlab.errors import ConfigError
-from nstlab.layer_names import EXTRACTORS, default_layers, is_layer_name
+from nstlab.config.layer_names import EXTRACTORS, default_layers, is_layer_name
 
 PRESETS = ("default", "reference")
 INITS = ("content", "style", "noise")
@@ -25,7 +25,7 @@ MIN_SIDE = 16  # VGG-19's relu5_1 is 1/16 of the input
 @dataclass(frozen=True)
 class GatysSettings:
     """One Gatys run. The defaults are the "default" preset; `settings_from_options` fills in the
-    chosen preset and validates. Layer names depend on the extractor (see nstlab.layer_names);
+    chosen preset and validates. Layer names depend on the extractor (see nstlab.config.layer_names);
     None = the extractor's defaults. style_layer_weights: one number per style layer, "1/C^2",
     or None = the preset's (seed weights for VGG-19's default layers, else 1.0 each)."""
 

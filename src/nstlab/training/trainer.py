@@ -8,7 +8,7 @@ sample grids, checkpoints, and resume. A run killed at any step and resumed ends
 weights as an uninterrupted run: data order per epoch is a function of (seed, epoch), RNG state
 is checkpointed, and the learning rate is a pure function of (step, epoch). Under torchrun every
 process runs this loop on its share of each batch, DDP averages the gradients
-(nstlab.distributed), and rank 0 alone validates and writes.
+(nstlab.training.distributed), and rank 0 alone validates and writes.
 """
 
 import csv
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from nstlab import distributed
-from nstlab.checkpoint import (
+from nstlab.training import distributed
+from nstlab.training.checkpoint import (
     load_checkpoint,
     load_trained_state,
     run_digest,
@@ -369,7 +369,7 @@ class Trainer:
     @torch.no_grad()
     def sample_grid(self, path: Path) -> Path:
         """Rows of content | style | output for the first val pairs, saved as one PNG."""
-        from nstlab.grids import save_grid
+        from nstlab.evaluation.grids import save_grid
 
         self.model.eval()
         content, style = self._batch(self.val_set, list(range(min(4, len(self.val_set)))))
@@ -386,7 +386,8 @@ class Trainer:
             return self._run(resume)
 
     def _run(self, resume: str) -> dict:
-        from nstlab.tracking import Tracker, seed_group
+        from nstlab.tracking.groups import seed_group
+        from nstlab.tracking.run import Tracker
 
         spec = self.spec
         start_step, best = self._try_resume(resume)
@@ -530,8 +531,8 @@ class Trainer:
     def _finish(
         self, step: int, best: float, train_seconds: float, pairs_seen: int, counts: dict, tracker
     ) -> dict:
-        from nstlab.records import training_record_paths, write_record
-        from nstlab.tracking import written_tracking_uri
+        from nstlab.tracking.records import training_record_paths, write_record
+        from nstlab.tracking.source import written_tracking_uri
 
         kept_state = load_checkpoint(self.out_dir / "model.pt")  # the kept weights (train.keep)
         summary = {
@@ -585,7 +586,7 @@ def train(
     validation or the last step, per train.keep / baselines.<method>.keep; keeping the best,
     last.pt too),
     reports/train/<key>/{metrics.json, train_log.csv, val_log.csv}; resumable from checkpoints/<key>.
-    Under torchrun each process trains on its share of every batch (see nstlab.distributed)."""
+    Under torchrun each process trains on its share of every batch (see nstlab.training.distributed)."""
     with distributed.process_group(pick_device(cfg).type):
         trainer = Trainer(
             cfg, method, stage, pairs_dir, models_dir, logs_dir, checkpoints_dir, progress, tracking

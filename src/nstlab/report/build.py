@@ -13,8 +13,8 @@ import pandas as pd
 
 from nstlab.config import Config, canonical_targets
 from nstlab.registry import method_names
-from nstlab.report_gatys import gatys_section
-from nstlab.report_tables import figure_html, html_table, profile_note, write_table
+from nstlab.report.gatys import gatys_section
+from nstlab.report.tables import figure_html, html_table, profile_note, write_table
 
 # docs/methods.md#paper-results, the paper's Table 1 (content / style loss on its 352 test pairs).
 PAPER_TABLE1 = {
@@ -63,7 +63,7 @@ def table1(reports_dir: Path, cfg: Config | None = None) -> pd.DataFrame:
     """One row per model from reports/metrics/*.json (the pipeline's single seed). With `cfg`, the
     quality columns are mean ± std over every seed of the same configuration that MLflow holds
     (the sibling runs of the model's run, e.g. from `nstlab ablate --seeds K`); else n = 1."""
-    from nstlab.records import evaluation_record_paths, read_record
+    from nstlab.tracking.records import evaluation_record_paths, read_record
 
     rows = []
     for path in sorted((reports_dir / "metrics").glob("*.json")):
@@ -101,7 +101,7 @@ def _seed_runs(cfg: Config, rows: list[dict]) -> list[dict]:
     """The MLflow runs that are seeds of each metrics file's configuration (children of its run's
     parent, with test metrics), as Table 1 rows of that model; each file's row (in `rows`) is
     given its family and seed, so it stands for its own seed."""
-    from nstlab.tracking_queries import search_runs
+    from nstlab.tracking.queries import search_runs
 
     runs = search_runs(cfg.mlflow, "attributes.status = 'FINISHED'")
     if runs.empty or not {"tags.mlflow.parentRunId", "metrics.test.paper_content_loss"} <= set(runs):
@@ -139,8 +139,9 @@ def table2(cfg: Config) -> pd.DataFrame:
     each configuration picks its config family (the parent run's digest, so runs of an older
     params.yaml are not mixed in) and the newest run of each of the family's seeds counts; the
     run columns (run_id, ...) are the newest run's."""
-    from nstlab.tracking import is_server, resolve_tracking_uri, run_page_url
-    from nstlab.tracking_queries import search_runs
+    from nstlab.tracking.source import is_server, resolve_tracking_uri
+    from nstlab.tracking.view import run_page_url
+    from nstlab.tracking.queries import search_runs
 
     runs = search_runs(
         cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2' and attributes.status = 'FINISHED'"
@@ -225,7 +226,7 @@ def seed_summary(runs: pd.DataFrame, key: list[str], spread: list[str], marked: 
     """Runs (one row each, with _start, _family and _seed) -> one row per `key`: the newest run's
     columns, `spread` as mean/std/n over the newest run of each seed of its family, the seeds
     used, and the within-spread flags of the `marked` columns."""
-    from nstlab import spread as seed_spread
+    from nstlab.report import spread as seed_spread
 
     runs = runs.reindex(columns=[*runs.columns, *[m for m in spread if m not in runs]])  # old files lack some
     runs[spread] = runs[spread].astype(float)  # None (a metric a run did not log) -> NaN
@@ -242,7 +243,7 @@ def seed_summary(runs: pd.DataFrame, key: list[str], spread: list[str], marked: 
 def adapters_table(cfg: Config) -> pd.DataFrame:
     """`nstlab adapters`: every ViT-LoRA stage-2 run that logged an adapter, newest first, with its
     LoRA config and test losses (NaN until `evaluate` logs them into the run)."""
-    from nstlab.tracking_queries import runs_with_artifact
+    from nstlab.tracking.queries import runs_with_artifact
 
     runs = runs_with_artifact(cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2'", "adapter")
     columns = [
@@ -404,7 +405,7 @@ def image_grid(
     """Rows = test pairs; columns = content, style, each evaluated model's output."""
     from PIL import Image
 
-    from nstlab.grids import save_grid
+    from nstlab.evaluation.grids import save_grid
 
     models = [m for m in frame["model"] if (reports_dir / "outputs" / m / "pairs.json").is_file()]
     if not models:
@@ -434,7 +435,7 @@ def write_html(
     gatys_html: str = "",
     table2_figure: Path | None = None,
 ) -> Path:
-    from nstlab.spread import SPREAD_NOTE
+    from nstlab.report.spread import SPREAD_NOTE
 
     images = "\n".join(figure_html(p, reports_dir) for p in figures)
     trade_off = figure_html(table2_figure, reports_dir) if table2_figure else ""
@@ -472,7 +473,7 @@ def build_report(
     """Write tables, figures and index.html; returns the paths written."""
     figures_dir = reports_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
-    from nstlab.spread import display
+    from nstlab.report.spread import display
 
     t1 = table1(reports_dir, cfg)
     t2 = table2(cfg)

@@ -1,0 +1,1 @@
+"""The report stage: tables, figures, the HTML gallery and the Gatys section."""
