@@ -317,7 +317,7 @@ def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_table2(mlfl
     from mlflow.tracking import MlflowClient
 
     from nstlab.data.version import dvc_md5
-    from nstlab.tracking.view import MODEL_TRAINING_QUERY, table2_url
+    from nstlab.tracking.view import MODEL_TRAINING_QUERY, table2_url, view_url
 
     client = MlflowClient(mlflow_ui)
     experiment = client.get_experiment_by_name("nstlab")
@@ -357,6 +357,17 @@ def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs_and_table2(mlfl
         timeout=180,
     )
     assert screenshot.stat().st_size > 20_000
+
+    # The README's link: one collapsed row per configuration with its seeds' mean test losses
+    compare = _page_text(view_url(mlflow_ui, experiment.experiment_id), tmp_path / "chrome-compare")
+    assert "6 matching runs" in compare and "Duration" in compare
+    for column in ("seeds", "test.paper_content_loss", "test.paper_style_loss"):
+        assert column in compare
+    for parent in parents.values():
+        parent = client.get_run(parent.info.run_id)  # its aggregate, laid on after the seeds ran
+        shown = repr(parent.data.metrics.get("test.paper_content_loss"))
+        if "e-" not in shown and shown != "None":  # the UI writes 1.3e-05 as 0.000013
+            assert shown in compare
 
     table2 = _page_text(table2_url(mlflow_ui, experiment.experiment_id), tmp_path / "chrome-table2")
     assert "1 matching run" in table2 and "vit_lora-r16-qkvd-e2-d1" in table2

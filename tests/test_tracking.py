@@ -3,9 +3,8 @@
 import pytest
 
 from nstlab.tracking.groups import find_or_create_parent, seed_group
-
+from nstlab.tracking.queries import log_to_run, search_runs
 from nstlab.tracking.run import Tracker
-from nstlab.tracking.queries import search_runs
 
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient
@@ -47,6 +46,34 @@ def test_each_configuration_is_one_parent_with_one_child_per_seed(store, tiny_co
     assert [runs.loc[children[16, seed], "params.seed"] for seed in (1, 2, 3)] == ["1", "2", "3"]
     assert runs.loc[children[16, 2], "tags.seed"] == "2"
     assert runs.loc[children[16, 1], "tags.config_family"] == runs.loc[parent_of[16, 1], "tags.seed_group"]
+
+
+def test_a_parent_carries_its_seeds_test_losses_datasets_and_duration(store, tiny_config, tmp_path):
+    """The collapsed MLflow view compares configurations: each parent shows the mean over its
+    seeds under the metric's own name, the spread and n beside it, the seeds' dataset inputs, and
+    a duration that spans their runs. A seed run twice counts by its newest run."""
+    from nstlab.data.version import PairsTable
+
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    test_pairs = [
+        PairsTable("pairs/test", pairs / "test.csv", pairs, "d41d8cd98f00b204e9800998ecf8427e", 6, "testing")
+    ]
+    losses = {1: 1.0, 2: 5.0, 3: 1.6}  # seed 2 first gives 5.0, then its newer run 1.4
+    runs = {}
+    for seed, content in (*losses.items(), (2, 1.4)):
+        runs[seed] = _train_like(tiny_config(f"seed={seed}"))
+        log_to_run(tiny_config().mlflow, runs[seed], {"test.paper_content_loss": content}, test_pairs)
+    client = MlflowClient()
+    child = client.get_run(runs[1])
+    parent = client.get_run(child.data.tags["mlflow.parentRunId"])
+    metrics = parent.data.metrics
+    assert metrics["seeds"] == 3
+    assert metrics["test.paper_content_loss"] == pytest.approx((1.0 + 1.4 + 1.6) / 3)
+    assert metrics["test.paper_content_loss.std"] == pytest.approx(0.305505, abs=1e-6)
+    assert [item.dataset.name for item in parent.inputs.dataset_inputs] == ["pairs/test"]
+    ends = [client.get_run(run_id).info.end_time for run_id in runs.values()]
+    assert parent.info.end_time == max(ends) and parent.info.start_time <= child.info.start_time
 
 
 def test_two_processes_creating_one_parent_both_keep_the_oldest(store, tiny_config):

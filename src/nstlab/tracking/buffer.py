@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nstlab.tracking.groups import find_or_create_parent
+from nstlab.tracking.groups import find_or_create_parent, summarise_group
 from nstlab.tracking.source import repo_root
 from nstlab.tracking.view import EXPERIMENT_KIND_TAG, experiment_tags
 
@@ -84,7 +84,9 @@ def create_run(client, header: Mapping[str, Any]):
                 client.set_experiment_tag(experiment_id, key, value)
     run_tags = dict(header["tags"])
     if header.get("group"):  # a buffer replayed by `nstlab sync` nests its run the same way
-        run_tags["mlflow.parentRunId"] = find_or_create_parent(client, experiment_id, header["group"])
+        run_tags["mlflow.parentRunId"] = find_or_create_parent(
+            client, experiment_id, header["group"], header["start_time"]
+        )
     return client.create_run(
         experiment_id, start_time=header["start_time"], tags=run_tags, run_name=header["run_name"]
     )
@@ -252,4 +254,16 @@ def sync_buffers() -> tuple[list[str], int]:
             continue
         if header is not None:
             lines.append(f"{path.name}: delivered to run {header['run_id']} at {header['tracking_uri']}")
+            if header.get("group"):
+                _summarise_parent_of(header)
     return lines, left
+
+
+def _summarise_parent_of(header: Mapping[str, Any]) -> None:
+    """A replayed run's seed-group parent gets its aggregate, as it would have online."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(header["tracking_uri"])
+    parent_id = client.get_run(header["run_id"]).data.tags.get("mlflow.parentRunId")
+    if parent_id:
+        with_retries(summarise_group, client, parent_id)

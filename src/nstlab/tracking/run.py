@@ -20,7 +20,7 @@ from typing import Any
 from nstlab.config import MlflowConfig
 from nstlab.tracking import buffer
 from nstlab.tracking.buffer import describe, refused
-from nstlab.tracking.groups import now_ms
+from nstlab.tracking.groups import now_ms, summarise_group
 from nstlab.tracking.source import git_commit, repo_path, resolve_tracking_uri, source_tags
 from nstlab.tracking.view import run_page_url
 
@@ -102,7 +102,22 @@ class Tracker:
             status = "FINISHED" if kind is None else ("KILLED" if kind is KeyboardInterrupt else "FAILED")
             self._retry_at = 0.0  # one last try before leaving a buffer behind
             self._send({"op": "end", "status": status, "end_time": now_ms()})
+        self._summarise_group()
         self._leave_buffer()
+
+    def _summarise_group(self) -> None:
+        """Refresh the aggregate on this run's seed-group parent, now that its numbers are in."""
+        if not self.enabled or self._buffer is not None or self.run_id is None:
+            return
+        try:
+            run = buffer.with_retries(self._client.get_run, self.run_id)
+            parent_id = run.data.tags.get("mlflow.parentRunId")
+            if parent_id:
+                buffer.with_retries(summarise_group, self._client, parent_id)
+        except Exception as error:  # tracking must not stop training
+            warnings.warn(
+                f"MLflow: the seed group's aggregate was not updated ({describe(error)})", stacklevel=3
+            )
 
     def _header(self) -> dict:
         return {

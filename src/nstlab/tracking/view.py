@@ -1,5 +1,6 @@
 """What the MLflow UI shows first: the experiment's kind (a training experiment opens on its runs
-table), the saved Table 2 view, and links to run pages on a tracking server."""
+table), two saved views (every configuration's test losses; Table 2), and links to run pages on
+a tracking server."""
 
 import json
 
@@ -21,9 +22,26 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 MODEL_TRAINING_QUERY = "workflowType=machine_learning"
 # A view the UI loads from the experiment's tag mlflow.sharedViewState.<key> when the URL says
-# ?viewStateShareKey=<key>: Table 2 (stage-2 ViT-LoRA runs, the params experiments/table2.yaml
-# ablates, their test losses). Column keys are the UI's: <params|metrics|attributes>.`name`.
+# ?viewStateShareKey=<key>. Column keys are the UI's: <params|metrics|attributes>.`name`.
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
+# Every configuration, one collapsed row each (its seed-group parent: the seeds' mean test losses,
+# their spread and number, datasets, duration); expanding a row compares its seeds.
+COMPARE_VIEW_KEY = "compare"
+COMPARE_VIEW = {
+    "searchFilter": "",
+    "orderByKey": "attributes.start_time",
+    "orderByAsc": False,
+    "selectedColumns": [
+        "metrics.`test.paper_content_loss`",
+        "metrics.`test.paper_content_loss.std`",
+        "metrics.`test.paper_style_loss`",
+        "metrics.`test.paper_style_loss.std`",
+        "metrics.`seeds`",
+        "attributes.`Dataset`",
+        "attributes.`Source`",
+    ],
+}
+# Table 2: stage-2 ViT-LoRA runs, the params experiments/table2.yaml ablates, their test losses.
 TABLE2_VIEW_KEY = "table2"
 TABLE2_ABLATED = ("lora.r", "lora.target_modules", "encoder.layers", "decoder.layers")
 TABLE2_VIEW = {
@@ -40,15 +58,28 @@ TABLE2_VIEW = {
 }
 
 
-def table2_url(ui_url: str, experiment_id: str) -> str:
-    """The MLflow UI page that opens Table 2's comparison (ui_url: where `mlflow ui` serves)."""
+VIEWS = {
+    COMPARE_VIEW_KEY: ("Compare configurations", COMPARE_VIEW),
+    TABLE2_VIEW_KEY: ("Table 2", TABLE2_VIEW),
+}
+
+
+def view_url(ui_url: str, experiment_id: str, key: str = COMPARE_VIEW_KEY) -> str:
+    """The MLflow UI page that opens a saved view (ui_url: where `mlflow ui` serves)."""
     return (
         f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_QUERY}"
-        f"&viewStateShareKey={TABLE2_VIEW_KEY}"
+        f"&viewStateShareKey={key}"
     )
 
 
+def table2_url(ui_url: str, experiment_id: str) -> str:
+    return view_url(ui_url, experiment_id, TABLE2_VIEW_KEY)
+
+
 def experiment_tags() -> dict[str, str]:
-    """Tags every nstlab experiment carries: the training kind and the Table 2 view."""
-    envelope = {"name": "Table 2", "createdAt": 0, "updatedAt": 0, "state": json.dumps(TABLE2_VIEW)}
-    return {EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND, SHARED_VIEW_TAG + TABLE2_VIEW_KEY: json.dumps(envelope)}
+    """Tags every nstlab experiment carries: the training kind and the saved views."""
+    tags = {EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+    for key, (name, state) in VIEWS.items():
+        envelope = {"name": name, "createdAt": 0, "updatedAt": 0, "state": json.dumps(state)}
+        tags[SHARED_VIEW_TAG + key] = json.dumps(envelope)
+    return tags
