@@ -64,5 +64,5 @@ def test_dvc_stages_list_the_registered_methods():
 
 
 def test_the_trainer_names_no_method():
-    source = (REPO / "src" / "nstlab" / "train.py").read_text().lower()
+    source = (REPO / "src" / "nstlab" / "training" / "trainer.py").read_text().lower()
     assert [name for name in method_names() if name in source] == []

@@ -8,7 +8,6 @@ import subprocess
 import pytest
 
 from nstlab.config import canonical_targets
-from nstlab.tracking.records import evaluation_record_paths, write_record
 from nstlab.report.build import build_report, table2
 from nstlab.tracking.run import Tracker
 
@@ -61,30 +60,40 @@ def test_target_spellings_share_one_short_form():
     assert canonical_targets(["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"]) == "qkvd"
 
 
-def _fake_outputs(reports, tmp_path):
+def _tested_run(cfg, method: str, metrics: dict) -> str:
+    """A model's run as the pipeline leaves it in MLflow: nested in its configuration's seed group,
+    with the test metrics the evaluate stage adds."""
+    from nstlab.registry import final_stage
+    from nstlab.tracking.groups import seed_group
+
+    stage = final_stage(method)
+    tags = {"model": method, "stage": str(stage), "profile": cfg.profile}
+    with Tracker(cfg.mlflow, method, tags, group=seed_group(cfg, method, stage, method)) as tracker:
+        tracker.log_params(cfg.flat())
+        tracker.log_metrics({f"test.{key}": value for key, value in metrics.items()}, step=0)
+    return tracker.run_id
+
+
+def _fake_outputs(cfg, reports, tmp_path):
+    """Two evaluated models: their runs in MLflow (Table 1's source) and their output images."""
     from PIL import Image
 
     content, style = tmp_path / "c.png", tmp_path / "s.png"
     Image.new("RGB", (40, 30), "red").save(content)
     Image.new("RGB", (30, 30), "blue").save(style)
-    for model, loss in (("vit_lora", 1.0), ("sanet", 2.0)):
-        write_record(
-            {  # as evaluate writes it: numbers in reports/metrics, names in reports/runs
-                "model": model,
-                "profile": "demo",
-                "pairs": 1,
-                "paper_content_loss": loss,
-                "paper_style_loss": loss / 2,
-                "stytr2_content_loss": 0.1,
-                "stytr2_style_loss": 0.2,
-                "ssim_content": 0.5,
-                "gram_distance": 0.01,
-                "latency_ms": 3.0,
-                "peak_memory_mb": 10.0,
-                "device": "cpu",
-            },
-            *evaluation_record_paths(reports, model),
-        )
+    for model, loss in (("sanet", 1.0), ("adain", 2.0)):
+        metrics = {
+            "pairs": 1,
+            "paper_content_loss": loss,
+            "paper_style_loss": loss / 2,
+            "stytr2_content_loss": 0.1,
+            "stytr2_style_loss": 0.2,
+            "ssim_content": 0.5,
+            "gram_distance": 0.01,
+            "latency_ms": 3.0,
+            "peak_memory_mb": 10.0,
+        }
+        _tested_run(cfg, model, metrics)
         outputs = reports / "outputs" / model
         outputs.mkdir(parents=True)
         Image.new("RGB", (40, 30), "green").save(outputs / "0000.png")
@@ -95,13 +104,14 @@ def _fake_outputs(reports, tmp_path):
 
 def test_report_writes_tables_figures_and_a_page_labelled_with_the_profile(store, tmp_path):
     reports = tmp_path / "reports"
-    _fake_outputs(reports, tmp_path)
+    _fake_outputs(store, reports, tmp_path)
     result = build_report(store, reports_dir=reports)
     assert result["table1"] == 2 and result["table2"] == 3
     table1 = (reports / "table1.md").read_text()
     rows = (reports / "table1.csv").read_text().splitlines()
-    assert [row.split(",")[:2] for row in rows[1:]] == [["vit_lora", "demo"], ["sanet", "demo"]]
-    assert "DEMO RESULTS" in table1 and "paper_reported_content" in table1 and "9.097" in table1
+    assert [row.split(",")[:2] for row in rows[1:]] == [["sanet", "demo"], ["adain", "demo"]]
+    assert "DEMO RESULTS" in table1 and "paper_reported_content" in table1 and "9.687" in table1
+    assert "source: MLflow" in table1
     assert "DEMO RESULTS" in (reports / "table2.md").read_text()
     assert (reports / "figures" / "gallery_grid.png").is_file()
     page = (reports / "index.html").read_text()
@@ -126,7 +136,7 @@ CHROMIUM_FLAGS = [
 @NO_CHROMIUM
 def test_gallery_renders_in_a_real_browser_with_every_image_loaded(store, tmp_path):
     reports = tmp_path / "reports"
-    _fake_outputs(reports, tmp_path)
+    _fake_outputs(store, reports, tmp_path)
     build_report(store, reports_dir=reports)
     probe = tmp_path / "probe.html"
     # Load the page in an iframe-free way: chromium's --dump-dom after a script marks broken images.
@@ -453,25 +463,25 @@ def test_table2_gives_mean_std_and_n_over_the_seeds_of_each_configuration(seeded
     assert ",1.25,0.141421," in csv_row  # the CSV keeps the numbers
 
 
-def test_table1_reads_every_seed_of_a_models_configuration_from_mlflow(seeded_store, tmp_path):
+def test_table1_reads_every_seed_of_each_models_configuration_from_mlflow_alone(
+    seeded_store, tiny_config, tmp_path
+):
     from nstlab.report.build import table1
 
-    cfg, runs = seeded_store
-    reports = tmp_path / "reports"
-    (reports / "metrics").mkdir(parents=True)
-    common = {"profile": "demo", "pairs": 2, "paper_style_loss": 0.5, "latency_ms": 3.0}
-    (reports / "metrics" / "vit_lora.json").write_text(
-        json.dumps({"model": "vit_lora", "paper_content_loss": 1.0, "mlflow_run_id": runs[1], **common})
-    )
-    (reports / "metrics" / "adain.json").write_text(
-        json.dumps({"model": "adain", "paper_content_loss": 3.0, "mlflow_run_id": None, **common})
-    )
-    frame = table1(reports, cfg).set_index("model")
-    assert frame.loc["vit_lora", "n"] == 3
+    cfg, _ = seeded_store
+    sanet = {"paper_content_loss": 3.0, "paper_style_loss": 0.5, "latency_ms": 4.0, "pairs": 2}
+    for seed, content in ((1, 3.0), (2, 3.4)):
+        _tested_run(tiny_config(f"seed={seed}"), "sanet", {**sanet, "paper_content_loss": content})
+    other = tiny_config("seed=1", "baselines.sanet.lr=0.5")  # another configuration of SANet
+    _tested_run(other, "sanet", {**sanet, "paper_content_loss": 9.0})
+    (tmp_path / "reports" / "metrics").mkdir(parents=True)  # a metrics file is not a source of Table 1
+    (tmp_path / "reports" / "metrics" / "adain.json").write_text(json.dumps({"paper_content_loss": 1.0}))
+    frame = table1(cfg).set_index("model")
+    assert list(frame.index) == ["vit_lora", "sanet"]  # the registry's order; adain has no tracked run
+    assert frame.loc["vit_lora", "n"] == 3  # seeds 1-3 of r=16; another configuration's run is left out
     assert frame.loc["vit_lora", "paper_content_loss"] == pytest.approx(1.2)
-    assert frame.loc["vit_lora", "latency_ms"] == 3.0  # the workspace's own run for everything else
-    assert frame.loc["adain", "n"] == 1 and frame.loc["adain", "paper_content_loss"] == 3.0
-    assert table1(reports).loc[0, "n"] == 1  # without a store: the metrics files alone
+    assert frame.loc["sanet", "n"] == 2 and frame.loc["sanet", "paper_content_loss"] == pytest.approx(3.2)
+    assert frame.loc["sanet", "latency_ms"] == 4.0 and frame.loc["sanet", "pairs"] == 2
 
 
 def test_quality_vs_cost_draws_the_seed_spread_as_error_bars(seeded_store, tmp_path):

@@ -60,6 +60,11 @@ def output_key(name: str, stage: int) -> str:
     return f"{name}_stage{stage}" if len(get_method(name).stages) > 1 else name
 
 
+def final_stage(name: str) -> int:
+    """The method's last training stage: the one evaluation tests."""
+    return get_method(name).stages[-1]
+
+
 def final_output_key(name: str) -> str:
     """The output key of the method's last training stage: the weights evaluation reads."""
     return output_key(name, get_method(name).stages[-1])

@@ -208,7 +208,7 @@ def _log_test_metrics(cfg: Config, method: str, reports_dir: Path, summary: dict
         return None
     run_id = json.loads(train_run.read_text()).get("mlflow_run_id")
     if run_id:
-        numbers = {f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float) and k != "pairs"}
+        numbers = {f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float)}
         log_to_run(cfg.mlflow, run_id, numbers, test_pairs)
     return run_id
 
@@ -250,9 +250,7 @@ def _log_gatys_run(cfg: Config, summary: dict, outputs_dir: Path, test_pairs) ->
         tracker.log_params(run_params(cfg, "gatys"))
         tracker.log_datasets(test_pairs)
         tracker.log_artifact(config_file)
-        tracker.log_metrics(
-            {f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float) and k != "pairs"}, 0
-        )
+        tracker.log_metrics({f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float)}, 0)
         histories = json.loads(history_path.read_text())
         for record in histories[0] if histories else []:
             tracker.log_metrics(

@@ -59,26 +59,15 @@ TABLE1_MARKED = ["paper_content_loss", "paper_style_loss", "stytr2_content_loss"
 TABLE1_SPREAD = [*TABLE1_MARKED, "ssim_content", "gram_distance"]
 
 
-def table1(reports_dir: Path, cfg: Config | None = None) -> pd.DataFrame:
-    """One row per model from reports/metrics/*.json (the pipeline's single seed). With `cfg`, the
-    quality columns are mean ± std over every seed of the same configuration that MLflow holds
-    (the sibling runs of the model's run, e.g. from `nstlab ablate --seeds K`); else n = 1."""
-    from nstlab.tracking.records import evaluation_record_paths, read_record
+def table1(cfg: Config) -> pd.DataFrame:
+    """One row per model, from MLflow alone: the runs of this params.yaml's configuration of each
+    model (its seed-group digest) that carry test metrics, as mean, std and n over their seeds
+    (the newest run of each seed counts). The pipeline's one run per model is n = 1; `nstlab
+    ablate --seeds K` adds seeds. A model with no tracked test run has no row."""
+    from nstlab.registry import final_stage
+    from nstlab.tracking.queries import search_runs
+    from nstlab.training.checkpoint import run_digest
 
-    rows = []
-    for path in sorted((reports_dir / "metrics").glob("*.json")):
-        metrics = {"model": path.stem, **read_record(*evaluation_record_paths(reports_dir, path.stem))}
-        reference = PAPER_TABLE1.get(metrics["model"], (None, None))
-        rows.append(
-            {
-                **metrics,
-                "paper_reported_content": reference[0],
-                "paper_reported_style": reference[1],
-                "_start": pd.NaT,
-                "_family": metrics["model"],
-                "_seed": None,
-            }
-        )  # NaT sorts last: newest
     spread = [column for metric in TABLE1_SPREAD for column in (metric, f"{metric}_std")]
     columns = [
         *TABLE1_COLUMNS[:3],
@@ -88,45 +77,39 @@ def table1(reports_dir: Path, cfg: Config | None = None) -> pd.DataFrame:
         "seeds",
         *[f"{metric}_within_spread" for metric in TABLE1_MARKED],
     ]
-    if not rows:
-        return pd.DataFrame(columns=columns)
-    siblings = _seed_runs(cfg, rows) if cfg is not None else []
-    frame = seed_summary(pd.DataFrame(rows + siblings), ["model"], TABLE1_SPREAD, TABLE1_MARKED)
-    rank = {name: index for index, name in enumerate(method_names())}
-    frame = frame.sort_values("model", key=lambda column: column.map(lambda m: rank.get(m, 99)))
-    return frame.reindex(columns=columns).reset_index(drop=True)
-
-
-def _seed_runs(cfg: Config, rows: list[dict]) -> list[dict]:
-    """The MLflow runs that are seeds of each metrics file's configuration (children of its run's
-    parent, with test metrics), as Table 1 rows of that model; each file's row (in `rows`) is
-    given its family and seed, so it stands for its own seed."""
-    from nstlab.tracking.queries import search_runs
-
     runs = search_runs(cfg.mlflow, "attributes.status = 'FINISHED'")
-    if runs.empty or not {"tags.mlflow.parentRunId", "metrics.test.paper_content_loss"} <= set(runs):
-        return []
-    runs = runs.set_index("run_id", drop=False)
-    found = []
-    for row in rows:
-        run_id = row.get("mlflow_run_id")
-        if run_id not in runs.index or not isinstance(runs.loc[run_id, "tags.mlflow.parentRunId"], str):
-            continue
-        parent = runs.loc[run_id, "tags.mlflow.parentRunId"]
-        row.update(_family=parent, _seed=_seed_columns(runs.loc[run_id])["_seed"])
-        tested = runs["metrics.test.paper_content_loss"].notna()
-        siblings = runs[(runs["tags.mlflow.parentRunId"] == parent) & tested]
-        for _, sibling in siblings.iterrows():
-            found.append(
+    if runs.empty or not {"tags.config_family", "metrics.test.paper_content_loss"} <= set(runs):
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for method in method_names():
+        family = run_digest(cfg, method, final_stage(method), with_seed=False)
+        tested = runs[
+            (runs["tags.config_family"] == family) & runs["metrics.test.paper_content_loss"].notna()
+        ]
+        reference = PAPER_TABLE1.get(method, (None, None))
+        for _, run in tested.iterrows():
+            rows.append(
                 {
-                    "model": row["model"],
-                    "_start": sibling["start_time"],
-                    "_family": parent,
-                    "_seed": _seed_columns(sibling)["_seed"],
-                    **{metric: sibling.get(f"metrics.test.{metric}") for metric in TABLE1_SPREAD},
+                    "model": method,
+                    "profile": run.get("tags.profile"),
+                    "pairs": run.get("metrics.test.pairs"),
+                    **{metric: run.get(f"metrics.test.{metric}") for metric in TABLE1_SPREAD},
+                    "latency_ms": run.get("metrics.test.latency_ms"),
+                    "peak_memory_mb": run.get("metrics.test.peak_memory_mb"),
+                    "paper_reported_content": reference[0],
+                    "paper_reported_style": reference[1],
+                    "_start": run["start_time"],
+                    **_seed_columns(run),
                 }
             )
-    return found
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    frame = seed_summary(pd.DataFrame(rows), ["model"], TABLE1_SPREAD, TABLE1_MARKED)
+    numbers = ["pairs", "latency_ms", "peak_memory_mb"]
+    frame[numbers] = frame[numbers].apply(pd.to_numeric)  # a metric a run did not log: NaN
+    rank = {name: index for index, name in enumerate(method_names())}
+    frame = frame.sort_values("model", key=lambda column: column.map(rank))
+    return frame.reindex(columns=columns).reset_index(drop=True)
 
 
 TABLE2_KEY = ["r", "targets", "encoder_layers", "decoder_layers"]
@@ -450,7 +433,7 @@ figure {{ margin: 1em 0; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
 </style></head><body>
 <h1>nstlab: neural style transfer study</h1>
 <p class="note" id="profile-note">{html.escape(profile_note(cfg.profile))}</p>
-<h2>Table 1: models on the held-out test pairs</h2>
+<h2>Table 1: models on the held-out test pairs (from MLflow)</h2>
 <p>Loss columns computed by nstlab; <code>paper_reported_*</code> are the paper's published numbers, for reference only.</p>
 <div id="table1">{html_table(t1)}</div>
 <h2>Table 2: ViT-LoRA ablation (from MLflow)</h2>
@@ -475,16 +458,20 @@ def build_report(
     figures_dir.mkdir(parents=True, exist_ok=True)
     from nstlab.report.spread import display
 
-    t1 = table1(reports_dir, cfg)
+    t1 = table1(cfg)
     t2 = table2(cfg)
     shown1, shown2 = display(t1, TABLE1_SPREAD, TABLE1_MARKED), display(t2, TABLE2_SPREAD, TABLE2_SPREAD)
     write_table(
-        t1, reports_dir / "table1", "Table 1: style transfer models on the test pairs", cfg.profile, shown1
+        t1,
+        reports_dir / "table1",
+        "Table 1: style transfer models on the test pairs (source: MLflow, every seed of this configuration)",
+        cfg.profile,
+        shown1,
     )
     write_table(
         t2,
         reports_dir / "table2",
-        "Table 2: ViT-LoRA ablation (LoRA rank, targets, layers)",
+        "Table 2: ViT-LoRA ablation (LoRA rank, targets, layers; source: MLflow, every experiment and seed)",
         cfg.profile,
         shown2,
     )
