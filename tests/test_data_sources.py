@@ -205,7 +205,7 @@ def test_dir_sources_for_both_roles_feed_the_same_pair_stage(tmp_path):
     from nstlab.config import load_config
     from nstlab.stages import download_stage, pair_stage
 
-    from conftest import REPO
+    from conftest import PARAMS
 
     for index in range(6):
         write_image(tmp_path / "photos" / f"p{index}.jpg", size=(48, 40), seed=index)
@@ -213,7 +213,7 @@ def test_dir_sources_for_both_roles_feed_the_same_pair_stage(tmp_path):
             tmp_path / "paintings" / "Baroque" / f"l'œuvre {index}.png", size=(40, 48), seed=50 + index
         )
     cfg = load_config(
-        REPO / "params.yaml",
+        PARAMS,
         [
             f"data.content_source=dir:{tmp_path / 'photos'}",
             f"data.style_source=dir:{tmp_path / 'paintings'}",

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import pytest
 
-from conftest import REPO, write_shrunk_params
+from conftest import PARAMS, REPO, write_shrunk_params
 
 # Third-party libraries the stage runner imports once, before it forks a child per stage.
 LIBRARIES = [
@@ -149,7 +149,7 @@ def pipeline_run(tmp_path_factory) -> Path:
     """The scratch folder where every stage ran once, on the shrunk demo profile, in DVC's order;
     it holds each stage's `.imports` and `.reads`."""
     workdir = tmp_path_factory.mktemp("stages")
-    shutil.copy(REPO / "params.yaml", workdir / "params.yaml")
+    shutil.copy(PARAMS, workdir / "params.yaml")
     write_shrunk_params(workdir / "params.yaml")
     for folder in ("pipeline", "experiments"):
         (workdir / folder).symlink_to(REPO / folder)
@@ -179,9 +179,8 @@ def stage_imports(pipeline_run) -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def stage_reads(pipeline_run) -> dict[str, set[str]]:
     """{stage: project files its command opened for reading, or tried to}, repository-relative."""
-    tracked = set(
-        subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
-    )
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True)
+    tracked = set(listed.stdout.split("\0"))
     return {name: project_files(pipeline_run, name, tracked) for name in STAGES}
 
 
