@@ -1,10 +1,60 @@
-"""Shared fixtures: tiny configs built from the real params.yaml, so tests exercise the real loader."""
+"""Shared fixtures: tiny configs built from the committed params.yaml, so tests exercise the real loader."""
 
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def committed_params() -> Path:
+    """params.yaml as committed at HEAD, in a folder of its own that is removed at exit.
+
+    Tests read the defaults, never the workspace's file, which `dvc exp run -S lora.r=32` (it
+    applies the experiment's params there) or an edit may have changed. Outside a git checkout
+    (an unpacked sdist) the file in the tree is the only version there is.
+    """
+    shown = subprocess.run(
+        ["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    text = shown.stdout if shown.returncode == 0 else (REPO / "params.yaml").read_text()
+    folder = Path(tempfile.mkdtemp(prefix="nstlab-params-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    (folder / "params.yaml").write_text(text)
+    return folder / "params.yaml"
+
+
+# The committed defaults: every test reads these (plus the overrides it states), never REPO / "params.yaml".
+PARAMS = committed_params()
+WORKSPACE_PARAMS = str(REPO / "params.yaml")
+workspace_params_reads: list[str] = []  # what opened the workspace's params.yaml during the current test
+
+
+def _note_workspace_params(event: str, args: tuple) -> None:
+    """Audit hook: a test process that opens the workspace's params.yaml (subprocesses are not seen)."""
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        if os.path.abspath(os.fsdecode(args[0])) == WORKSPACE_PARAMS:
+            workspace_params_reads.append(WORKSPACE_PARAMS)
+
+
+sys.addaudithook(_note_workspace_params)
+
+
+@pytest.fixture(autouse=True)
+def _reads_no_workspace_params():
+    workspace_params_reads.clear()
+    yield
+    assert not workspace_params_reads, (
+        f"this test read {WORKSPACE_PARAMS}, which `dvc exp run -S` or an edit may have changed; "
+        "read conftest.PARAMS (the committed defaults) and state the overrides the test needs"
+    )
+
 
 # A ViT-LoRA small enough for CPU tests: hidden 32, 2 blocks, 32 px images.
 TINY = [
@@ -83,7 +133,7 @@ def tiny_config():
     from nstlab.config import load_config
 
     def make(*extra: str):
-        return load_config(REPO / "params.yaml", [*TINY, *extra])
+        return load_config(PARAMS, [*TINY, *extra])
 
     return make
 

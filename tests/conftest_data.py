@@ -3,6 +3,8 @@
 Imported by the tests/test_data_*.py modules (not a conftest: tests/conftest.py belongs to the suite).
 """
 
+import base64
+import hashlib
 import io
 import json
 import random
@@ -40,8 +42,15 @@ class FakeMirror:
 
     Faults, consumed one per request: "drop" (send half the body, then hang up), "hang" (send
     half the body, then nothing until the test sets `released` or ends), "stall" (send nothing
-    until then), "500"/"403"/"410" (that status), "corrupt" (flip the first byte), "ignore_range"
-    (answer 200 with the whole file to a Range request). `delay_s` slows every response.
+    until then), "500"/"403"/"410" (that status), "corrupt" (flip the first byte), "flip" (flip
+    the middle byte: an image still decodes), "ignore_range" (answer 200 with the whole file to a
+    Range request). `flip_rate` flips the middle byte of that share of the other responses
+    (seeded). `delay_s` slows every response.
+
+    `checksum` sends the stored file's MD5 as a host would: "etag" (S3: the whole object's MD5 in
+    quotes, on 206 answers too), "content-md5" (base64 MD5 of the body sent, RFC 1864),
+    "multipart-etag" (S3's `"<md5 of the parts' md5s>-2"`), "weak-etag" (`W/"<32 hex digits>"`); neither
+    of the last two is the file's MD5, so a client that took them for one would refuse good bytes.
     """
 
     def __init__(self):
@@ -51,6 +60,9 @@ class FakeMirror:
         self.bytes_sent = 0
         self.base_url = ""
         self.delay_s = 0.0
+        self.checksum: str | None = None
+        self.flip_rate = 0.0
+        self.random = random.Random(0)
         self.lock = threading.Lock()
         self.released = threading.Event()
 
@@ -78,6 +90,8 @@ class _MirrorHandler(BaseHTTPRequestHandler):
         with mirror.lock:
             mirror.requests.append((path, range_header))
             fault = mirror.faults[path].pop(0) if mirror.faults[path] else None
+            if fault is None and mirror.random.random() < mirror.flip_rate:
+                fault = "flip"
         mirror.released.wait(mirror.delay_s)
         data = mirror.files.get(path)
         if data is None:
@@ -89,17 +103,16 @@ class _MirrorHandler(BaseHTTPRequestHandler):
         if fault == "stall":
             mirror.released.wait()  # set by the test, or when the fixture ends
             return
-        if fault == "corrupt":
-            data = bytes([data[0] ^ 0xFF]) + data[1:]
         start = 0
         if range_header and fault != "ignore_range":
             start = int(range_header.removeprefix("bytes=").split("-")[0])
-        body = data[start:]
         self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(data) - start))
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self._send_checksum(mirror.checksum, data, data[start:])
         self.end_headers()
+        body = _with_fault(data, fault)[start:]
         sent = body[: len(body) // 2] if fault in ("drop", "hang") else body
         self.wfile.write(sent)
         self.wfile.flush()
@@ -108,8 +121,29 @@ class _MirrorHandler(BaseHTTPRequestHandler):
         if fault == "hang":
             mirror.released.wait()
 
+    def _send_checksum(self, kind: str | None, data: bytes, body: bytes) -> None:
+        """The headers of `kind` (see FakeMirror), computed from the stored bytes, not the ones sent."""
+        halves = (data[: len(data) // 2], data[len(data) // 2 :])
+        multipart_md5 = hashlib.md5(b"".join(hashlib.md5(half).digest() for half in halves)).hexdigest()
+        headers = {
+            "etag": ("ETag", f'"{hashlib.md5(data).hexdigest()}"'),
+            "multipart-etag": ("ETag", f'"{multipart_md5}-2"'),  # S3: the MD5 of the parts' MD5s
+            "weak-etag": ("ETag", f'W/"{hashlib.md5(b"weak" + data).hexdigest()}"'),  # not the file's MD5
+            "content-md5": ("Content-MD5", base64.b64encode(hashlib.md5(body).digest()).decode()),
+        }
+        if kind is not None:
+            self.send_header(*headers[kind])
+
     def log_message(self, *args):
         pass
+
+
+def _with_fault(data: bytes, fault: str | None) -> bytes:
+    """The stored bytes as a faulty network delivers them: one byte flipped for "corrupt" and "flip"."""
+    position = {"corrupt": 0, "flip": len(data) // 2}.get(fault)
+    if position is None:
+        return data
+    return data[:position] + bytes([data[position] ^ 0xFF]) + data[position + 1 :]
 
 
 @pytest.fixture

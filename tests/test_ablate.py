@@ -143,14 +143,14 @@ def empty_store(tmp_path, monkeypatch):
 
 
 def test_seeds_plan_each_configuration_under_each_seed_and_skip_the_done_points(tmp_path, empty_store):
-    from conftest import REPO
+    from conftest import PARAMS
 
     from nstlab.tracking.ablate import plan_grid
     from nstlab.training.checkpoint import run_digest
     from nstlab.config import load_config
     from nstlab.tracking.run import Tracker
 
-    params = REPO / "params.yaml"
+    params = PARAMS
     finished = load_config(params, ["lora.r=8", "seed=325"])  # a, seed 325 ran already
     with Tracker(finished.mlflow, "a", {"config_digest": run_digest(finished, "vit_lora", 2)}):
         pass
@@ -181,13 +181,13 @@ def test_seeds_plan_each_configuration_under_each_seed_and_skip_the_done_points(
 def test_dry_run_with_seeds_prints_every_configuration_seed_pair(tmp_path, empty_store):
     from typer.testing import CliRunner
 
-    from conftest import REPO
+    from conftest import PARAMS
     from nstlab.cli import app
 
     grid = write(tmp_path, "experiments:\n  a: {lora.r: 8}\n  b: {lora.r: 4}\n")
     result = CliRunner().invoke(
         app,
-        ["ablate", str(grid), "--seeds", "2", "--dry-run", "--params", str(REPO / "params.yaml")],
+        ["ablate", str(grid), "--seeds", "2", "--dry-run", "--params", str(PARAMS)],
         env={"COLUMNS": "200"},
     )
     assert result.exit_code == 0, result.output

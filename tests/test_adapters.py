@@ -14,7 +14,7 @@ from nstlab.evaluation.evaluate import load_model
 from nstlab.models.vit_lora import ViTLoRA
 from nstlab.training.trainer import train
 
-from conftest import REPO, TINY
+from conftest import PARAMS, TINY
 
 FAST = [
     "train.batch_size=4",
@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
         patch.chdir(root)  # MLflow artefacts land in root/mlartifacts
         pairs = tiny_pairs.__wrapped__(root)  # the fixture's body, run once for the module
-        base = load_config(REPO / "params.yaml", [*TINY, *FAST])
+        base = load_config(PARAMS, [*TINY, *FAST])
         train(
             base,
             "vit_lora",
@@ -54,7 +54,7 @@ def trained(tmp_path_factory):
         shutil.copytree(root / "a" / "vit_lora_stage1", root / "b" / "vit_lora_stage1")
         runs = {}
         for name, rank in RANKS.items():
-            cfg = load_config(REPO / "params.yaml", [*TINY, *FAST, f"lora.r={rank}"])
+            cfg = load_config(PARAMS, [*TINY, *FAST, f"lora.r={rank}"])
             summary = train(
                 cfg,
                 "vit_lora",
@@ -82,7 +82,7 @@ def _adapter(trained, name):
 
 def _cli(trained, *args):
     overrides = [part for item in TINY for part in ("-S", item)]
-    return [*args, "--params", str(REPO / "params.yaml"), *overrides]
+    return [*args, "--params", str(PARAMS), *overrides]
 
 
 def _images(trained):
@@ -138,7 +138,7 @@ def test_each_adapter_reproduces_its_own_stage2_model(store):
     content, style = torch.rand(1, 3, 32, 48), torch.rand(1, 3, 32, 32)
     outputs = {}
     for name in ("a", "b", "a"):  # switching back restores the first adapter exactly
-        own_cfg = load_config(REPO / "params.yaml", [*TINY, *FAST, f"lora.r={RANKS[name]}"])
+        own_cfg = load_config(PARAMS, [*TINY, *FAST, f"lora.r={RANKS[name]}"])
         own = load_model(
             own_cfg, "vit_lora", checkpoint=store["root"] / name / "vit_lora_stage2" / "model.pt"
         )

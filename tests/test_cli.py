@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from nstlab.cli import app
 
-from conftest import REPO
+from conftest import PARAMS
 
 PAPER_RANDOM = [
     "-S",
@@ -43,16 +43,12 @@ def test_help_lists_every_stage_and_tool():
     ],
 )
 def test_info_reports_the_reference_parameter_counts(model, trainable):
-    result = runner.invoke(
-        app, ["info", "--model", model, "--json", "--params", str(REPO / "params.yaml"), *PAPER_RANDOM]
-    )
+    result = runner.invoke(app, ["info", "--model", model, "--json", "--params", str(PARAMS), *PAPER_RANDOM])
     assert result.exit_code == 0, result.output
     counts = json.loads(result.output)
     assert counts["trainable"] == trainable and counts["profile"] == "paper"
 
 
 def test_info_stage1_has_no_lora():
-    result = runner.invoke(
-        app, ["info", "--stage", "1", "--json", "--params", str(REPO / "params.yaml"), *PAPER_RANDOM]
-    )
+    result = runner.invoke(app, ["info", "--stage", "1", "--json", "--params", str(PARAMS), *PAPER_RANDOM])
     assert json.loads(result.output)["trainable"] == 31_859_523

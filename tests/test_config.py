@@ -6,9 +6,7 @@ import pytest
 from nstlab.config import load_config, lora_modules
 from nstlab.errors import ConfigError
 
-from conftest import REPO
-
-PARAMS = REPO / "params.yaml"
+from conftest import PARAMS, REPO
 
 
 def test_default_params_resolve_to_the_demo_profile():
@@ -202,3 +200,15 @@ def test_the_data_split_has_its_own_seed_that_training_seeds_leave_alone(tiny_co
     for name in ("download", "pair"):  # `dvc exp run -S seed=1` retrains, it does not re-pair
         assert "data.split_seed" in stages[name]["params"] and "seed" not in stages[name]["params"]
     assert "seed" in stages["train_vit_lora_stage1"]["params"]
+
+
+def test_tests_read_the_committed_params_and_a_workspace_read_is_noticed():
+    import conftest
+
+    committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True)
+    assert PARAMS != REPO / "params.yaml" and PARAMS.read_text() == committed.stdout
+    load_config(PARAMS)
+    assert conftest.workspace_params_reads == []
+    load_config(REPO / "params.yaml")  # what the autouse guard fails a test for
+    assert conftest.workspace_params_reads == [str(REPO / "params.yaml")]
+    conftest.workspace_params_reads.clear()

@@ -149,6 +149,92 @@ def test_a_file_on_disk_never_verified_is_verified_before_it_is_skipped(fake_mir
     assert fake_mirror.requests == []
 
 
+# -- the server's own MD5 (S3 ETag, Content-MD5) -----------------------------------------------
+
+
+def flipped_in_the_middle(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+
+
+def serve_image(mirror, checksum: str | None, *faults: str) -> tuple[RemoteFile, bytes]:
+    """One JPEG with no sha256 known, so only a decode or the server's checksum can judge it."""
+    data = image_bytes(seed=5)
+    mirror.add("a.jpg", data)
+    mirror.checksum = checksum
+    mirror.fail("a.jpg", *faults)
+    return RemoteFile(mirror.url("a.jpg"), "a.jpg"), data
+
+
+def test_a_flipped_byte_decodes_so_without_a_checksum_it_is_accepted(fake_mirror, tmp_path):
+    """The fault the checksums are for: invisible to the decode, and nothing changes without them."""
+    file, data = serve_image(fake_mirror, None, "flip")
+    summary = download_all([file], tmp_path, verify=decodes, **FAST)
+    assert summary.downloaded == ("a.jpg",) and len(fake_mirror.requests_for("a.jpg")) == 1
+    assert (tmp_path / "a.jpg").read_bytes() == flipped_in_the_middle(data)
+
+
+@pytest.mark.parametrize("checksum", ["etag", "content-md5"])
+def test_a_flipped_byte_is_caught_by_the_servers_md5_and_fetched_again(fake_mirror, tmp_path, checksum):
+    file, data = serve_image(fake_mirror, checksum, "flip")
+    summary = download_all([file], tmp_path, verify=decodes, **FAST)
+    assert summary.downloaded == ("a.jpg",) and len(fake_mirror.requests_for("a.jpg")) == 2
+    assert (tmp_path / "a.jpg").read_bytes() == data
+
+
+@pytest.mark.parametrize("checksum", ["multipart-etag", "weak-etag"])
+def test_etags_that_are_not_the_files_md5_are_ignored(fake_mirror, tmp_path, checksum):
+    file, data = serve_image(fake_mirror, checksum)
+    summary = download_all([file], tmp_path, verify=decodes, **FAST)
+    assert summary.downloaded == ("a.jpg",) and len(fake_mirror.requests_for("a.jpg")) == 1
+    assert (tmp_path / "a.jpg").read_bytes() == data
+
+
+def test_a_copy_that_never_matches_its_etag_is_missing_and_never_kept(fake_mirror, tmp_path):
+    file, _ = serve_image(fake_mirror, "etag", "flip", "flip", "flip")
+    summary = download_all([file], tmp_path, verify=decodes, **FAST)
+    reason = summary.missing["a.jpg"]
+    assert "MD5 mismatch with the server's ETag" in reason and "after 3 attempts" in reason
+    assert names_in(tmp_path) == {MANIFEST_NAME, ".download.lock"}
+
+
+@pytest.mark.parametrize("checksum", ["etag", "content-md5"])
+def test_a_resumed_download_passes_the_servers_md5(fake_mirror, tmp_path, checksum):
+    """A 206's ETag is the whole object's MD5, its Content-MD5 the range's: both hold for good bytes."""
+    data = serve(fake_mirror, 1, size=200_000)["img0.bin"]
+    fake_mirror.checksum = checksum
+    fake_mirror.fail("img0.bin", "drop")
+    assert download_all([remote(fake_mirror, "img0.bin")], tmp_path, **FAST).ok
+    assert fake_mirror.requests_for("img0.bin") == [None, "bytes=100000-"]
+    assert (tmp_path / "img0.bin").read_bytes() == data
+
+
+def test_a_corrupt_part_from_an_earlier_run_fails_the_etag_and_is_fetched_whole(fake_mirror, tmp_path):
+    """The ETag is checked against the whole file, the bytes already on disk included."""
+    data = serve(fake_mirror, 1, size=200_000)["img0.bin"]
+    fake_mirror.checksum = "etag"
+    (tmp_path / "img0.bin.part").write_bytes(flipped_in_the_middle(data[:100_000]))
+    assert download_all([remote(fake_mirror, "img0.bin")], tmp_path, **FAST).ok
+    assert fake_mirror.requests_for("img0.bin") == ["bytes=100000-", None]
+    assert (tmp_path / "img0.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("checksum", ["etag", "content-md5"])
+def test_a_mirror_flipping_bytes_in_a_third_of_its_responses_gets_no_corrupt_image_in(
+    fake_mirror, tmp_path, checksum
+):
+    images = {f"{seed}.jpg": image_bytes(seed=seed) for seed in range(60)}
+    for name, data in images.items():
+        fake_mirror.add(name, data)
+    fake_mirror.checksum, fake_mirror.flip_rate = checksum, 0.3
+    remotes = [RemoteFile(fake_mirror.url(name), name) for name in images]
+    summary = download_all(remotes, tmp_path, verify=decodes, workers=4, **{**FAST, "retries": 4})
+    corrupt = [name for name in summary.downloaded if (tmp_path / name).read_bytes() != images[name]]
+    assert corrupt == [] and len(fake_mirror.requests) > len(images)  # flips happened, none got in
+    assert set(summary.downloaded) | set(summary.missing) == images.keys() and not summary.failed
+    assert all("MD5 mismatch" in reason for reason in summary.missing.values())
+
+
 def test_server_errors_are_retried_with_backoff(fake_mirror, tmp_path):
     data = serve(fake_mirror, 1)["img0.bin"]
     fake_mirror.fail("img0.bin", "500", "500")

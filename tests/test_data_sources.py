@@ -135,6 +135,21 @@ def test_an_index_that_never_opens_is_one_line_after_the_retries(fake_mirror, tm
         fetch_source("wikiart", "style", 3, tmp_path, seed=0, mirror=fake_mirror.base_url, **FAST)
 
 
+def test_coco_through_a_mirror_that_flips_bytes_and_sends_s3_etags_gets_no_corrupt_image(
+    fake_mirror, tmp_path
+):
+    names = serve_coco(fake_mirror, 50)
+    fake_mirror.checksum, fake_mirror.flip_rate = "etag", 0.3
+    options = dict(FAST, retries=4, workers=4, max_missing=0.1)
+    paths, summary = fetch_source(
+        "coco", "content", 40, tmp_path, seed=0, mirror=fake_mirror.base_url, **options
+    )
+    served = fake_mirror.files
+    assert len(paths) == 40 and set(summary.missing) <= set(names)
+    assert all(path.read_bytes() == served[f"coco/train2014/{path.name}"] for path in paths)
+    assert len(image_requests(fake_mirror, "coco/train2014/")) > 40  # flipped responses were fetched again
+
+
 # -- dir: local folders --------------------------------------------------------------------------
 
 
@@ -190,7 +205,7 @@ def test_dir_sources_for_both_roles_feed_the_same_pair_stage(tmp_path):
     from nstlab.config import load_config
     from nstlab.data.stages import download_stage, pair_stage
 
-    from conftest import REPO
+    from conftest import PARAMS
 
     for index in range(6):
         write_image(tmp_path / "photos" / f"p{index}.jpg", size=(48, 40), seed=index)
@@ -198,7 +213,7 @@ def test_dir_sources_for_both_roles_feed_the_same_pair_stage(tmp_path):
             tmp_path / "paintings" / "Baroque" / f"l'œuvre {index}.png", size=(40, 48), seed=50 + index
         )
     cfg = load_config(
-        REPO / "params.yaml",
+        PARAMS,
         [
             f"data.content_source=dir:{tmp_path / 'photos'}",
             f"data.style_source=dir:{tmp_path / 'paintings'}",

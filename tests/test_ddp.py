@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import PARAMS
 from nstlab.training import distributed
 from nstlab.training.checkpoint import load_checkpoint
 from nstlab.data.dataset import EpochSampler
@@ -155,7 +156,7 @@ def test_torchrun_writes_one_run_and_matches_one_process_on_the_same_global_batc
         "--stage",
         "1",
         "--params",
-        str(REPO / "params.yaml"),
+        str(PARAMS),
         *overrides,
         "--pairs",
         str(tiny_pairs),

@@ -119,12 +119,12 @@ def test_several_styles_stay_an_adain_feature(cfg, images, tmp_path):
 def test_the_command_line_passes_both_options_and_refuses_alpha_in_one_line(
     cfg, images, tmp_path, capsys, tiny_overrides
 ):
-    from conftest import REPO
+    from conftest import PARAMS
 
     from nstlab.cli import main
 
     settings = [item for override in tiny_overrides for item in ("-S", override)]
-    common = [str(images["content"]), str(images["style"]), "--params", str(REPO / "params.yaml"), *settings]
+    common = [str(images["content"]), str(images["style"]), "--params", str(PARAMS), *settings]
     checkpoint = _untrained_checkpoint(cfg, "sanet", tmp_path)
     with pytest.raises(SystemExit) as done:
         main(

@@ -14,7 +14,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import ViTConfig, ViTModel
 
-from conftest import REPO, TINY, TINY_VIT
+from conftest import PARAMS, TINY, TINY_VIT
 from nstlab.training.checkpoint import save_atomic, trained_state
 from nstlab.config import load_config, lora_modules
 from nstlab.errors import NstlabError
@@ -138,7 +138,7 @@ def _trained_checkpoint(cfg, path: Path) -> torch.nn.Module:
 def tiny_stage2(saved_vit, tmp_path_factory):
     """(config, checkpoint, training model) of a tiny ViT-LoRA on the saved ViT, all four LoRA targets."""
     cfg = load_config(
-        REPO / "params.yaml",
+        PARAMS,
         [*TINY, f"backbone.vit={saved_vit}", "lora.target_modules=[query, key, value, dense]", "lora.r=4"],
     )
     path = tmp_path_factory.mktemp("stage2") / "model.pt"
@@ -178,7 +178,7 @@ def test_the_plain_model_stylises_as_the_training_model(tiny_stage2):
 def test_a_checkpoint_of_another_config_is_one_line(tiny_stage2, change, words):
     cfg, path, _ = tiny_stage2
     other = load_config(
-        REPO / "params.yaml",
+        PARAMS,
         [*TINY, f"backbone.vit={cfg.backbone.vit}", "lora.target_modules=[query, key, value, dense]", change],
     )
     with pytest.raises(NstlabError, match=words) as error:
@@ -211,7 +211,7 @@ def test_nstlab_stylize_imports_neither_transformers_nor_peft(tiny_stage2, tmp_p
         "lora.r=4",
     ]
     args = ["stylize", "content.png", "style.png", "-o", "out.png", "--checkpoint", str(path)]
-    args += ["--params", str(REPO / "params.yaml")] + [f"-S{item}" for item in [*TINY, *overrides]]
+    args += ["--params", str(PARAMS)] + [f"-S{item}" for item in [*TINY, *overrides]]
 
     def run(*command: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -238,7 +238,7 @@ def test_nstlab_stylize_imports_neither_transformers_nor_peft(tiny_stage2, tmp_p
 
 
 def test_a_random_init_vit_stylises_through_the_training_model(tmp_path):
-    cfg = load_config(REPO / "params.yaml", [*TINY, "lora.r=4"])
+    cfg = load_config(PARAMS, [*TINY, "lora.r=4"])
     assert cfg.backbone.vit == "random"
     trained = _trained_checkpoint(cfg, tmp_path / "model.pt")
     assert load_for_inference(cfg, tmp_path / "model.pt") is None

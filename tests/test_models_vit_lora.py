@@ -21,9 +21,9 @@ def _lora_count(model) -> int:
 def paper_model():
     from nstlab.config import load_config
 
-    from conftest import REPO
+    from conftest import PARAMS
 
-    return ViTLoRA(load_config(REPO / "params.yaml", PAPER))
+    return ViTLoRA(load_config(PARAMS, PAPER))
 
 
 def test_paper_sizes_stage1(paper_model):
@@ -54,9 +54,9 @@ def test_lora_counts_match_the_paper(tiny_config, overrides, lora):
 
     from nstlab.config import load_config, lora_modules
 
-    from conftest import REPO
+    from conftest import PARAMS
 
-    cfg = load_config(REPO / "params.yaml", PAPER + overrides)
+    cfg = load_config(PARAMS, PAPER + overrides)
     total = 0
     for _ in range(2):
         encoder = get_peft_model(
@@ -174,10 +174,10 @@ def test_adapters_round_trip_with_save_pretrained(tiny_config, tmp_path):
 SAVE_ADAPTERS = """
 import sys
 from pathlib import Path
-from conftest import REPO, TINY
+from conftest import PARAMS, TINY
 from nstlab.config import load_config
 from nstlab.models.vit_lora import ViTLoRA
-model = ViTLoRA(load_config(REPO / "params.yaml", TINY))
+model = ViTLoRA(load_config(PARAMS, TINY))
 model.enable_lora()
 model.save_adapters(Path(sys.argv[1]))
 """
@@ -193,7 +193,11 @@ def test_saved_adapter_configs_do_not_depend_on_the_process_hash_seed(tmp_path):
 
     configs = []
     for seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(REPO / "tests")}
+        env = {
+            **os.environ,
+            "PYTHONHASHSEED": seed,
+            "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO / 'tests'}",
+        }
         subprocess.run(
             [sys.executable, "-c", SAVE_ADAPTERS, str(tmp_path / seed)],
             env=env,

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from conftest import PARAMS, REPO
 from conftest_data import fake_mirror, serve_coco, serve_wikiart  # noqa: F401 (fixture)
 from nstlab.data.sources import draw_order
 
@@ -81,7 +81,7 @@ def _ok(result: subprocess.CompletedProcess) -> str:
 
 
 def test_paper_profile_through_a_faulty_mirror_to_the_report(fake_mirror, weights, tmp_path):
-    seed = yaml.safe_load((REPO / "params.yaml").read_text())["seed"]
+    seed = yaml.safe_load(PARAMS.read_text())["seed"]
     coco = serve_coco(fake_mirror, 30, size=(96, 72))
     wikiart = serve_wikiart(fake_mirror, 30, size=(72, 96), odd_names=True)
     coco_drawn = draw_order(coco, seed, "coco-content")[:IMAGES_PER_ROLE]
@@ -98,7 +98,7 @@ def test_paper_profile_through_a_faulty_mirror_to_the_report(fake_mirror, weight
     for name in lost:
         del fake_mirror.files[f"wikiart/wikiart/{name}"]
 
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(PARAMS.read_text())
     settings = [
         "-S",
         "profile=paper",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_shrunk_params
+from conftest import PARAMS, REPO, write_shrunk_params
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,6 @@ def repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     keep = [
         "dvc.yaml",
-        "params.yaml",
         "pyproject.toml",
         "README.md",
         "pipeline",
@@ -52,6 +51,7 @@ def repo(tmp_path_factory):
             )
         elif source.exists():
             shutil.copy(source, root / name)
+    shutil.copy(PARAMS, root / "params.yaml")  # the committed defaults, not the workspace's
     write_shrunk_params(root / "params.yaml")
     env = {
         **os.environ,

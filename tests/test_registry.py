@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import PARAMS
 from nstlab.errors import ConfigError
 from nstlab.registry import (
     OPTIMISED,
@@ -59,7 +60,7 @@ def test_dvc_stages_list_the_registered_methods():
         assert {f"train_{output_key(name, stage)}" for stage in get_method(name).stages} <= stages.keys()
     assert set(stages["evaluate"]["foreach"]) == set(method_names(TRAINED))
     assert {f"evaluate_{name}" for name in method_names(OPTIMISED)} <= stages.keys()
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     assert set(params["baselines"]) == set(baseline_names())
 
 

@@ -29,7 +29,7 @@ import yaml
 from PIL import Image
 
 import nstlab.training.checkpoint
-from conftest import REPO, TINY
+from conftest import PARAMS, TINY
 from conftest_data import fake_mirror, noise_image, serve_coco, serve_wikiart, write_image  # noqa: F401 (fixture)
 from test_data_images import png_header_only
 from nstlab.training.checkpoint import load_checkpoint, save_atomic
@@ -60,8 +60,8 @@ ROLES = ("content", "style")
 
 
 def write_params(path: Path, overrides: list[str]) -> Path:
-    """The repo's params.yaml with `key=value` overrides written in as top-level keys."""
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    """The committed params.yaml with `key=value` overrides written in as top-level keys."""
+    raw = yaml.safe_load(PARAMS.read_text())
     for text in overrides:
         keys, value = parse_override(text)
         node = raw
@@ -270,7 +270,7 @@ def make_pairs(root: Path) -> Path:
 def trained(tmp_path_factory) -> Trained:
     root = tmp_path_factory.mktemp("trained")
     pairs = make_pairs(root)
-    cfg = load_config(REPO / "params.yaml", [*TINY, *SCHEDULE])
+    cfg = load_config(PARAMS, [*TINY, *SCHEDULE])
     dirs = dict(models_dir=root / "models", logs_dir=root / "logs", checkpoints_dir=root / "checkpoints")
     for stage in (1, 2):
         train(cfg, "vit_lora", stage, pairs_dir=pairs, progress=False, tracking=False, **dirs)
@@ -554,7 +554,7 @@ def _params_args(name: str, folder: Path) -> list[str]:
     }
     if name in ("set_wrong_type", "set_not_key_value"):
         override = "decoder.dropout=high" if name == "set_wrong_type" else "lora.r"
-        return ["info", "--params", str(REPO / "params.yaml"), "-S", override]
+        return ["info", "--params", str(PARAMS), "-S", override]
     path = folder / f"{name}.yaml"
     if name == "malformed":
         path.write_text("profile: demo\nlora: [r, 16\nseed: 1\n")
@@ -791,7 +791,7 @@ def _run_together(commands: list[list[str]], cwd: Path) -> list[subprocess.Compl
 def test_two_demo_downloads_at_once_leave_intact_files(tmp_path):
     from nstlab.data.sources import demo_images
 
-    command = [*NSTLAB, "download", "--params", str(REPO / "params.yaml"), "--out", "raw", "--no-progress"]
+    command = [*NSTLAB, "download", "--params", str(PARAMS), "--out", "raw", "--no-progress"]
     for result in _run_together([command, command], tmp_path):
         assert result.returncode == 0, result.stderr
     for role in ROLES:
@@ -807,7 +807,7 @@ def test_two_network_downloads_at_once_fetch_each_file_once(fake_mirror, tmp_pat
         *NSTLAB,
         "download",
         "--params",
-        str(REPO / "params.yaml"),
+        str(PARAMS),
         "--out",
         "raw",
         "--no-progress",

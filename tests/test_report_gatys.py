@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import PARAMS
 from nstlab.tracking.ablate import override_args
 from nstlab.config import load_config
 from nstlab.report.gatys import OPTIONS, effective, gatys_section, param_value
@@ -26,7 +27,7 @@ RUNS = [  # (overrides of params.yaml, test content loss, style loss, latency_ms
 
 def _log_run(overrides: dict, metrics: dict, fail: bool = False) -> str:
     """A run as evaluate._log_gatys_run writes it: the config's gatys/backbone/seed keys, test metrics."""
-    cfg = load_config(REPO / "params.yaml", override_args(overrides))
+    cfg = load_config(PARAMS, override_args(overrides))
     with Tracker(cfg.mlflow, "gatys", {"model": "gatys", "stage": "0", "profile": cfg.profile}) as tracker:
         tracker.log_params(
             {
@@ -81,7 +82,7 @@ def section(tmp_path_factory):
             )
         reports = folder / "reports"
         patch.delenv("MLFLOW_TRACKING_URI")  # the report finds the store through its config alone
-        cfg = load_config(REPO / "params.yaml", [f"mlflow.tracking_uri=sqlite:///{folder / 'mlruns.db'}"])
+        cfg = load_config(PARAMS, [f"mlflow.tracking_uri=sqlite:///{folder / 'mlruns.db'}"])
         fragment, figures = gatys_section(cfg, reports, GRIDS)
         yield reports, fragment, figures, run_ids
 
@@ -139,7 +140,7 @@ def test_settings_compare_across_their_spellings_and_presets():
 def test_a_store_without_gatys_runs_gives_an_empty_section(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     monkeypatch.chdir(tmp_path)
-    cfg = load_config(REPO / "params.yaml")
+    cfg = load_config(PARAMS)
     with Tracker(cfg.mlflow, "sanet", {"model": "sanet", "stage": "0", "profile": cfg.profile}) as tracker:
         tracker.log_metrics({"test.paper_style_loss": 1.0}, 0)
     assert gatys_section(cfg, tmp_path / "reports", GRIDS) == ("", [])

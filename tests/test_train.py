@@ -271,7 +271,7 @@ def test_cli_resume_require_after_a_finished_run_lost_its_outputs_is_one_line(
     """`nstlab train` as the DVC stage runs it (default folders), twice, the outputs deleted in between."""
     import shutil
 
-    from conftest import REPO
+    from conftest import PARAMS
 
     from nstlab.cli import main
 
@@ -285,7 +285,7 @@ def test_cli_resume_require_after_a_finished_run_lost_its_outputs_is_one_line(
         "--no-tracking",
         "--no-progress",
         "--params",
-        str(REPO / "params.yaml"),
+        str(PARAMS),
         *overrides,
         "--pairs",
         str(tiny_pairs),

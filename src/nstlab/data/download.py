@@ -3,21 +3,33 @@
 Uses the standard library's urllib (no extra dependency; one connection per file, which is
 fine for tens of thousands of images over `workers` threads). Per file: bytes go to
 `<name>.part`, which a retry or a later run resumes with an HTTP Range request (a server that
-answers 200 instead of 206 restarts it); the sha256 is checked when known, a `verify` callback
-(the images: a full decode by the safe loader) must accept the bytes, and only then is the
-file renamed to its final name. Bytes that fail either check are fetched again; after the
-retries a file that never verified counts as missing, like one the server answers 404 or 410
-for. `manifest.json` in the target dir records filename → {sha256, size, url} (plus
-`verified: true` when a `verify` accepted it), so a re-run checks files on disk and skips them
-without touching the network (a file with no known checksum and no manifest entry cannot be
-trusted, so it is fetched again; one never verified is verified on disk first). A lock file in
-the target dir serialises processes that download into the same dir: the second waits, then
-finds the files present and skips them.
+answers 200 instead of 206 restarts it); the sha256 is checked when known, so is an MD5 the
+server sends (see below), a `verify` callback (the images: a full decode by the safe loader)
+must accept the bytes, and only then is the file renamed to its final name. Bytes that fail
+any check are fetched again; after the retries a file that never verified (or never matched
+the server's MD5) counts as missing, like one the server answers 404 or 410 for.
+`manifest.json` in the target dir records filename → {sha256, size, url} (plus `verified: true`
+when a `verify` accepted it), so a re-run checks files on disk and skips them without touching
+the network (a file with no known checksum and no manifest entry cannot be trusted, so it is
+fetched again; one never verified is verified on disk first). A lock file in the target dir
+serialises processes that download into the same dir: the second waits, then finds the files
+present and skips them.
+
+A server's own checksum: S3-backed hosts (COCO's) send each object's MD5 as its ETag
+(single-part uploads: 32 hex digits in quotes). Such an ETag names the whole object, also on a
+206 answer to a Range request, so the whole `.part` (earlier bytes and new ones) is hashed
+against it. `Content-MD5` (base64, RFC 1864) names the body of the response that carries it:
+the whole file on a 200, only the range on a 206. A mismatch is a corrupt body like one that
+does not decode. Weak ETags (`W/`), multipart ones (`-N`) and any other form are not digests and
+are ignored; a server that sends no checksum changes nothing.
 """
 
+import base64
+import binascii
 import hashlib
 import json
 import os
+import re
 import tarfile
 import threading
 import zipfile
@@ -43,6 +55,8 @@ _MAX_BACKOFF_S = 60.0
 _RETRYABLE_CLIENT_STATUS = {408, 425, 429}
 # The server says the file is not there (a mirror that lost it): the caller may replace it.
 _GONE_STATUS = {404, 410}
+# S3's ETag of a single-part object: its MD5 in quotes (multipart ones end in "-<parts>").
+_MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,10 @@ class _Gone(_Permanent):
 
 class _Unverified(_Retryable):
     """The bytes arrived whole but `verify` refused them (a corrupted body)."""
+
+
+class _ChecksumMismatch(_Unverified):
+    """The bytes differ from the MD5 the server sent with them."""
 
 
 class _MissingFile(DownloadError):
@@ -247,11 +265,14 @@ def _fetch_with_retries(
         if attempt and cancel.wait(min(policy.backoff_s * 2 ** (attempt - 1), _MAX_BACKOFF_S)):
             raise _Cancelled
         try:
-            _transfer(remote.url, part, policy.timeout_s, cancel, meter)
-            digest, size = _sha256(part)
+            object_md5 = _transfer(remote.url, part, policy.timeout_s, cancel, meter)
+            digests, size = _digests(part, ("sha256", "md5") if object_md5 else ("sha256",))
+            digest = digests["sha256"]
             if remote.sha256 and digest != remote.sha256.lower():
                 part.unlink()
                 raise _Retryable(f"sha256 mismatch (expected {remote.sha256[:12]}…, got {digest[:12]}…)")
+            if object_md5:
+                _check_md5(part, digests["md5"], object_md5, "the server's ETag")
             record = {"sha256": digest, "size": size, "url": remote.url}
             if policy.verify is not None:
                 _verify_part(part, policy.verify)
@@ -282,8 +303,34 @@ def _verify_part(part: Path, verify: Callable[[Path], None]) -> None:
         raise _Unverified(f"unusable bytes ({detail})") from None
 
 
-def _transfer(url: str, part: Path, timeout_s: float, cancel: threading.Event, meter: _Meter) -> None:
-    """Append the rest of `url` to `part` (or restart it when the server ignores the Range)."""
+def _check_md5(part: Path, got: str, expected: str, source: str) -> None:
+    """Delete `part` and raise when its MD5 is not the one `source` vouched for."""
+    if got != expected:
+        part.unlink(missing_ok=True)
+        raise _ChecksumMismatch(f"MD5 mismatch with {source} (expected {expected[:12]}…, got {got[:12]}…)")
+
+
+def _etag_md5(etag: str | None) -> str | None:
+    """The whole object's MD5 when `etag` has S3's single-part form; None for any other ETag."""
+    match = _MD5_ETAG.fullmatch((etag or "").strip())
+    return match.group(1).lower() if match else None
+
+
+def _content_md5(header: str | None) -> str | None:
+    """The body's MD5 (hex) from a Content-MD5 header; None when absent or not base64 of 16 bytes."""
+    try:
+        digest = base64.b64decode((header or "").strip(), validate=True)
+    except binascii.Error:
+        return None
+    return digest.hex() if len(digest) == 16 else None
+
+
+def _transfer(url: str, part: Path, timeout_s: float, cancel: threading.Event, meter: _Meter) -> str | None:
+    """Append the rest of `url` to `part` (or restart it when the server ignores the Range).
+
+    Checks the body against its Content-MD5 when sent; returns the whole object's MD5 from an
+    S3-style ETag (None when there is none) for the caller to check on the complete file.
+    """
     if cancel.is_set():
         raise _Cancelled
     offset = part.stat().st_size if part.exists() else 0
@@ -295,6 +342,8 @@ def _transfer(url: str, part: Path, timeout_s: float, cancel: threading.Event, m
                 part.unlink()
                 raise _Retryable(f"server sent the wrong range ({response.headers.get('Content-Range')})")
             expected_bytes = int(response.headers.get("Content-Length", -1))
+            body_md5 = _content_md5(response.headers.get("Content-MD5"))
+            body_hash = hashlib.md5(usedforsecurity=False)
             received_bytes = 0
             with open(part, "ab" if resuming else "wb") as handle:
                 while chunk := response.read1(_CHUNK_BYTES):  # what has arrived, so Ctrl-C keeps it
@@ -302,11 +351,15 @@ def _transfer(url: str, part: Path, timeout_s: float, cancel: threading.Event, m
                         raise _Cancelled
                     handle.write(chunk)
                     handle.flush()  # on disk now: a killed process (even SIGKILL) keeps what it received
+                    body_hash.update(chunk)
                     received_bytes += len(chunk)
                     meter.add_bytes(len(chunk))
             # http.client returns a short body without raising when the server hangs up early.
             if 0 <= received_bytes < expected_bytes:
                 raise _Retryable(f"connection dropped after {received_bytes} of {expected_bytes} bytes")
+            if body_md5:
+                _check_md5(part, body_hash.hexdigest(), body_md5, "the server's Content-MD5")
+            return _etag_md5(response.headers.get("ETag"))
     except HTTPError as error:
         if error.code == 416:  # the .part is not a prefix of what the server has now
             part.unlink(missing_ok=True)
@@ -322,13 +375,20 @@ def _transfer(url: str, part: Path, timeout_s: float, cancel: threading.Event, m
 
 
 def _sha256(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
+    digests, size = _digests(path, ("sha256",))
+    return digests["sha256"], size
+
+
+def _digests(path: Path, algorithms: tuple[str, ...]) -> tuple[dict[str, str], int]:
+    """{algorithm: hex digest} and the size of the file, read once."""
+    hashes = {name: hashlib.new(name, usedforsecurity=False) for name in algorithms}
     size = 0
     with open(path, "rb") as handle:
         while block := handle.read(_CHUNK_BYTES):
-            digest.update(block)
+            for hash_ in hashes.values():
+                hash_.update(block)
             size += len(block)
-    return digest.hexdigest(), size
+    return {name: hash_.hexdigest() for name, hash_ in hashes.items()}, size
 
 
 def _safe_join(root: Path, name: str) -> Path | None:

@@ -164,7 +164,7 @@ def evaluate_model(
                 "content": str(content_path),
                 "style": str(style_path),
                 **scorer(output, content, style),
-                **_against_adain(output, reports_dir, index),
+                **(_against_adain(output, reports_dir, index) if method == "gatys" else {}),
             }
         )
         if method == "gatys":
@@ -215,7 +215,8 @@ def _log_test_metrics(cfg: Config, method: str, reports_dir: Path, summary: dict
 
 def _against_adain(output: torch.Tensor, reports_dir: Path, index: int) -> dict[str, float]:
     """MSE and SSIM against AdaIN's output for the same pair, used as pseudo ground truth (the
-    Gatys proposal's metric); empty when AdaIN has not been evaluated."""
+    Gatys proposal's metric, so Gatys only: dvc.yaml's evaluate_gatys depends on AdaIN's outputs);
+    empty when AdaIN has not been evaluated."""
     from nstlab.data.images import load_rgb, to_tensor
 
     reference_path = reports_dir / "outputs" / "adain" / f"{index:04d}.png"
