@@ -3,6 +3,7 @@ table), the saved Table 2 view, and links to run pages on a tracking server."""
 
 import json
 
+from nstlab.registry import TABLE2_AXES, TABLE2_METHOD, get_method
 from nstlab.tracking.source import is_server
 
 
@@ -21,17 +22,18 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 MODEL_TRAINING_QUERY = "workflowType=machine_learning"
 # A view the UI loads from the experiment's tag mlflow.sharedViewState.<key> when the URL says
-# ?viewStateShareKey=<key>: Table 2 (stage-2 ViT-LoRA runs, the params experiments/table2.yaml
-# ablates, their test losses). Column keys are the UI's: <params|metrics|attributes>.`name`.
+# ?viewStateShareKey=<key>: Table 2 (the runs of its method's last stage, the params it ablates,
+# their test losses). Column keys are the UI's: <params|metrics|attributes>.`name`.
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
 TABLE2_VIEW_KEY = "table2"
-TABLE2_ABLATED = ("lora.r", "lora.target_modules", "encoder.layers", "decoder.layers")
+# Table 2's runs, as an MLflow search filter
+TABLE2_RUNS = f"tags.model = '{TABLE2_METHOD}' and tags.stage = '{get_method(TABLE2_METHOD).stages[-1]}'"
 TABLE2_VIEW = {
-    "searchFilter": "tags.model = 'vit_lora' and tags.stage = '2'",
+    "searchFilter": TABLE2_RUNS,
     "orderByKey": "metrics.`test.paper_content_loss`",
     "orderByAsc": True,
     "selectedColumns": [
-        *(f"params.`{key}`" for key in TABLE2_ABLATED),
+        *(f"params.`{key}`" for key in TABLE2_AXES),
         "metrics.`test.paper_content_loss`",
         "metrics.`test.paper_style_loss`",
         "attributes.`Dataset`",
