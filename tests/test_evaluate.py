@@ -1,6 +1,8 @@
 """Evaluation and `nstlab stylize`: the options for every model (--preserve-color, the --alpha
 trade-off), and what moves with the training seed and what must not."""
 
+import inspect
+
 import pytest
 import torch
 from PIL import Image
@@ -8,9 +10,12 @@ from PIL import Image
 from nstlab.evaluation import evaluate
 from nstlab.training.checkpoint import save_atomic, trained_state
 from nstlab.errors import NstlabError
-from nstlab.evaluation.evaluate import ALPHA_MODELS, Scorer, stylize_file
+from nstlab.evaluation.evaluate import Scorer, stylize_file
+from nstlab.models import build_at_stage, build_model, model_class
+from nstlab.registry import METHODS, TRAINED, get_method, method_names
 
-MODELS = ("vit_lora", "stytr2", "adain", "sanet", "mcc", "artflow", "iest", "gatys")
+MODELS = method_names()
+ALPHA_MODELS = [method.name for method in METHODS if method.alpha]
 
 
 @pytest.fixture
@@ -35,9 +40,9 @@ def images(tmp_path):
 
 def _untrained_checkpoint(cfg, method, folder):
     """The weights training would start from: enough to run the model end to end."""
-    if method == "gatys":
+    if get_method(method).kind != TRAINED:
         return None
-    model = evaluate._build_seeded(cfg, method, lora=method == "vit_lora")
+    model = build_at_stage(method, cfg, get_method(method).stages[-1])
     path = folder / f"{method}.pt"
     save_atomic({"model": trained_state(model)}, path)
     return path
@@ -85,7 +90,7 @@ def test_preserve_color_gives_every_model_a_style_in_the_contents_colours(
 
 @pytest.mark.parametrize("method", ALPHA_MODELS)
 def test_alpha_one_is_the_default_and_alpha_zero_the_contents_own_path(cfg, method):
-    model = evaluate._build_seeded(cfg, method).eval()
+    model = build_model(method, cfg).eval()
     generator = torch.Generator().manual_seed(1)
     content = torch.rand(2, 3, 32, 40, generator=generator)
     style = torch.rand(2, 3, 32, 32, generator=generator)
@@ -106,14 +111,24 @@ def test_alpha_one_is_the_default_and_alpha_zero_the_contents_own_path(cfg, meth
 def test_alpha_for_a_model_without_a_trade_off_is_one_line_naming_those_with_one(
     cfg, images, tmp_path, method
 ):
-    message = f"--alpha: {method} has no content–style trade-off; models with one: adain, sanet"
+    message = f"--alpha: {method} has no content–style trade-off; models with one: {', '.join(ALPHA_MODELS)}"
     with pytest.raises(NstlabError, match=message):
         stylize_file(cfg, method, images["content"], [images["style"]], tmp_path / "out.png", alpha=0.5)
 
 
-def test_several_styles_stay_an_adain_feature(cfg, images, tmp_path):
-    with pytest.raises(NstlabError, match="several style images are an AdaIN feature"):
+def test_several_styles_are_refused_by_a_model_that_takes_one(cfg, images, tmp_path):
+    with pytest.raises(
+        NstlabError, match="several style images: sanet takes one; models that mix several: adain"
+    ):
         stylize_file(cfg, "sanet", images["content"], [images["style"]] * 2, tmp_path / "out.png")
+
+
+@pytest.mark.parametrize("method", MODELS)
+def test_the_registry_says_what_each_forward_takes(method):
+    """stylize passes alpha and style_weights where the registry says so: the forward must take them."""
+    takes = inspect.signature(model_class(method).forward).parameters
+    assert ("alpha" in takes) == get_method(method).alpha
+    assert ("style_weights" in takes) == get_method(method).several_styles
 
 
 def test_the_command_line_passes_both_options_and_refuses_alpha_in_one_line(

@@ -12,7 +12,7 @@ from nstlab.errors import ConfigError, NstlabError
 from nstlab.functional import gram, total_variation
 from nstlab.functional import IMAGENET_STD, imagenet_normalize
 from nstlab.config.gatys import SEED_LAYER_WEIGHTS, settings_from_options
-from nstlab.models.gatys import GatysTransfer, build, style_layer_loss
+from nstlab.models.gatys import GatysTransfer, style_layer_loss
 
 VGG_WIDTH = 0.125
 
@@ -172,7 +172,7 @@ def test_blending_one_zero_equals_the_single_style():
 
 
 def test_any_size_through_build():
-    model = build(gatys_cfg(iterations=2))
+    model = GatysTransfer.build(gatys_cfg(iterations=2))
     content, style = torch.cat(images((17, 33), (17, 33))), images((40, 24))[0]
     output = model(content, style)
     assert output.shape == (2, 3, 17, 33)
@@ -253,23 +253,23 @@ def test_settings_errors_name_the_key():
     with pytest.raises(
         ConfigError, match=r"baselines\.gatys\.options\.steps: set baselines\.gatys\.iterations"
     ):
-        build(gatys_cfg(steps=10))
+        GatysTransfer.build(gatys_cfg(steps=10))
     with pytest.raises(ConfigError, match=r"baselines\.gatys\.options\.init = 'white'"):
-        build(gatys_cfg(init="white"))
+        GatysTransfer.build(gatys_cfg(init="white"))
 
 
 def test_build_reads_the_method_block_and_the_profile():
-    model = build(gatys_cfg(iterations=7, lr=0.5, optimizer="adamw", tv_weight=2.0))
+    model = GatysTransfer.build(gatys_cfg(iterations=7, lr=0.5, optimizer="adamw", tv_weight=2.0))
     assert (model.settings.steps, model.settings.lr, model.settings.optimizer) == (7, 0.5, "adamw")
     assert model.settings.weights == "random" and model.loss_weights["tv"] == 2.0
-    assert build(gatys_cfg(extractor="resnet50")).settings.weights == "random"
+    assert GatysTransfer.build(gatys_cfg(extractor="resnet50")).settings.weights == "random"
 
 
 def test_build_from_the_real_params(tiny_config):
     cfg = tiny_config(
         "baselines.gatys.iterations=2", "baselines.gatys.options={tv_weight: 1.0, laplacian_weight: 1.0}"
     )
-    model = build(cfg)
+    model = GatysTransfer.build(cfg)
     assert model.settings.steps == 2 and model.loss_weights["laplacian"] == 1.0
     assert model(*images((32, 32), (32, 32))).shape == (1, 3, 32, 32)
 

@@ -20,8 +20,8 @@ from nstlab.config import load_config, lora_modules
 from nstlab.errors import NstlabError
 from nstlab.evaluation.evaluate import load_model
 from nstlab.models import build_model
+from nstlab.models.vit_lora import ViTLoRA
 from nstlab.models.plain_vit import PlainViT, ViTSpec, load_pretrained, add_lora, pretrained_files
-from nstlab.models.vit_lora import load_for_inference
 from nstlab.runtime import seeded
 
 ALL_TARGETS = lora_modules(["query", "key", "value", "dense"])
@@ -182,7 +182,7 @@ def test_a_checkpoint_of_another_config_is_one_line(tiny_stage2, change, words):
         [*TINY, f"backbone.vit={cfg.backbone.vit}", "lora.target_modules=[query, key, value, dense]", change],
     )
     with pytest.raises(NstlabError, match=words) as error:
-        load_for_inference(other, path)
+        ViTLoRA.load_for_inference(other, path)
     assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
 
 
@@ -241,7 +241,7 @@ def test_a_random_init_vit_stylises_through_the_training_model(tmp_path):
     cfg = load_config(PARAMS, [*TINY, "lora.r=4"])
     assert cfg.backbone.vit == "random"
     trained = _trained_checkpoint(cfg, tmp_path / "model.pt")
-    assert load_for_inference(cfg, tmp_path / "model.pt") is None
+    assert ViTLoRA.load_for_inference(cfg, tmp_path / "model.pt") is None
     model = load_model(cfg, "vit_lora", checkpoint=tmp_path / "model.pt")
     assert not isinstance(model.content_encoder, PlainViT)
     content, style = _images()

@@ -26,7 +26,7 @@ RUNS = [  # (overrides of params.yaml, test content loss, style loss, latency_ms
 
 
 def _log_run(overrides: dict, metrics: dict, fail: bool = False) -> str:
-    """A run as evaluate._log_gatys_run writes it: the config's gatys/backbone/seed keys, test metrics."""
+    """A run as GatysTransfer.log_evaluation_run writes it: the config's gatys/backbone/seed keys, test metrics."""
     cfg = load_config(PARAMS, override_args(overrides))
     with Tracker(cfg.mlflow, "gatys", {"model": "gatys", "stage": "0", "profile": cfg.profile}) as tracker:
         tracker.log_params(

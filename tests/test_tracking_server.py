@@ -376,10 +376,13 @@ def test_the_table2_view_shows_the_params_the_table2_grid_ablates():
     import yaml
     from conftest import REPO
 
+    from nstlab.registry import TABLE2_AXES
+
     grid = yaml.safe_load((REPO / "experiments" / "table2.yaml").read_text())["experiments"]
     ablated = {key for point in grid.values() for key in point}
-    assert set(view.TABLE2_ABLATED) == ablated
+    assert set(TABLE2_AXES) == ablated
     assert {f"params.`{key}`" for key in ablated} <= set(view.TABLE2_VIEW["selectedColumns"])
+    assert view.TABLE2_VIEW["searchFilter"] == "tags.model = 'vit_lora' and tags.stage = '2'"
     assert view.table2_url("http://127.0.0.1:5000/", "1") == (
         "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=table2"
     )

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from nstlab.errors import ConfigError
-from nstlab.registry import baseline_names
+from nstlab.registry import LOSS_CONVENTIONS, LR_SCHEDULES, baseline_names, get_method, run_blocks
 
 PROFILES = ("demo", "paper")
 VIT_B_LAYERS = 12  # google/vit-base-patch16-224-in21k has 12 blocks
@@ -77,8 +77,8 @@ class BackboneConfig:
     vit_heads: int = field(metadata=_range(1))
     vit_mlp: int = field(metadata=_range(8))
     vit_layers: int = field(metadata=_range(1, 48))
-    vgg19: str  # "random", "imagenet" or a path: the ViT-LoRA loss network and Gatys' extractor
-    adain_vgg: str  # "random" or a path to pytorch-AdaIN's vgg_normalised.pth
+    vgg19: str  # "random", "imagenet" or a path: torchvision's VGG-19 (the "paper" loss convention)
+    adain_vgg: str  # "random" or a path to the normalised VGG-19, vgg_normalised.pth
     vgg_width: float = field(metadata=_range(0, 1, low_open=True))
 
 
@@ -106,7 +106,7 @@ class DecoderConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    convention: str = field(metadata=_choices("paper", "stytr2"))
+    convention: str = field(metadata=_choices(*LOSS_CONVENTIONS))
     content: float = field(metadata=_range(0))
     style: float = field(metadata=_range(0))
     identity1: float = field(metadata=_range(0))
@@ -133,7 +133,7 @@ class TrainConfig:
     precision: str = field(metadata=_choices("auto", "fp32", "bf16"))
     device: str = field(metadata=_choices("auto", "cpu", "cuda"))
     workers: int = field(metadata=_range(0, 64))
-    keep: str = field(default="best", metadata=_choices("best", "last"))  # what ViT-LoRA's model.pt holds
+    keep: str = field(default="best", metadata=_choices("best", "last"))  # what this block's model.pt holds
     stage2_from: str = field(default="last", metadata=_choices("last", "best"))  # stage 1's, for stage 2
 
 
@@ -163,7 +163,7 @@ class MethodConfig:
     batch_size: int = field(metadata=_range(1))
     iterations: int = field(metadata=_range(1))
     lr: float = field(metadata=_range(0, low_open=True))
-    lr_schedule: str = field(metadata=_choices("constant", "inverse", "stytr2"))
+    lr_schedule: str = field(metadata=_choices(*LR_SCHEDULES))
     lr_decay: float = field(default=0.0, metadata=_range(0))
     warmup_iterations: int = field(default=0, metadata=_range(0))
     grad_clip: float | None = None
@@ -195,41 +195,16 @@ class Config:
     mlflow: MlflowConfig
 
     def flat(self) -> dict[str, Any]:
-        """The resolved config as dotted keys (`lora.r`, `baselines.sanet.lr`): MLflow params."""
+        """The resolved config as dotted keys (`lora.r`, `baselines.<name>.lr`): MLflow params."""
         return flatten(dataclasses.asdict(self))
 
 
-# The blocks that describe one run, beyond the shared ones: MLflow logs only these, so a
-# ViT-LoRA run does not carry the IEST discriminator's settings (config.yaml keeps them all).
-SHARED_BLOCKS = ("profile", "seed", "data", "backbone", "eval")
-VIT_LORA_BLOCKS = ("encoder", "decoder", "lora", "loss", "train")
-# The train.* keys a baseline's training reads (its schedule lives in baselines.<name>).
-BASELINE_TRAIN_KEYS = (
-    "log_every",
-    "val_every",
-    "max_val_pairs",
-    "sample_every",
-    "precision",
-    "device",
-    "workers",
-)
-
-
 def run_params(cfg: Config, method: str, stage: int = 0) -> dict[str, Any]:
-    """The flattened params of one run of `method`: the shared keys and the trained model's own
-    block. ViT-LoRA: encoder, decoder, loss, train and (stage 2, where LoRA trains) lora; a
-    baseline: baselines.<method> and the train keys its trainer reads; Gatys (nothing trains):
-    baselines.gatys and train.device."""
-    if method == "vit_lora":
-        blocks = [block for block in VIT_LORA_BLOCKS if block != "lora" or stage != 1]
-    elif method in baseline_names():
-        keys = ("device",) if method == "gatys" else BASELINE_TRAIN_KEYS
-        blocks = [f"baselines.{method}", *(f"train.{key}" for key in keys)]
-    else:
-        raise ConfigError(
-            f"unknown model {method!r}: choose vit_lora or one of {', '.join(baseline_names())}"
-        )
-    wanted = (*SHARED_BLOCKS, *blocks)
+    """The flattened params of one run of `method`, as MLflow logs them: the keys of the blocks
+    the registry says the run reads (registry.run_blocks), so a run does not carry another
+    method's settings (config.yaml keeps them all)."""
+    get_method(method)  # an unknown name: a one-line ConfigError naming the known ones
+    wanted = run_blocks(method, stage)
     return {
         key: value
         for key, value in cfg.flat().items()

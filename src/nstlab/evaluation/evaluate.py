@@ -2,10 +2,13 @@
 
 Same code, same pairs, same loss networks for every model, so Table 1 compares like with like.
 Metrics per model (reports/metrics/<model>.json):
-- content/style loss by the ViT-LoRA paper's formulas (torchvision VGG-19, PAPER_LAYERS)
-- content/style loss by the StyTr² code convention (normalised VGG, mvn content)
+- content/style loss by each loss convention (registry.LOSS_CONVENTIONS, nstlab.losses)
 - SSIM(output, content) on luminance; Gram-matrix style distance (size-normalised)
+- MSE and SSIM against the pseudo ground truth's output (registry.PSEUDO_GROUND_TRUTH), once it
+  has been evaluated
 - mean latency per image, peak memory, number of pairs
+
+What differs between methods is asked of the registry (capabilities) or of the model (hooks).
 """
 
 import json
@@ -20,8 +23,16 @@ from nstlab.training.adapters import load_adapters
 from nstlab.config import Config
 from nstlab.errors import NstlabError
 from nstlab.functional import gram_distance, luminance, ssim
-from nstlab.registry import final_output_key
-from nstlab.runtime import keep_freed_memory, pick_device, seeded
+from nstlab.registry import (
+    LOSS_CONVENTIONS,
+    METHODS,
+    OPTIMISED,
+    PSEUDO_GROUND_TRUTH,
+    TRAINED,
+    final_output_key,
+    get_method,
+)
+from nstlab.runtime import keep_freed_memory, pick_device
 
 
 def trained_weights_path(method: str, models_dir: Path) -> Path:
@@ -35,42 +46,33 @@ def load_model(
     checkpoint: Path | None = None,
     device: torch.device | None = None,
 ) -> nn.Module:
-    """Build `method` and load its trained weights (ViT-LoRA: the stage-2 model with LoRA), by
-    the method module's `load_for_inference(cfg, path)` where it has one and it serves (a model
-    for stylising only, quick to load), else as training built it."""
+    """`method` with its trained weights: the model class's `load_for_inference` where it serves
+    (a model for stylising only, quick to load), else the model as its last training stage built
+    it (frozen random-init parts drawn from cfg.seed), with the weights loaded. A method that
+    trains nothing has no weights: it is built from the config."""
     from nstlab.training.checkpoint import load_checkpoint, load_trained_state
-    from nstlab.models import method_module
+    from nstlab.models import build_at_stage, model_class
 
     path = checkpoint or trained_weights_path(method, models_dir)
-    load_for_inference = getattr(method_module(method), "load_for_inference", None)
-    model = load_for_inference(cfg, path) if load_for_inference else None
+    model = model_class(method).load_for_inference(cfg, path)
     if model is None:
-        model = _build_seeded(cfg, method, lora=method == "vit_lora")
-        if method == "gatys":
-            return model
-        load_trained_state(model, load_checkpoint(path)["model"], path)
+        model = build_at_stage(method, cfg, get_method(method).stages[-1])
+        if get_method(method).kind == TRAINED:
+            load_trained_state(model, load_checkpoint(path)["model"], path)
     return model.to(device or torch.device("cpu")).eval()
-
-
-def _build_seeded(cfg: Config, method: str, *, lora: bool = False) -> nn.Module:
-    """The model as training built it: frozen random-init parts (demo backbones) come from cfg.seed."""
-    from nstlab.models import build_model
-
-    model = build_model(method, cfg)
-    if lora:
-        with seeded(cfg.seed):
-            model.enable_lora()
-    return model
 
 
 def describe_model(cfg: Config, method: str, stage: int) -> dict:
     """`nstlab info`: parameter counts per part, built from the config (no weights loaded)."""
-    model = _build_seeded(cfg, method, lora=method == "vit_lora" and stage == 2)
+    from nstlab.models import build_at_stage
+
+    model = build_at_stage(method, cfg, stage)
     return {"model": method, "profile": cfg.profile, **model.parameter_counts()}
 
 
 class Scorer(nn.Module):
-    """Both loss conventions' networks, built once and run once per image."""
+    """Every loss convention's network, built once and run once per image; the Gram distance is
+    measured on the first convention's features."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -81,17 +83,16 @@ class Scorer(nn.Module):
         # The measuring stick must not move with the training seed: random-init scoring networks
         # (the demo's) are drawn from the fixed split seed, so every seed is scored alike.
         fixed = dataclasses.replace(cfg, seed=cfg.data.split_seed)
-        self.paper = loss_network("paper", fixed)
-        self.stytr2 = loss_network("stytr2", fixed)
+        self.networks = nn.ModuleDict({name: loss_network(name, fixed) for name in LOSS_CONVENTIONS})
 
     @torch.no_grad()
     def forward(self, output: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> dict[str, float]:
         scores = {}
-        for name, net in (("paper", self.paper), ("stytr2", self.stytr2)):
+        for name, net in self.networks.items():
             out_f, content_f, style_f = net(output), net(content), net(style)
             scores[f"{name}_content_loss"] = float(net.content_loss(out_f, content_f))
             scores[f"{name}_style_loss"] = float(net.style_loss(out_f, style_f))
-            if name == "paper":
+            if name == LOSS_CONVENTIONS[0]:
                 scores["gram_distance"] = float(sum(gram_distance(out_f[k], style_f[k]) for k in out_f))
         scores["ssim_content"] = float(ssim(luminance(output), luminance(content)).mean())
         return scores
@@ -142,7 +143,8 @@ def evaluate_model(
     pairs = _read_pairs(pairs_dir, "test")[: cfg.eval.max_pairs]
     outputs_dir = reports_dir / "outputs" / method
     outputs_dir.mkdir(parents=True, exist_ok=True)
-    rows, latencies, histories = [], [], []
+    optimised = get_method(method).kind == OPTIMISED
+    rows, latencies = [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for index, (content_path, style_path) in enumerate(
@@ -164,11 +166,10 @@ def evaluate_model(
                 "content": str(content_path),
                 "style": str(style_path),
                 **scorer(output, content, style),
-                **(_against_adain(output, reports_dir, index) if method == "gatys" else {}),
+                # the optimised method only (its dvc.yaml stage declares those outputs)
+                **(_against_pseudo_ground_truth(output, reports_dir, index) if optimised else {}),
             }
         )
-        if method == "gatys":
-            histories.append(model.last_histories[0])
     if not rows:
         raise NstlabError(f"{pairs_dir / 'test.csv'}: no test pairs to evaluate")
     metric_names = [
@@ -187,9 +188,8 @@ def evaluate_model(
     from nstlab.data.version import pairs_tables
 
     test_pairs = pairs_tables(pairs_dir, ("test",))
-    if method == "gatys":  # nothing trains: the evaluation is the run (one per grid point)
-        (outputs_dir / "history.json").write_text(json.dumps(histories) + "\n")
-        summary["mlflow_run_id"] = _log_gatys_run(cfg, summary, outputs_dir, test_pairs)
+    if get_method(method).kind == OPTIMISED:  # nothing trains: the evaluation is the run
+        summary["mlflow_run_id"] = model.log_evaluation_run(cfg, summary, outputs_dir, test_pairs)
     else:
         summary["mlflow_run_id"] = _log_test_metrics(cfg, method, reports_dir, summary, test_pairs)
     write_record(summary, *evaluation_record_paths(reports_dir, method))
@@ -213,58 +213,27 @@ def _log_test_metrics(cfg: Config, method: str, reports_dir: Path, summary: dict
     return run_id
 
 
-def _against_adain(output: torch.Tensor, reports_dir: Path, index: int) -> dict[str, float]:
-    """MSE and SSIM against AdaIN's output for the same pair, used as pseudo ground truth (the
-    Gatys proposal's metric, so Gatys only: dvc.yaml's evaluate_gatys depends on AdaIN's outputs);
-    empty when AdaIN has not been evaluated."""
+def _against_pseudo_ground_truth(output: torch.Tensor, reports_dir: Path, index: int) -> dict[str, float]:
+    """MSE and SSIM against the pseudo ground truth's output for the same pair (the project
+    proposal's metric for the optimisation-based method); empty until that method has been
+    evaluated."""
     from nstlab.data.images import load_rgb, to_tensor
 
-    reference_path = reports_dir / "outputs" / "adain" / f"{index:04d}.png"
+    reference_path = reports_dir / "outputs" / PSEUDO_GROUND_TRUTH / f"{index:04d}.png"
     if not reference_path.is_file():
         return {}
     reference = to_tensor(load_rgb(reference_path)).unsqueeze(0).to(output.device)
     if reference.shape != output.shape:
         return {}
     return {
-        "mse_vs_adain": float(torch.mean((output - reference) ** 2)),
-        "ssim_vs_adain": float(ssim(luminance(output), luminance(reference)).mean()),
+        f"mse_vs_{PSEUDO_GROUND_TRUTH}": float(torch.mean((output - reference) ** 2)),
+        f"ssim_vs_{PSEUDO_GROUND_TRUTH}": float(ssim(luminance(output), luminance(reference)).mean()),
     }
 
 
-def _log_gatys_run(cfg: Config, summary: dict, outputs_dir: Path, test_pairs) -> str | None:
-    """One MLflow run per Gatys configuration: its settings, the test pairs it stylised, test
-    metrics, step history and the whole resolved config."""
-    from nstlab.training.checkpoint import run_digest
-    from nstlab.config import config_yaml, run_params
-    from nstlab.tracking.groups import seed_group
-    from nstlab.tracking.run import Tracker
-
-    history_path, config_file = outputs_dir / "history.json", outputs_dir / "config.yaml"
-    config_file.write_text(config_yaml(cfg))
-    tags = {
-        "model": "gatys",
-        "stage": "0",
-        "profile": cfg.profile,
-        "config_digest": run_digest(cfg, "gatys", 0),
-    }
-    with Tracker(cfg.mlflow, "gatys", tags, group=seed_group(cfg, "gatys", 0, "gatys")) as tracker:
-        tracker.log_params(run_params(cfg, "gatys"))
-        tracker.log_datasets(test_pairs)
-        tracker.log_artifact(config_file)
-        tracker.log_metrics({f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float)}, 0)
-        histories = json.loads(history_path.read_text())
-        for record in histories[0] if histories else []:
-            tracker.log_metrics(
-                {f"optim.{k}": v for k, v in record.items() if k != "step"}, int(record["step"])
-            )
-        tracker.log_artifact(history_path)
-    return tracker.run_id
-
-
-# Models with a content–style trade-off `alpha` (their forward's docstring says how). ViT-LoRA
-# has none: its identity losses are weighted 0, so its content-content path is untrained; Gatys'
-# trade-off is its loss weights (baselines.gatys.options.content_weight / style_weight).
-ALPHA_MODELS = ("adain", "sanet", "mcc", "iest", "artflow", "stytr2")
+def _methods_that(can) -> str:
+    """The registered methods for which `can(method)` holds, named for a message."""
+    return ", ".join(method.name for method in METHODS if can(method))
 
 
 def stylize_file(
@@ -282,11 +251,10 @@ def stylize_file(
     preserve_color: bool = False,
     models_dir: Path = Path("models"),
 ) -> list[Path]:
-    """`nstlab stylize`: one image, any size; the content–style trade-off `alpha` (ALPHA_MODELS),
-    several styles (AdaIN), and `preserve_color` (every model: the style image takes the content's
-    colours first, by CORAL, as pytorch-AdaIN's --preserve_color).
-
-    With `adapters` (ViT-LoRA only), one output per adapter: OUT's stem + `_<adapter name>`.
+    """`nstlab stylize`: one image, any size; what the registry says the method can do (a
+    content–style trade-off `alpha`, several styles mixed by `style_weights`, LoRA `adapters`:
+    one output each, OUT's stem + `_<adapter name>`), and `preserve_color` (every model: the
+    style image takes the content's colours first, by CORAL: nstlab.functional.coral).
     """
     from nstlab.data.images import save_image
     from nstlab.functional import coral
@@ -294,15 +262,19 @@ def stylize_file(
 
     if not 0.0 <= alpha <= 1.0:
         raise NstlabError(f"--alpha {alpha}: must be in [0, 1]")
-    if alpha != 1.0 and method not in ALPHA_MODELS:
+    can = get_method(method)
+    if alpha != 1.0 and not can.alpha:
         raise NstlabError(
-            f"--alpha: {method} has no content–style trade-off; models with one: {', '.join(ALPHA_MODELS)}"
+            f"--alpha: {method} has no content–style trade-off; models with one: {_methods_that(lambda m: m.alpha)}"
         )
-    if len(style_paths) > 1 and method != "adain":
-        raise NstlabError("several style images are an AdaIN feature: add --model adain")
-    if adapters and (method != "vit_lora" or checkpoint is not None):
+    if len(style_paths) > 1 and not can.several_styles:
         raise NstlabError(
-            "--adapter loads LoRA adapters onto ViT-LoRA: use it with --model vit_lora and no --checkpoint"
+            f"several style images: {method} takes one; models that mix several: "
+            f"{_methods_that(lambda m: m.several_styles)}"
+        )
+    if adapters and (not can.adapters or checkpoint is not None):
+        raise NstlabError(
+            f"--adapter loads LoRA adapters: use it with --model {_methods_that(lambda m: m.adapters)} and no --checkpoint"
         )
     limit = max_size or cfg.eval.max_size
     content = _load_tensor(cfg, content_path, limit)
@@ -328,16 +300,11 @@ def stylize_file(
             )
         return outputs
     model = load_model(cfg, method, checkpoint=checkpoint, device=device)
+    style = [s.to(device) for s in styles] if len(styles) > 1 else styles[0].to(device)
+    options = {"alpha": alpha} if can.alpha else {}
+    if can.several_styles:
+        options["style_weights"] = style_weights
     with torch.no_grad(), autocast(device, dtype):
-        if method == "adain":
-            output = model(
-                content.to(device),
-                [s.to(device) for s in styles] if len(styles) > 1 else styles[0].to(device),
-                alpha=alpha,
-                style_weights=style_weights,
-            )
-        else:
-            trade_off = {"alpha": alpha} if method in ALPHA_MODELS else {}
-            output = model(content.to(device), styles[0].to(device), **trade_off)
+        output = model(content.to(device), style, **options)
     save_image(output[0].float().clamp(0, 1).cpu(), output_path)
     return [output_path]

@@ -77,7 +77,3 @@ class AdaIN(FeatureTransferNet):
         if self.loss_weights["style"]:
             terms["style"] = mean_std_style_loss(output_features, style_features, STYLE_LAYERS)
         return terms
-
-
-def build(cfg) -> AdaIN:
-    return AdaIN(cfg)

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nstlab.models.base import StyleModel
 from nstlab.models.encoders import NormalisedVGG
 from nstlab.errors import ConfigError
 from nstlab.functional import adain, crop_to, pad_to_multiple
@@ -28,8 +29,6 @@ DEFAULT_OPTIONS = {"blocks": 2, "flows": 8, "hidden": 512, "transfer": "adain"}
 TRANSFERS = ("adain", "wct")
 # train.py: --content_weight 0.1, --style_weight 1 (its --mse_weight is 0 and left out).
 PAPER_LOSS_WEIGHTS = {"content": 0.1, "style": 1.0}
-# Why it cannot train under torchrun (see nstlab.models):
-SINGLE_PROCESS_ONLY = "ActNorm initialises its weights from the first batch, which differs per rank"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")  # net.py: enc_1 … enc_4
 CONTENT_LAYER = "relu4_1"
 WCT_EIGEN_FLOOR = 1e-5  # glow_wct.py keeps eigen-directions with eigenvalue >= 1e-5
@@ -245,8 +244,12 @@ def wct(content_latents: torch.Tensor, style_latents: torch.Tensor) -> torch.Ten
 # The model
 
 
-class ArtFlow(nn.Module):
+class ArtFlow(StyleModel):
     """ArtFlow-AdaIN (or -WCT): the model contract of nstlab.models with a Glow as the whole network."""
+
+    name = "artflow"
+    # Why it cannot train under torchrun:
+    single_process_only = "ActNorm initialises its weights from the first batch, which differs per rank"
 
     def __init__(self, cfg):
         super().__init__()
@@ -310,7 +313,3 @@ class ArtFlow(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         return part_counts(self)
-
-
-def build(cfg) -> ArtFlow:
-    return ArtFlow(cfg)

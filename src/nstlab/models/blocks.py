@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nstlab.models.base import StyleModel
 from nstlab.models.encoders import NormalisedVGG, pad_for_vgg, reflect_conv, scaled_channels
 from nstlab.errors import ConfigError
 from nstlab.functional import crop_to
@@ -143,7 +144,7 @@ class TransferStep:
     output_features: dict[str, torch.Tensor]
 
 
-class FeatureTransferNet(nn.Module):
+class FeatureTransferNet(StyleModel):
     """The skeleton AdaIN, SANet, MCC and IEST share: the frozen NormalisedVGG encodes both images,
     `transform(content_features, style_features)` makes relu4_1-sized features, AdaINDecoder
     decodes them. Subclasses set `name` (their `baselines.<name>` block), `transform`,

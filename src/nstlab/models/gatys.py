@@ -30,13 +30,14 @@ The extractor (VGG-19, ResNet-50 or a ViT, nstlab.models.extractors) is built on
 each `stylize` call encodes its content and style targets once, then only the image is re-encoded.
 """
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from nstlab.errors import ConfigError, NstlabError
@@ -51,6 +52,7 @@ from nstlab.config.gatys import (
 )
 from nstlab.config.layer_names import default_layers
 from nstlab.losses import feature_mse
+from nstlab.models.base import StyleModel
 from nstlab.models.blocks import count_parameters
 from nstlab.models.extractors import build_extractor, vit_block_count
 
@@ -107,9 +109,11 @@ class Targets:
     content_laplacian: torch.Tensor
 
 
-class GatysTransfer(nn.Module):
+class GatysTransfer(StyleModel):
     """Optimises an image; `stylize` for one content and several styles, `forward` for batches
     (the feed-forward models' contract, so evaluation treats it alike)."""
+
+    name = "gatys"
 
     def __init__(self, settings: GatysSettings, *, seed: int = 0, vgg_width: float = 1.0, vit_config=None):
         super().__init__()
@@ -132,6 +136,7 @@ class GatysTransfer(nn.Module):
         )
         self.loss_weights = {term: getattr(settings, f"{term}_weight") for term in LOSS_TERMS}
         self.last_histories: list[list[dict[str, float]]] = []
+        self.histories: list[list[dict[str, float]]] = []  # every optimisation's, since built
 
     def _style_layer_weights(
         self, settings: GatysSettings, default_style: tuple[str, ...]
@@ -324,6 +329,7 @@ class GatysTransfer(nn.Module):
             output, history = self.stylize(content[index : index + 1], [style_image])
             outputs.append(output)
             self.last_histories.append(history)
+        self.histories += self.last_histories
         return torch.cat(outputs)
 
     def losses(self, content: torch.Tensor, style: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -334,18 +340,50 @@ class GatysTransfer(nn.Module):
         counts = {f"extractor.{kind}": number for kind, number in count_parameters(self.extractor).items()}
         return {**counts, "trainable": 0, "total": sum(p.numel() for p in self.parameters())}
 
+    @classmethod
+    def build(cls, cfg) -> "GatysTransfer":
+        """GatysTransfer from the config: settings_from_config, `cfg.seed`, `backbone.vgg_width`
+        for a random VGG-19 and the `backbone.vit_*` sizes for a random ViT."""
+        settings, backbone, vit_config = settings_from_config(cfg), cfg.backbone, None
+        if settings.extractor == "vit" and settings.weights == "random":
+            from transformers import ViTConfig
 
-def build(cfg) -> GatysTransfer:
-    """GatysTransfer from the config: settings_from_config, `cfg.seed`, `backbone.vgg_width` for
-    a random VGG-19 and the `backbone.vit_*` sizes for a random ViT."""
-    settings, backbone, vit_config = settings_from_config(cfg), cfg.backbone, None
-    if settings.extractor == "vit" and settings.weights == "random":
-        from transformers import ViTConfig
+            vit_config = ViTConfig(
+                hidden_size=backbone.vit_hidden,
+                num_hidden_layers=backbone.vit_layers,
+                num_attention_heads=backbone.vit_heads,
+                intermediate_size=backbone.vit_mlp,
+            )
+        return cls(settings, seed=cfg.seed, vgg_width=backbone.vgg_width, vit_config=vit_config)
 
-        vit_config = ViTConfig(
-            hidden_size=backbone.vit_hidden,
-            num_hidden_layers=backbone.vit_layers,
-            num_attention_heads=backbone.vit_heads,
-            intermediate_size=backbone.vit_mlp,
-        )
-    return GatysTransfer(settings, seed=cfg.seed, vgg_width=backbone.vgg_width, vit_config=vit_config)
+    def log_evaluation_run(self, cfg, summary: dict[str, Any], outputs_dir: Path, test_pairs) -> str | None:
+        """One MLflow run per Gatys configuration (each grid point): its settings, the test pairs
+        it stylised, test metrics, the first image's step history, every image's history
+        (outputs_dir/history.json) and the whole resolved config."""
+        from nstlab.config import config_yaml, run_params
+        from nstlab.tracking.groups import seed_group
+        from nstlab.tracking.run import Tracker
+        from nstlab.training.checkpoint import run_digest
+
+        history_path, config_file = outputs_dir / "history.json", outputs_dir / "config.yaml"
+        history_path.write_text(json.dumps(self.histories) + "\n")
+        config_file.write_text(config_yaml(cfg))
+        tags = {
+            "model": self.name,
+            "stage": "0",
+            "profile": cfg.profile,
+            "config_digest": run_digest(cfg, self.name, 0),
+        }
+        with Tracker(cfg.mlflow, self.name, tags, group=seed_group(cfg, self.name, 0, self.name)) as tracker:
+            tracker.log_params(run_params(cfg, self.name))
+            tracker.log_datasets(test_pairs)
+            tracker.log_artifact(config_file)
+            tracker.log_metrics(
+                {f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float)}, 0
+            )
+            for record in self.histories[0] if self.histories else []:
+                tracker.log_metrics(
+                    {f"optim.{k}": v for k, v in record.items() if k != "step"}, int(record["step"])
+                )
+            tracker.log_artifact(history_path)
+        return tracker.run_id

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from nstlab.models.encoders import scaled_channels
 from nstlab.errors import ConfigError
-from nstlab.models import Optimizers, default_optimizer
+from nstlab.models.base import Optimizers, default_optimizer
 from nstlab.models.sanet import SANet
 
 
@@ -113,12 +113,10 @@ def contrastive_loss(
     return (log_partition - positive_logit).sum()
 
 
-# Its step is not one forward and one backward that DDP could average over ranks.
-SINGLE_PROCESS_ONLY = "its discriminator takes its own optimiser step between two generator passes"
-
-
 class IEST(SANet):
     name = "iest"
+    # Its step is not one forward and one backward that DDP could average over ranks.
+    single_process_only = "its discriminator takes its own optimiser step between two generator passes"
     # IEContraAST train.py: content 1, style 1, identity 50 and 1, contrastive 0.3 each, GAN 5
     loss_defaults = {
         "content": 1.0,
@@ -130,7 +128,7 @@ class IEST(SANet):
         "adversarial": 5.0,
     }
     # train.py: τ 0.2 in compute_contrastive_loss; D Adam betas (0.5, 0.999) (configure_optimizers)
-    # and D's lr decayed as G's (train.py:143; false: constant), read by the trainer
+    # and D's lr decayed as G's (train.py:143; false: constant: discriminator_lr_decays)
     option_defaults = {"tau": 0.2, "d_betas": (0.5, 0.999), "d_lr_decay": True}
 
     def __init__(self, cfg):
@@ -207,6 +205,10 @@ class IEST(SANet):
         _, output = self._cached()
         return {"adversarial": self.discriminator.lsgan_loss(output, 1.0)}
 
+    @property
+    def discriminator_lr_decays(self) -> bool:
+        return self.options["d_lr_decay"]
+
     def configure_optimizers(self, lr: float) -> Optimizers:
         """The generator's Adam, as every model's, and D's own Adam with train.py's betas."""
         generator = default_optimizer(self, lr)
@@ -226,7 +228,3 @@ class IEST(SANet):
         counts = super().parameter_counts()
         counts["generator.trainable"] = counts["trainable"] - counts.get("discriminator.trainable", 0)
         return counts
-
-
-def build(cfg) -> IEST:
-    return IEST(cfg)

@@ -104,7 +104,3 @@ class MCC(FeatureTransferNet):
         if self.loss_weights["tv"]:
             terms["tv"] = total_variation(step.output.float())  # a sum over every pixel: fp32 under AMP
         return terms
-
-
-def build(cfg) -> MCC:
-    return MCC(cfg)

@@ -80,7 +80,3 @@ class SANet(FeatureTransferNet):
             "merge_conv": self.transform.merge_conv,
             "decoder": self.decoder,
         }
-
-
-def build(cfg) -> SANet:
-    return SANet(cfg)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nstlab.models.base import StyleModel
 from nstlab.models.encoders import pad_for_vgg
 from nstlab.errors import ConfigError
 from nstlab.functional import crop_to, pad_to_multiple
@@ -115,8 +116,10 @@ def _check_options(options: dict) -> None:
         )
 
 
-class StyTr2(nn.Module):
+class StyTr2(StyleModel):
     """StyTr² under the model contract of nstlab.models; d_model < 512 narrows the CNN decoder too."""
+
+    name = "stytr2"
 
     def __init__(self, cfg):
         super().__init__()
@@ -195,7 +198,3 @@ class StyTr2(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         return part_counts(self)
-
-
-def build(cfg) -> StyTr2:
-    return StyTr2(cfg)

@@ -29,6 +29,7 @@ from nstlab.config import Config, lora_modules, short_targets
 from nstlab.errors import ConfigError, NstlabError
 from nstlab.functional import crop_to, imagenet_denormalize, imagenet_normalize, pad_to_multiple
 from nstlab.losses import identity_terms, loss_network
+from nstlab.models.base import StyleModel
 from nstlab.models.blocks import StyleDecoder, part_counts
 from nstlab.models.plain_vit import PlainViT, add_lora, load_pretrained, lora_shapes
 from nstlab.registry import output_key
@@ -169,7 +170,9 @@ class CNNDecoder(nn.Sequential):
         super().__init__(*modules[:-1])  # no ReLU after the last conv
 
 
-class ViTLoRA(nn.Module):
+class ViTLoRA(StyleModel):
+    name = "vit_lora"
+
     def __init__(self, cfg: Config, encoders: tuple[PlainViT, PlainViT] | None = None):
         """The training model: two copies of the HF ViT (load_vit) and the loss network. With
         `encoders` (load_for_inference: two PlainViTs), a model that only stylises."""
@@ -324,6 +327,92 @@ class ViTLoRA(nn.Module):
         lora = sum(p.numel() for name, p in self.named_parameters() if "lora_" in name)
         return {**part_counts(self), "lora": lora}
 
+    # -- how it trains and loads (the StyleModel hooks) ------------------------------------------
+    def add_stage_parts(self, cfg: Config, stage: int) -> None:
+        """Stage 2 trains LoRA on both encoders: added here, its init drawn from cfg.seed."""
+        if stage == 2:
+            with seeded(cfg.seed):
+                self.enable_lora()
+
+    def prepare_training(self, cfg: Config, stage: int, models_dir: Path) -> None:
+        """Stage 2 starts from stage 1's weights (train.stage2_from: the final ones by default, as
+        NST-Project), then adds LoRA; stage 1 trains the decoders as built."""
+        if stage == 2:
+            stage1 = stage1_weights(models_dir, cfg.train.stage2_from)
+            load_trained_state(self, load_checkpoint(stage1)["model"], stage1)
+        self.add_stage_parts(cfg, stage)
+
+    @classmethod
+    def run_name(cls, cfg: Config, stage: int) -> str:
+        architecture = f"e{cfg.encoder.layers}-d{cfg.decoder.layers}"
+        if stage == 1:
+            return f"vit_lora-stage1-{architecture}"
+        return f"vit_lora-r{cfg.lora.r}-{short_targets(cfg.lora.target_modules)}-{architecture}"
+
+    @classmethod
+    def train_spec(cls, cfg: Config, stage: int, n_train_pairs: int) -> "TrainSpec":
+        """Both stages train by the `train` block: its batch size and lr, the stage's epochs and
+        MultiStepLR milestones."""
+        from nstlab.training.schedule import (
+            TrainSpec,
+            multistep_factor,
+        )  # training only: stylising does not import it
+
+        if stage not in (1, 2):
+            raise NstlabError("vit_lora trains in two stages: pass --stage 1 or --stage 2")
+        batch_size = cfg.train.batch_size
+        steps_per_epoch = max(1, n_train_pairs // batch_size)
+        stage_cfg = cfg.train.stage1 if stage == 1 else cfg.train.stage2
+        return TrainSpec(
+            cls.name,
+            stage,
+            output_key(cls.name, stage),
+            cls.run_name(cfg, stage),
+            batch_size,
+            stage_cfg.epochs * steps_per_epoch,
+            steps_per_epoch,
+            cfg.train.lr,
+            None,
+            multistep_factor(stage_cfg.milestones, stage_cfg.gamma),
+            "train.batch_size",
+            keep=cfg.train.keep,
+        )
+
+    @classmethod
+    def load_for_inference(cls, cfg: Config, checkpoint: Path) -> "ViTLoRA | None":
+        """The stage-2 model of `checkpoint` for stylising, without transformers and peft (seconds
+        of start-up): PlainViT encoders sharing the frozen weights, each with its LoRA pairs from
+        the checkpoint, its decoders, no loss network, in eval mode. None where the training model
+        must serve instead: a random-init ViT (the demo's, drawn by HF's init), a ViT that is not
+        a local config.json + model.safetensors."""
+        if cfg.backbone.vit == "random":
+            return None
+        loaded = load_pretrained(cfg.backbone.vit, cfg.encoder.layers)
+        if loaded is None:
+            return None
+        vit, total = loaded
+        _report_loaded(vit.spec, cfg.backbone.vit, cfg.encoder.layers, total)
+        state = load_checkpoint(checkpoint)["model"]
+        encoders = (vit, vit.twin())
+        with torch.device("meta"):  # no random init of the decoders: every tensor comes from the checkpoint
+            model = cls(cfg, encoders)
+        lora, targets = cfg.lora, lora_modules(cfg.lora.target_modules)
+        shapes = {key: tuple(value.shape) for key, value in trained_state(model).items()}  # the decoders
+        for name in ENCODERS:
+            shapes.update(lora_shapes(getattr(model, name), targets, lora.r, f"{name}."))
+        check_trained_keys(set(shapes), state, checkpoint)
+        for key, shape in shapes.items():
+            found = tuple(getattr(state[key], "shape", ()))
+            if found != shape:
+                raise NstlabError(
+                    f"{checkpoint}: checkpoint shapes do not fit this model "
+                    f"({key}: {found} in the checkpoint, {shape} in the model)"
+                )
+        model.load_state_dict(state, strict=False, assign=True)  # the decoders; LoRA goes in below
+        for name in ENCODERS:
+            add_lora(getattr(model, name), state, targets, f"{name}.", lora.alpha / lora.r)
+        return model.eval()
+
 
 def _sort_target_modules(config_file: Path) -> None:
     """peft writes target_modules from a set, in the order of that process's string hashes, so two
@@ -336,84 +425,6 @@ def _sort_target_modules(config_file: Path) -> None:
 
 def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
-
-
-def build(cfg: Config) -> ViTLoRA:
-    return ViTLoRA(cfg)
-
-
-def load_for_inference(cfg: Config, checkpoint: Path) -> ViTLoRA | None:
-    """The stage-2 model of `checkpoint` for stylising, without transformers and peft (seconds of
-    start-up): PlainViT encoders sharing the frozen weights, each with its LoRA pairs from the
-    checkpoint, its decoders, no loss network, in eval mode. None where the training model must
-    serve instead: a random-init ViT (the demo's, drawn by HF's init), a ViT that is not a local
-    config.json + model.safetensors."""
-    if cfg.backbone.vit == "random":
-        return None
-    loaded = load_pretrained(cfg.backbone.vit, cfg.encoder.layers)
-    if loaded is None:
-        return None
-    vit, total = loaded
-    _report_loaded(vit.spec, cfg.backbone.vit, cfg.encoder.layers, total)
-    state = load_checkpoint(checkpoint)["model"]
-    encoders = (vit, vit.twin())
-    with torch.device("meta"):  # no random init of the decoders: every tensor comes from the checkpoint
-        model = ViTLoRA(cfg, encoders)
-    lora, targets = cfg.lora, lora_modules(cfg.lora.target_modules)
-    shapes = {key: tuple(value.shape) for key, value in trained_state(model).items()}  # the decoders
-    for name in ENCODERS:
-        shapes.update(lora_shapes(getattr(model, name), targets, lora.r, f"{name}."))
-    check_trained_keys(set(shapes), state, checkpoint)
-    for key, shape in shapes.items():
-        found = tuple(getattr(state[key], "shape", ()))
-        if found != shape:
-            raise NstlabError(
-                f"{checkpoint}: checkpoint shapes do not fit this model "
-                f"({key}: {found} in the checkpoint, {shape} in the model)"
-            )
-    model.load_state_dict(state, strict=False, assign=True)  # the decoders; LoRA goes in below
-    for name in ENCODERS:
-        add_lora(getattr(model, name), state, targets, f"{name}.", lora.alpha / lora.r)
-    return model.eval()
-
-
-# -- training: two stages (nstlab.training.trainer calls these hooks; see nstlab.models) ------------------
-
-
-def run_name(cfg: Config, stage: int) -> str:
-    architecture = f"e{cfg.encoder.layers}-d{cfg.decoder.layers}"
-    if stage == 1:
-        return f"vit_lora-stage1-{architecture}"
-    return f"vit_lora-r{cfg.lora.r}-{short_targets(cfg.lora.target_modules)}-{architecture}"
-
-
-def train_spec(cfg: Config, stage: int, n_train_pairs: int) -> "TrainSpec":
-    """Both stages train by the `train` block: its batch size and lr, the stage's epochs and
-    MultiStepLR milestones."""
-    from nstlab.training.schedule import (
-        TrainSpec,
-        multistep_factor,
-    )  # training only: stylising does not import it
-
-    if stage not in (1, 2):
-        raise NstlabError("vit_lora trains in two stages: pass --stage 1 or --stage 2")
-    batch_size = cfg.train.batch_size
-    steps_per_epoch = max(1, n_train_pairs // batch_size)
-    stage_cfg = cfg.train.stage1 if stage == 1 else cfg.train.stage2
-    return TrainSpec(
-        "vit_lora",
-        stage,
-        output_key("vit_lora", stage),
-        run_name(cfg, stage),
-        batch_size,
-        stage_cfg.epochs * steps_per_epoch,
-        steps_per_epoch,
-        cfg.train.lr,
-        None,
-        multistep_factor(stage_cfg.milestones, stage_cfg.gamma),
-        "train.batch_size",
-        keep=cfg.train.keep,
-    )
 
 
 def stage1_weights(models_dir: Path, start_from: str) -> Path:
@@ -432,15 +443,3 @@ def stage1_weights(models_dir: Path, start_from: str) -> Path:
         f"{folder}: stage 1 kept no {start_from} weights for train.stage2_from = {start_from}; "
         f"rerun stage 1 (train.keep = best also saves last.pt) or set train.stage2_from"
     )
-
-
-def prepare_training(model: ViTLoRA, cfg: Config, stage: int, models_dir: Path) -> None:
-    """Stage 2 starts from stage 1's weights (train.stage2_from: the final ones by default, as
-    NST-Project) and adds LoRA to both encoders, its init drawn from cfg.seed; stage 1 trains the
-    decoders as built."""
-    if stage != 2:
-        return
-    stage1 = stage1_weights(models_dir, cfg.train.stage2_from)
-    load_trained_state(model, load_checkpoint(stage1)["model"], stage1)
-    with seeded(cfg.seed):
-        model.enable_lora()

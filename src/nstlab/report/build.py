@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from nstlab.config import Config, canonical_targets
-from nstlab.registry import method_names
+from nstlab.registry import TABLE2_AXES, method_names
 from nstlab.report.gatys import gatys_section
 from nstlab.report.tables import figure_html, html_table, profile_note, write_table
 
@@ -25,7 +25,7 @@ PAPER_TABLE1 = {
     "sanet": (9.687, 2.535),
 }
 
-# The paper's Table 2: (r, targets, encoder layers, decoder layers) -> (content, style).
+# The paper's Table 2: its configurations, by the values of TABLE2_AXES in order -> (content, style).
 PAPER_TABLE2 = {
     (16, "qv", 6, 3): (9.134, 1.533),
     (32, "qv", 6, 3): (9.113, 1.544),
@@ -112,7 +112,7 @@ def table1(cfg: Config) -> pd.DataFrame:
     return frame.reindex(columns=columns).reset_index(drop=True)
 
 
-TABLE2_KEY = ["r", "targets", "encoder_layers", "decoder_layers"]
+TABLE2_KEY = list(TABLE2_AXES.values())
 TABLE2_SPREAD = ["content_loss", "style_loss"]
 
 
@@ -123,12 +123,10 @@ def table2(cfg: Config) -> pd.DataFrame:
     params.yaml are not mixed in) and the newest run of each of the family's seeds counts; the
     run columns (run_id, ...) are the newest run's."""
     from nstlab.tracking.source import is_server, resolve_tracking_uri
-    from nstlab.tracking.view import run_page_url
+    from nstlab.tracking.view import TABLE2_RUNS, run_page_url
     from nstlab.tracking.queries import search_runs
 
-    runs = search_runs(
-        cfg.mlflow, "tags.model = 'vit_lora' and tags.stage = '2' and attributes.status = 'FINISHED'"
-    )
+    runs = search_runs(cfg.mlflow, f"{TABLE2_RUNS} and attributes.status = 'FINISHED'")
     uri = resolve_tracking_uri(cfg.mlflow)
     columns = [
         *TABLE2_KEY,
@@ -153,23 +151,14 @@ def table2(cfg: Config) -> pd.DataFrame:
     ]
     rows = []
     for _, run in runs.iterrows():
-        targets = canonical_targets(json.loads(run["params.lora.target_modules"].replace("'", '"')))
-        key = (
-            int(run["params.lora.r"]),
-            targets,
-            int(run["params.encoder.layers"]),
-            int(run["params.decoder.layers"]),
-        )
+        key = tuple(_axis_value(run[f"params.{param}"]) for param in TABLE2_AXES)
         tested = pd.notna(run.get("metrics.test.paper_content_loss"))
         content = run["metrics.test.paper_content_loss"] if tested else run.get("metrics.val.content")
         style = run["metrics.test.paper_style_loss"] if tested else run.get("metrics.val.style")
         reference = PAPER_TABLE2.get(key, (None, None))
         rows.append(
             {
-                "r": key[0],
-                "targets": key[1],
-                "encoder_layers": key[2],
-                "decoder_layers": key[3],
+                **dict(zip(TABLE2_KEY, key)),
                 "content_loss": content,
                 "style_loss": style,
                 "loss_source": "test" if tested else "val",
@@ -190,9 +179,16 @@ def table2(cfg: Config) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     return (
         seed_summary(pd.DataFrame(rows), TABLE2_KEY, TABLE2_SPREAD, TABLE2_SPREAD)[columns]
-        .sort_values(["targets", "r", "encoder_layers", "decoder_layers"])
+        .sort_values(sorted(TABLE2_KEY, key=lambda column: column != "targets"))  # by LoRA targets first
         .reset_index(drop=True)
     )
+
+
+def _axis_value(logged: str) -> int | str:
+    """One Table 2 axis as MLflow logged it (text) -> as the table shows it: a number, or a list
+    of LoRA targets in the paper's short form (qkvd)."""
+    value = json.loads(logged.replace("'", '"'))
+    return canonical_targets(value) if isinstance(value, list) else int(value)
 
 
 def _seed_columns(run: pd.Series) -> dict:

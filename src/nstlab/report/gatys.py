@@ -1,7 +1,7 @@
 """The report's Gatys section: one table per grid of experiments/gatys.yaml (read from MLflow),
 quality vs steps vs time, and the distance to AdaIN's outputs.
 
-Each Gatys evaluation is one MLflow run (tags model=gatys, stage=0; evaluate._log_gatys_run). A
+Each Gatys evaluation is one MLflow run (tags model=gatys, stage=0; GatysTransfer.log_evaluation_run). A
 run fills a grid point when its effective settings equal the point's on every key the grid file
 sweeps: the point's overrides, the report config's values for the other swept keys, and
 GatysSettings' defaults (under the preset in force) for options a config leaves out. So a point

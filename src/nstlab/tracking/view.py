@@ -4,6 +4,7 @@ a tracking server."""
 
 import json
 
+from nstlab.registry import TABLE2_AXES, TABLE2_METHOD, get_method
 from nstlab.tracking.source import is_server
 
 
@@ -43,13 +44,14 @@ COMPARE_VIEW = {
 }
 # Table 2: stage-2 ViT-LoRA runs, the params experiments/table2.yaml ablates, their test losses.
 TABLE2_VIEW_KEY = "table2"
-TABLE2_ABLATED = ("lora.r", "lora.target_modules", "encoder.layers", "decoder.layers")
+# Table 2's runs, as an MLflow search filter
+TABLE2_RUNS = f"tags.model = '{TABLE2_METHOD}' and tags.stage = '{get_method(TABLE2_METHOD).stages[-1]}'"
 TABLE2_VIEW = {
-    "searchFilter": "tags.model = 'vit_lora' and tags.stage = '2'",
+    "searchFilter": TABLE2_RUNS,
     "orderByKey": "metrics.`test.paper_content_loss`",
     "orderByAsc": True,
     "selectedColumns": [
-        *(f"params.`{key}`" for key in TABLE2_ABLATED),
+        *(f"params.`{key}`" for key in TABLE2_AXES),
         "metrics.`test.paper_content_loss`",
         "metrics.`test.paper_style_loss`",
         "attributes.`Dataset`",

@@ -4,7 +4,6 @@ A checkpoint holds only what training changes (trainable parameters and buffers,
 state, step, RNG); frozen backbones are rebuilt from the config, deterministically.
 """
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -119,37 +118,29 @@ def digest(data: Any) -> str:
 
 
 def run_digest(cfg, method: str, stage: int, *, with_seed: bool = True) -> str:
-    """Identifies one training (or Gatys evaluation) configuration: resume and `ablate` key on it.
-    Spellings of one configuration share a digest, so a grid point that writes out a default is
-    the run that already exists: LoRA targets are a set, and Gatys' free-form options count by
-    the settings they resolve to (`optimizer: adam` is what leaving it out means).
+    """Identifies one training (or evaluation, for a method that trains nothing) configuration:
+    resume and `ablate` key on it. Spellings of one configuration share a digest, so a grid point
+    that writes out a default is the run that already exists: LoRA targets are a set, and a
+    method's free-form options count by the settings they resolve to, where the registry names
+    a resolver (`optimizer: adam` is what leaving it out means).
     with_seed=False names the configuration across training seeds (its MLflow parent run): the
-    seed and the blocks this training does not read (as dvc.yaml's params) are left out, so one
+    seed and the params only other runs read (registry.foreign_blocks) are left out, so one
     baseline's seeds, trained in grid experiments that differ in LoRA keys, share a parent."""
+    from nstlab.registry import foreign_blocks, resolved_options
+
     config = cfg.flat()
     config["lora.target_modules"] = sorted(config["lora.target_modules"])
-    if method == "gatys":
-        from nstlab.config.gatys import settings_from_config
-
-        options = "baselines.gatys.options."
-        config = {key: value for key, value in config.items() if not key.startswith(options)}
-        config[options.rstrip(".")] = dataclasses.asdict(settings_from_config(cfg))
+    resolved = resolved_options(method, cfg)
+    if resolved is not None:
+        key, settings = resolved
+        config = {name: value for name, value in config.items() if not name.startswith(key + ".")}
+        config[key] = settings
     if not with_seed:
-        foreign = _foreign_blocks(method, stage)
+        foreign = tuple(f"{block}." for block in foreign_blocks(method, stage))
         config = {
             key: value for key, value in config.items() if key != "seed" and not key.startswith(foreign)
         }
     return digest({"method": method, "stage": stage, "config": config})
-
-
-def _foreign_blocks(method: str, stage: int) -> tuple[str, ...]:
-    """Key prefixes of the other methods' settings."""
-    from nstlab.registry import baseline_names
-
-    if method == "vit_lora":
-        return ("baselines.", "lora.") if stage == 1 else ("baselines.",)
-    others = tuple(f"baselines.{name}." for name in baseline_names() if name != method)
-    return ("lora.", "encoder.", "decoder.", "loss.", *others)
 
 
 def source_digest() -> str:

@@ -1,7 +1,7 @@
 """What one training runs and for how long: the TrainSpec and the learning-rate schedules.
 
-A method's module may supply `train_spec(cfg, stage, n_train_pairs)` (ViT-LoRA: two stages,
-epochs and milestones); every other method trains by its `baselines.<name>` block, read here.
+A method's model class may override `StyleModel.train_spec` (ViT-LoRA: two stages, epochs and
+milestones); every other method trains by its `baselines.<name>` block, read here.
 The learning rate is a pure function of (step, epoch), so a resumed run follows the same curve.
 """
 

@@ -2,7 +2,7 @@
 
 The model brings its forward pass, its unweighted loss terms and what differs per method (its
 optimisers, its schedule, whether it can train under torchrun, what it saves beside its
-weights: see nstlab.models); the trainer owns everything else: device and precision, the
+weights: see nstlab.models.base); the trainer owns everything else: device and precision, the
 learning-rate schedule, weighting, logging (CSV always, MLflow when available), validation with
 sample grids, checkpoints, and resume. A run killed at any step and resumed ends with the same
 weights as an uninterrupted run: data order per epoch is a function of (seed, epoch), RNG state
@@ -34,13 +34,7 @@ from nstlab.training.checkpoint import (
 )
 from nstlab.config import Config, config_yaml, run_params
 from nstlab.errors import NstlabError
-from nstlab.models import (
-    build_model,
-    configure_optimizers,
-    prepare_training,
-    single_process_reason,
-    train_spec,
-)
+from nstlab.models import build_model, model_class
 from nstlab.runtime import (
     autocast,
     autocast_dtype,
@@ -73,7 +67,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def check_distributable(method: str, batch_size: int, world_size: int, batch_size_key: str = "") -> None:
     """One-line refusal of what several processes cannot train as one process would."""
-    reason = single_process_reason(method)
+    reason = model_class(method).single_process_only
     if reason:
         raise NstlabError(
             f"{method} cannot train under torchrun: {reason}; "
@@ -185,7 +179,7 @@ class Trainer:
         self.pairs_dir = pairs_dir
         self.train_set = PairDataset(pairs_dir / "train.csv")
         self.val_set = PairDataset(pairs_dir / "val.csv")
-        self.spec = train_spec(method, cfg, stage, len(self.train_set))
+        self.spec = model_class(method).train_spec(cfg, stage, len(self.train_set))
         if method in cfg.baselines:  # each baseline's own pipeline: resized random crops (nstlab.data.crops)
             from nstlab.data.crops import make_crop_loader
 
@@ -222,13 +216,11 @@ class Trainer:
         keep_freed_memory()  # activations reuse freed pages instead of faulting in fresh ones
         self.tracking = tracking
         model = build_model(method, cfg)
-        prepare_training(method, model, cfg, stage, models_dir)  # e.g. a stage 2 that starts from stage 1
+        model.prepare_training(cfg, stage, models_dir)  # e.g. a stage 2 that starts from stage 1
         self.model = model.to(self.device)
         self.weights = {name: w for name, w in self.model.loss_weights.items() if w}
-        self.optimizer, self.d_optimizer = configure_optimizers(self.model, self.spec.lr)
-        # IEContraAST train.py decays D's lr as G's; a model's d_lr_decay option false keeps it constant
-        options = getattr(self.model, "options", {})
-        self.d_lr_decays = self.d_optimizer is not None and options.get("d_lr_decay", True)
+        self.optimizer, self.d_optimizer = self.model.configure_optimizers(self.spec.lr)
+        self.d_lr_decays = self.d_optimizer is not None and self.model.discriminator_lr_decays
         self.config_digest = run_digest(cfg, method, stage)
         # What train_step runs; DDP checks that every rank built the same model (same seed, same config).
         self.step_model = distributed.DistributedModel(self.model) if self.world_size > 1 else self.model
@@ -560,11 +552,9 @@ class Trainer:
         metrics_path, run_path = training_record_paths(self.log_dir.parent, self.spec.key)
         write_record(summary, metrics_path, run_path, identity=["stage"])
         tracker.log_metrics({"best.val_score": best, "train_seconds": train_seconds}, step)
-        save_beside = getattr(self.model, "save_beside_weights", None)
-        if save_beside is not None:  # e.g. LoRA adapters, from the kept weights
-            load_trained_state(self.model, kept_state["model"], self.out_dir / "model.pt")
-            for path, artifact_path in save_beside(self.out_dir):
-                tracker.log_artifact(path, artifact_path)
+        load_trained_state(self.model, kept_state["model"], self.out_dir / "model.pt")
+        for path, artifact_path in self.model.save_beside_weights(self.out_dir):  # e.g. LoRA adapters
+            tracker.log_artifact(path, artifact_path)
         tracker.log_artifact(metrics_path)
         return summary
 
