@@ -378,9 +378,7 @@ class GatysTransfer(StyleModel):
             tracker.log_params(run_params(cfg, self.name))
             tracker.log_datasets(test_pairs)
             tracker.log_artifact(config_file)
-            tracker.log_metrics(
-                {f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float)}, 0
-            )
+            tracker.log_metrics({f"test.{k}": v for k, v in summary.items() if isinstance(v, int | float)}, 0)
             for record in self.histories[0] if self.histories else []:
                 tracker.log_metrics(
                     {f"optim.{k}": v for k, v in record.items() if k != "step"}, int(record["step"])
