@@ -102,6 +102,8 @@ class DecoderConfig:
     ffn: int = field(metadata=_range(1))
     dropout: float = field(metadata=_range(0, 1))
     cnn_width: float = field(metadata=_range(0, 1, low_open=True))
+    # The CNN decoder's weights: xavier (NST-Project decoder.py) or pytorch (torch's default init)
+    cnn_init: str = field(default="xavier", metadata=_choices("xavier", "pytorch"))
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from nstlab.config import Config, lora_modules, short_targets
 from nstlab.errors import ConfigError, NstlabError
 from nstlab.functional import crop_to, imagenet_denormalize, imagenet_normalize, pad_to_multiple
 from nstlab.losses import identity_terms, loss_network
-from nstlab.models.blocks import StyleDecoder, part_counts
+from nstlab.models.blocks import StyleDecoder, part_counts, xavier_uniform_weights
 from nstlab.models.plain_vit import PlainViT, add_lora, load_pretrained, lora_shapes
 from nstlab.registry import output_key
 from nstlab.runtime import seeded
@@ -199,6 +199,10 @@ class ViTLoRA(nn.Module):
                 hidden, cfg.decoder.layers, cfg.decoder.heads, cfg.decoder.ffn, cfg.decoder.dropout
             )
             self.cnn_decoder = CNNDecoder(hidden, cfg.decoder.cnn_width)
+            if cfg.decoder.cnn_init == "xavier":
+                # NST-Project decoder.py Decoder._reset_parameters: Xavier-uniform on every weight
+                # (dim > 1) of the whole Decoder, its cnn_decoder included; biases keep PyTorch's init.
+                xavier_uniform_weights(self.cnn_decoder)
         self.loss_network = loss_network(cfg.loss.convention, cfg) if training else None
         self.lora_enabled = False
 
