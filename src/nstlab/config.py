@@ -66,6 +66,12 @@ class DataConfig:
     # the fraction of a draw that may be missing on the server (replaced by the next files drawn)
     max_missing: float = field(default=0.02, metadata=_range(0, 1))
     hub_shuffle_buffer: int = field(default=1000, metadata=_range(1))  # hf: sources' seeded shuffle buffer
+    # The pair tables (nstlab.data.pairs): one_to_one, content i with style i, each image in one
+    # pair (NST-Project dataloader.py); random: distinct pairs drawn uniformly, images repeated.
+    pairing: str = field(default="one_to_one", metadata=_choices("one_to_one", "random"))
+    # Train/val squashing: bilinear, small content images first upscaled with LANCZOS
+    # (NST-Project dataloader.py); bicubic.
+    resample: str = field(default="bilinear", metadata=_choices("bilinear", "bicubic"))
     # The download draw and the train/val/test pairing: fixed while `seed` (training) varies.
     split_seed: int = field(default=324, metadata=_range(0))
 
