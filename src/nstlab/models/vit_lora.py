@@ -393,13 +393,24 @@ def run_name(cfg: Config, stage: int) -> str:
 
 def train_spec(cfg: Config, stage: int, n_train_pairs: int) -> "TrainSpec":
     """Both stages train by the `train` block: its batch size and lr, the stage's epochs and
-    MultiStepLR milestones."""
+    MultiStepLR milestones. train.last_batch keep: an epoch is ceil(pairs / batch) steps, the
+    last one shorter (NST-Project main.py's DataLoader has no drop_last: 56,462 pairs / 16 =
+    3,529 steps); drop: floor. train.val_steps in_epoch: validation counts the steps of each
+    epoch (NST-Project trainer.py: (i + 1) % 400 == 0); global: of the run."""
     from nstlab.schedule import TrainSpec, multistep_factor  # training only: stylising does not import it
 
     if stage not in (1, 2):
         raise NstlabError("vit_lora trains in two stages: pass --stage 1 or --stage 2")
     batch_size = cfg.train.batch_size
-    steps_per_epoch = max(1, n_train_pairs // batch_size)
+    drop_last = cfg.train.last_batch == "drop"
+    steps_per_epoch = max(1, (n_train_pairs if drop_last else n_train_pairs + batch_size - 1) // batch_size)
+    count_in_epoch = cfg.train.val_steps == "in_epoch"
+    if count_in_epoch and cfg.train.keep == "best" and cfg.train.val_every > steps_per_epoch:
+        raise ConfigError(
+            f"train.val_every = {cfg.train.val_every}: an epoch has {steps_per_epoch} steps "
+            f"({n_train_pairs} pairs, batch {batch_size}), so train.val_steps in_epoch never validates "
+            "and train.keep best has nothing to keep; lower train.val_every or set train.val_steps: global"
+        )
     stage_cfg = cfg.train.stage1 if stage == 1 else cfg.train.stage2
     return TrainSpec(
         "vit_lora",
@@ -414,6 +425,8 @@ def train_spec(cfg: Config, stage: int, n_train_pairs: int) -> "TrainSpec":
         multistep_factor(stage_cfg.milestones, stage_cfg.gamma),
         "train.batch_size",
         keep=cfg.train.keep,
+        count_in_epoch=count_in_epoch,
+        drop_last=drop_last,
     )
 
 
