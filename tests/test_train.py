@@ -505,3 +505,62 @@ def test_a_resumed_run_with_partial_batches_ends_with_the_same_weights(
     )
     resumed = _weights(interrupted["checkpoints_dir"] / "vit_lora_stage1" / "last.pt")
     assert all(torch.equal(resumed[name], reference[name]) for name in reference)
+
+
+# -- ArtFlow's first batch: an ActNorm init pass, no update (its train.py) ------------------------
+
+
+def _artflow(tiny_config, iterations: int, *extra: str):
+    return _baseline(tiny_config, "artflow", f"baselines.artflow.iterations={iterations}", *extra)
+
+
+def test_the_first_artflow_step_initialises_actnorm_and_updates_nothing(
+    tiny_config, tiny_pairs, run_dirs, tmp_path, monkeypatch
+):
+    """ArtFlow train.py, at i == start_iter: glow(content) under no_grad, then `continue`."""
+    from nstlab.models import build_model
+
+    cfg = _artflow(tiny_config, 3)
+    assert cfg.baselines["artflow"].options["first_batch"] == "init_only"
+    fresh = build_model("artflow", cfg).state_dict()
+    _train_interrupted_at(1, monkeypatch, cfg, "artflow", 0, pairs_dir=tiny_pairs, **run_dirs)
+    state = load_checkpoint(run_dirs["checkpoints_dir"] / "artflow" / "last.pt")  # after step 0
+    weights = state["model"]
+    actnorm = {name for name in weights if ".actnorm." in name}
+    assert actnorm and all(weights[name].item() == 1 for name in actnorm if name.endswith("initialized"))
+    assert all(torch.equal(weights[name], fresh[name]) for name in weights if name not in actnorm)
+    assert state["step"] == 1 and state["optimizer"]["state"] == {}  # Adam never stepped
+    first_loc = "glow.blocks.0.flows.0.actnorm.loc"
+    loader = Trainer(cfg, "artflow", 0, tiny_pairs, progress=False, tracking=False, **run_dirs).train_loader
+    loader.sampler.set_epoch(0)
+    content = next(iter(loader))[0]  # step 0's content batch: the first flow sees it squeezed
+    squeezed_mean = torch.nn.functional.pixel_unshuffle(content, 2).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(weights[first_loc].flatten(), -squeezed_mean)
+
+    other = {key: tmp_path / "first_batch_trains" / key for key in run_dirs}
+    cfg = _artflow(tiny_config, 3, "baselines.artflow.options.first_batch=train")
+    _train_interrupted_at(1, monkeypatch, cfg, "artflow", 0, pairs_dir=tiny_pairs, **other)
+    updated = _weights(other["checkpoints_dir"] / "artflow" / "last.pt")
+    name = "glow.blocks.0.flows.0.invconv.w_s"
+    assert not torch.equal(updated[name], fresh[name])
+
+
+def test_a_resumed_artflow_run_does_not_repeat_the_init_pass(
+    tiny_config, tiny_pairs, run_dirs, tmp_path, monkeypatch
+):
+    cfg = _artflow(tiny_config, 4)
+    train(cfg, "artflow", pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
+    reference = _weights(run_dirs["checkpoints_dir"] / "artflow" / "last.pt")
+    with open(run_dirs["logs_dir"] / "artflow" / "train_log.csv") as handle:
+        assert [row["step"] for row in csv.DictReader(handle)] == ["2", "3", "4"]  # step 1: the init pass
+
+    interrupted = {k: tmp_path / "b" / k for k in run_dirs}
+    _train_interrupted_at(1, monkeypatch, cfg, "artflow", 0, pairs_dir=tiny_pairs, **interrupted)
+    calls = []
+    monkeypatch.setattr("nstlab.models.artflow.ArtFlow.first_batch", lambda self, *batch: calls.append(1))
+    train(
+        cfg, "artflow", pairs_dir=tiny_pairs, progress=False, tracking=False, resume="require", **interrupted
+    )
+    assert calls == []
+    resumed = _weights(interrupted["checkpoints_dir"] / "artflow" / "last.pt")
+    assert all(torch.equal(resumed[name], reference[name]) for name in reference)

@@ -355,6 +355,15 @@ class Trainer:
             )
         return losses
 
+    def _train_one(self, content: torch.Tensor, style: torch.Tensor, step: int) -> dict[str, float] | None:
+        """One step's update and losses; None where the model's `first_batch` hook (nstlab.models)
+        took a fresh run's step 0 itself (ArtFlow's ActNorm init: no update, nothing to log). A
+        resumed run starts past step 0 and never repeats it, so it ends as an uninterrupted one."""
+        first_batch = getattr(self.model, "first_batch", None)
+        if step == 0 and first_batch is not None and first_batch(content, style):
+            return None
+        return self._step(content, style, step)
+
     def _batch(self, dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [dataset[i] for i in indices]
         content = torch.stack([c for c, _ in pairs]).to(self.device, non_blocking=True)
@@ -437,11 +446,13 @@ class Trainer:
                     try:
                         for step, epoch, content, style in self._batches(start_step):
                             lr = self._set_lr(step, epoch)
-                            losses = self._step(content, style, step)
+                            losses = self._train_one(content, style, step)
                             done = step + 1
                             self.pairs_seen += len(content) * self.world_size
-                            progress.update(task, advance=1, loss=f"loss {losses['total']:.4g}")
-                            self._log_train(done, epoch, lr, losses, tracker, main)
+                            shown = f"loss {losses['total']:.4g}" if losses else ""
+                            progress.update(task, advance=1, loss=shown)
+                            if losses:
+                                self._log_train(done, epoch, lr, losses, tracker, main)
                             if main and self._due(done, self.cfg.train.val_every):
                                 best = self._validate_and_checkpoint(done, best, tracker)
                     except KeyboardInterrupt:

@@ -21,6 +21,9 @@ What differs in training, each optional, with the default in brackets:
   [`default_optimizer`: Adam over the trainable parameters, no discriminator].
 - `model.save_beside_weights(out_dir) -> [(path, MLflow artifact folder)]`: files written
   beside model.pt from the best weights (ViT-LoRA's adapters) [nothing].
+- `model.first_batch(content, style) -> bool`: called with the batch of a fresh run's step 0;
+  True means it took that step itself and nothing updates (ArtFlow's ActNorm init pass)
+  [a normal step].
 - module-level `train_spec(cfg, stage, n_train_pairs) -> TrainSpec` [its baselines block,
   nstlab.schedule.baseline_spec]; `run_name(cfg, stage)` [the method's name];
   `prepare_training(model, cfg, stage, models_dir)`, run after `build` [nothing];
