@@ -34,6 +34,12 @@ def test_each_method_trains_by_its_official_protocol_in_the_paper_profile():
         assert (block.data.sampling, block.data.resize, block.data.crop) == ("independent", 512, 256)
         assert block.keep == "last"
     assert (cfg.train.precision, cfg.train.keep, cfg.train.stage2_from) == ("fp32", "best", "last")
+    # NST-Project: decoder.py Xavier on the CNN decoder too, dataloader.py one-to-one bilinear
+    # pairs, main.py no drop_last, trainer.py's in-epoch validation; ArtFlow's ActNorm-only batch
+    assert (cfg.decoder.cnn_init, cfg.data.pairing, cfg.data.resample) == ("xavier", "one_to_one", "bilinear")
+    assert (cfg.train.last_batch, cfg.train.val_steps, cfg.train.val_every) == ("keep", "in_epoch", 400)
+    assert cfg.baselines["artflow"].options["first_batch"] == "init_only"
+    assert cfg.baselines["stytr2"].warmup_iterations == 10000
     demo = load_config(PARAMS).baselines["adain"].data
     assert (demo.resize, demo.crop) == (256, 128)
 
