@@ -357,7 +357,7 @@ class Trainer:
 
     def _train_one(self, content: torch.Tensor, style: torch.Tensor, step: int) -> dict[str, float] | None:
         """One step's update and losses; None where the model's `first_batch` hook (nstlab.models)
-        took a fresh run's step 0 itself (ArtFlow's ActNorm init: no update, nothing to log). A
+        took a fresh run's step 0 itself (a data-dependent init: no update, nothing to log). A
         resumed run starts past step 0 and never repeats it, so it ends as an uninterrupted one."""
         first_batch = getattr(self.model, "first_batch", None)
         if step == 0 and first_batch is not None and first_batch(content, style):
