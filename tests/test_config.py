@@ -32,6 +32,12 @@ def test_each_method_trains_by_its_official_protocol_in_the_paper_profile():
         assert (block.data.sampling, block.data.resize, block.data.crop) == ("independent", 512, 256)
         assert block.keep == "last"
     assert (cfg.train.precision, cfg.train.keep, cfg.train.stage2_from) == ("fp32", "best", "last")
+    # NST-Project: decoder.py Xavier on the CNN decoder too, dataloader.py one-to-one bilinear
+    # pairs, main.py no drop_last, trainer.py's in-epoch validation; ArtFlow's ActNorm-only batch
+    assert (cfg.decoder.cnn_init, cfg.data.pairing, cfg.data.resample) == ("xavier", "one_to_one", "bilinear")
+    assert (cfg.train.last_batch, cfg.train.val_steps, cfg.train.val_every) == ("keep", "in_epoch", 400)
+    assert cfg.baselines["artflow"].options["first_batch"] == "init_only"
+    assert cfg.baselines["stytr2"].warmup_iterations == 10000
     demo = load_config(PARAMS).baselines["adain"].data
     assert (demo.resize, demo.crop) == (256, 128)
 
@@ -212,3 +218,85 @@ def test_tests_read_the_committed_params_and_a_workspace_read_is_noticed():
     load_config(REPO / "params.yaml")  # what the autouse guard fails a test for
     assert conftest.workspace_params_reads == [str(REPO / "params.yaml")]
     conftest.workspace_params_reads.clear()
+
+
+# -- a profile's value is never hidden silently --------------------------------------------------
+
+
+def test_the_committed_params_set_no_key_both_at_the_top_and_in_a_profile():
+    import yaml
+
+    from nstlab.config import PROFILES, shadowed
+
+    raw = yaml.safe_load(PARAMS.read_text())
+    assert {profile: [s.line() for s in shadowed(raw, profile)] for profile in PROFILES} == {
+        profile: [] for profile in PROFILES
+    }
+
+
+def test_the_demo_stytr2_warms_up_for_its_own_5_steps_and_resolving_says_nothing(capsys):
+    from nstlab.training.schedule import baseline_spec
+
+    demo, paper = load_config(PARAMS), load_config(PARAMS, ["profile=paper"])
+    assert capsys.readouterr().err == ""
+    assert (demo.baselines["stytr2"].warmup_iterations, paper.baselines["stytr2"].warmup_iterations) == (
+        5,
+        10000,
+    )
+    factor = baseline_spec(demo, "stytr2", "stytr2", "stytr2", 8).lr_factor
+    assert [factor(step, 0) for step in (0, 4)] == pytest.approx(
+        [1 / (1 + 3e-4 * 5), (1 + 3e-4 * 4) / (1 + 3e-4 * 5)]
+    )
+    assert factor(5, 0) == 1.0  # the warm-up is over: the full lr (1e-3 in the demo)
+
+
+def _params_with(tmp_path, **top_level_stytr2):
+    """params.yaml with extra top-level baselines.stytr2 keys, written to tmp_path."""
+    import yaml
+
+    raw = yaml.safe_load(PARAMS.read_text())
+    raw["baselines"]["stytr2"].update(top_level_stytr2)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_a_top_level_key_that_hides_a_profile_value_is_named_with_both_values(tmp_path, capsys):
+    path = _params_with(tmp_path, warmup_iterations=7)  # no git here: nothing says it was typed
+    assert load_config(path).baselines["stytr2"].warmup_iterations == 7
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}: baselines.stytr2.warmup_iterations = 7 at the top level overrides "
+        "profiles.demo.baselines.stytr2.warmup_iterations = 5; set it in one place"
+    ]
+    load_config(path, ["profile=paper"])  # the paper profile's own 10000 is hidden too
+    assert "profiles.paper.baselines.stytr2.warmup_iterations = 10000" in capsys.readouterr().err
+
+
+def test_a_typed_override_hides_a_profile_value_quietly(capsys):
+    cfg = load_config(PARAMS, ["baselines.stytr2.warmup_iterations=7", "train={lr: 0.01}"])
+    assert cfg.baselines["stytr2"].warmup_iterations == 7 and cfg.train.lr == 0.01
+    assert capsys.readouterr().err == ""
+
+
+def test_a_value_dvc_exp_run_wrote_is_quiet_and_a_committed_one_is_named(tmp_path, capsys):
+    """`dvc exp run -S key=value` writes the value into params.yaml: a top-level value that differs
+    from the committed file's (git HEAD) was typed; one that is committed was not."""
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+        )
+
+    (tmp_path / "params.yaml").write_text(PARAMS.read_text())
+    git("init", "-q")
+    git("add", "params.yaml")
+    git("commit", "-qm", "params")
+    path = _params_with(tmp_path, warmup_iterations=7)
+    load_config(path)
+    assert capsys.readouterr().err == ""
+    git("commit", "-qam", "a shadowing key, committed")
+    load_config(path)
+    assert "warmup_iterations = 7 at the top level overrides" in capsys.readouterr().err

@@ -36,6 +36,7 @@ def pairs_dir(tmp_path_factory) -> Path:
         out_dir=root / "pairs",
         workers=1,
         progress=False,
+        pairing="random",
     )
     return root / "pairs"
 

@@ -8,7 +8,10 @@ import pytest
 from PIL import Image
 
 from conftest_data import write_image
-from nstlab.data.pairs import build_pairs, split_sizes
+import numpy as np
+
+from nstlab.data.images import load_rgb
+from nstlab.data.pairs import build_pairs, split_sizes, squash
 from nstlab.errors import ConfigError
 
 COUNTS = dict(n_train=30, n_val=4, n_test=3)
@@ -36,6 +39,7 @@ def pair(images, tmp_path, out: str = "pairs", seed: int = 0, **overrides):
         out_dir=tmp_path / out,
         workers=2,
         progress=False,
+        pairing="random",  # 30 train pairs from 12 × 10 images
     )
     return build_pairs(contents, styles, **(options | overrides))
 
@@ -144,6 +148,7 @@ def test_unusable_images_are_skipped_and_listed(images, tmp_path):
         cache_dir=tmp_path / "cache",
         out_dir=tmp_path / "pairs",
         progress=False,
+        pairing="random",
     )
     listed = {row["path"]: row["reason"] for row in rows(tmp_path / "pairs/skipped.csv")}
     assert set(listed) == {broken.as_posix(), empty.as_posix()}
@@ -178,3 +183,90 @@ def test_split_sizes_follow_the_square_root_of_the_pairs_asked():
     assert split_sizes(20, {"train": 120, "val": 8, "test": 6}) == {"train": 14, "val": 3, "test": 3}
     assert split_sizes(3, {"train": 10_000, "val": 1, "test": 1}) == {"train": 1, "val": 1, "test": 1}
     assert split_sizes(100, {"train": 100, "val": 100, "test": 400}) == {"train": 25, "val": 25, "test": 50}
+
+
+ONE_TO_ONE = dict(n_train=6, n_val=2, n_test=2, pairing="one_to_one")
+
+
+def test_one_to_one_pairs_use_each_image_once(images, tmp_path):
+    """NST-Project dataloader.py: content[i] with style[i], so n pairs hold n distinct images per role."""
+    summary = pair(images, tmp_path, **ONE_TO_ONE)
+    for split, n_pairs in (("train", 6), ("val", 2), ("test", 2)):
+        split_rows = rows(tmp_path / f"pairs/{split}.csv")
+        assert len(split_rows) == n_pairs
+        assert len({row["content"] for row in split_rows}) == n_pairs
+        assert len({row["style"] for row in split_rows}) == n_pairs
+    assert summary.images["train"]["style"] == 6  # 10 styles split as the pairs asked: 6, 2, 2
+    assert json.loads((tmp_path / "pairs/pairs.json").read_text())["pairing"] == "one_to_one"
+    pair(images, tmp_path, "again", **ONE_TO_ONE)
+    assert (tmp_path / "pairs/train.csv").read_bytes() == (tmp_path / "again/train.csv").read_bytes()
+
+
+def test_one_to_one_with_too_few_images_names_the_key_and_the_ways_out(images, tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.n_train=9: data.pairing one_to_one needs 9 distinct train images per role.*"
+        r"at most \d+.*data.pairing: random",
+    ):
+        pair(images, tmp_path, **(ONE_TO_ONE | {"n_train": 9}))
+
+
+def test_split_sizes_follow_the_pairs_asked_under_one_to_one():
+    paper = {"train": 56462, "val": 4000, "test": 352}  # the download fetches their sum per role
+    assert split_sizes(sum(paper.values()), paper, "one_to_one") == paper
+    assert split_sizes(12, {"train": 6, "val": 2, "test": 2}, "one_to_one") == {
+        "train": 7,
+        "val": 3,
+        "test": 2,
+    }
+
+
+def test_the_paper_profile_pairs_one_to_one_and_the_demo_with_repeats():
+    from nstlab.config import load_config
+
+    from conftest import REPO
+
+    paper = load_config(REPO / "params.yaml", ["profile=paper"]).data
+    assert (paper.pairing, paper.resample) == ("one_to_one", "bilinear")
+    assert load_config(REPO / "params.yaml").data.pairing == "random"  # 120 pairs of 14 × 11 demo images
+
+
+def _pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_squash_is_bilinear_with_small_contents_upscaled_by_lanczos():
+    """NST-Project dataloader.py: a content image under 224 px on a side is resized to 224² with
+    LANCZOS first; then transforms.Resize((224, 224)), bilinear, for content and style alike."""
+    from conftest_data import noise_image
+
+    large, small = noise_image((64, 48), seed=1), noise_image((40, 30), seed=2)
+    bilinear, lanczos, bicubic = (
+        Image.Resampling.BILINEAR,
+        Image.Resampling.LANCZOS,
+        Image.Resampling.BICUBIC,
+    )
+    cases = [
+        ("content", large, "bilinear", large.resize((32, 32), bilinear)),
+        ("content", small, "bilinear", small.resize((32, 32), lanczos)),
+        ("style", small, "bilinear", small.resize((32, 32), bilinear)),
+        ("content", small, "bicubic", small.resize((32, 32), bicubic)),
+    ]
+    for role, image, kernel, wanted in cases:
+        assert np.array_equal(_pixels(squash(image, 32, role, kernel)), _pixels(wanted))
+    assert not np.array_equal(
+        _pixels(small.resize((32, 32), bilinear)), _pixels(small.resize((32, 32), lanczos))
+    )
+    assert not np.array_equal(
+        _pixels(small.resize((32, 32), bilinear)), _pixels(small.resize((32, 32), bicubic))
+    )
+
+
+@pytest.mark.parametrize("resample", ["bilinear", "bicubic"])
+def test_the_train_cache_is_squashed_with_data_resample(images, tmp_path, resample):
+    pair(images, tmp_path, **ONE_TO_ONE, resample=resample)
+    with open(tmp_path / "pairs/images.csv", newline="") as handle:
+        train = [row for row in csv.DictReader(handle) if row["split"] == "train"]
+    for row in (train[0], train[-1]):  # one content (30 px high: LANCZOS first), one style
+        wanted = squash(load_rgb(row["source"]), 32, row["role"], resample)
+        assert np.array_equal(_pixels(Image.open(row["cached"]).convert("RGB")), _pixels(wanted))

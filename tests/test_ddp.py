@@ -19,7 +19,7 @@ from nstlab.training import distributed
 from nstlab.training.checkpoint import load_checkpoint
 from nstlab.data.dataset import EpochSampler
 from nstlab.errors import NstlabError
-from nstlab.training.trainer import Trainer, check_distributable, train
+from nstlab.training.trainer import Trainer, check_distributable, check_last_batch, train
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 pairs, global batch 2 (1 per rank), 2 epochs = 8 steps. Dropout off: its masks depend on how
@@ -117,6 +117,30 @@ def test_ranks_split_each_global_batch_of_the_single_process_order(monkeypatch):
     assert [item for pair in zip(*shards) for item in pair] == list(single)
 
 
+def test_ranks_split_the_kept_last_partial_batch_too(monkeypatch):
+    """10 pairs, global batch 4, train.last_batch keep: batches of 4, 4 and 2, each halved."""
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    single = EpochSampler(10, seed=3)
+    shards = []
+    for rank in range(2):
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        sampler = distributed.ShardSampler(10, seed=3, global_batch=4, keep_last=True)
+        shards.append(list(sampler))
+        assert len(sampler) == 5
+    order = list(single)
+    assert shards[0] == order[0:2] + order[4:6] + order[8:9]
+    assert shards[1] == order[2:4] + order[6:8] + order[9:10]
+
+
+def test_a_kept_last_batch_that_does_not_split_is_refused():
+    check_last_batch(10, 4, drop_last=False, world_size=2)  # a last batch of 2: 1 per rank
+    check_last_batch(9, 4, drop_last=True, world_size=2)  # dropped
+    with pytest.raises(
+        NstlabError, match=r"a batch of 1 pairs, which does not split over 2 .*train.last_batch: drop"
+    ):
+        check_last_batch(9, 4, drop_last=False, world_size=2)
+
+
 def test_methods_ddp_cannot_train_and_batches_that_do_not_split_are_refused():
     with pytest.raises(NstlabError, match="iest cannot train under torchrun: its discriminator"):
         check_distributable("iest", 4, 2)
@@ -199,7 +223,23 @@ def test_torchrun_writes_one_run_and_matches_one_process_on_the_same_global_batc
     ddp_weights, single_weights = _weights(ddp), _weights(single)
     assert ddp_weights.keys() == single_weights.keys()
     for name, tensor in single_weights.items():
-        torch.testing.assert_close(ddp_weights[name], tensor, rtol=0, atol=cfg.train.lr / 5, msg=name)
+        torch.testing.assert_close(
+            _without_key_bias(name, ddp_weights[name]),
+            _without_key_bias(name, tensor),
+            rtol=0,
+            atol=cfg.train.lr / 5,
+            msg=name,
+        )
+
+
+def _without_key_bias(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """An attention's key bias shifts all logits of a query alike, so softmax gives it a zero
+    gradient in exact arithmetic; Adam turns the float noise left there into steps of either
+    sign, up to lr. The query and value biases, like every other weight, are compared."""
+    if not name.endswith("in_proj_bias"):
+        return tensor
+    width = tensor.shape[0] // 3  # query, key, value
+    return torch.cat([tensor[:width], tensor[2 * width :]])
 
 
 def test_an_interrupted_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(

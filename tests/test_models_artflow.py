@@ -16,7 +16,7 @@ def make_config(options=None, loss=None):
     """A stand-in for nstlab.config.Config with only what ArtFlow reads."""
     block = SimpleNamespace(
         batch_size=2,
-        iterations=1,
+        iterations=2,
         lr=1e-3,
         lr_schedule="constant",
         lr_decay=0.0,
@@ -151,7 +151,7 @@ def test_zero_weight_drops_the_term():
         (
             {"hiden": 16},
             {},
-            "baselines.artflow.options.hiden: unknown name; allowed: blocks, flows, hidden, transfer",
+            "baselines.artflow.options.hiden: unknown name; allowed: blocks, flows, hidden, transfer, first_batch",
         ),
         ({}, {"identity1": 1.0}, "baselines.artflow.loss.identity1: unknown name; allowed: content, style"),
         (
@@ -160,8 +160,22 @@ def test_zero_weight_drops_the_term():
             "baselines.artflow.options.transfer = 'decorator': choose one of adain, wct",
         ),
         ({"flows": 0}, {}, "baselines.artflow.options.flows = 0"),
+        (
+            {"first_batch": "skip"},
+            {},
+            "baselines.artflow.options.first_batch = 'skip': choose one of init_only, train",
+        ),
     ],
 )
 def test_bad_options_raise_config_error(options, loss, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         ArtFlow(make_config(options, loss))
+
+
+def test_one_iteration_that_only_initialises_actnorm_is_refused():
+    cfg = make_config(TINY_OPTIONS)
+    cfg.baselines["artflow"].iterations = 1
+    with pytest.raises(ConfigError, match=r"baselines\.artflow\.iterations = 1: the first only initialises"):
+        ArtFlow(cfg)
+    cfg.baselines["artflow"].options = {**TINY_OPTIONS, "first_batch": "train"}
+    ArtFlow(cfg)

@@ -12,7 +12,7 @@ from nstlab.errors import ConfigError, NstlabError
 from nstlab.functional import gram, total_variation
 from nstlab.functional import IMAGENET_STD, imagenet_normalize
 from nstlab.config.gatys import SEED_LAYER_WEIGHTS, settings_from_options
-from nstlab.models.gatys import GatysTransfer, style_layer_loss
+from nstlab.models.gatys import GatysTransfer, style_layer_loss, working_size
 
 VGG_WIDTH = 0.125
 
@@ -183,11 +183,49 @@ def test_any_size_through_build():
         assert model(content[:1] + 0, style + 0).shape == (1, 3, 17, 33)  # inference tensors in
 
 
-def test_max_size_caps_the_short_edge_and_returns_the_input_size():
+def test_the_default_preset_optimises_at_long_side_400_and_reference_at_short_edge_512():
+    """The seed report loads its images at max side 400 (docs/methods.md#gatys); pystiche caps
+    the short edge at 512."""
+    default, reference = settings_from_options({}), settings_from_options({"preset": "reference"})
+    assert (default.max_size, default.max_size_edge) == (400, "long")
+    assert (reference.max_size, reference.max_size_edge) == (512, "short")
+    assert working_size((600, 800), default) == (300, 400)
+    assert working_size((800, 600), default) == (400, 300)
+    assert working_size((600, 800), reference) == (512, 683)
+    assert working_size((300, 400), default) == (300, 400)  # never enlarged
+    assert working_size((300, 400), dataclasses.replace(default, max_size=None)) == (300, 400)
+    assert working_size((20, 200), dataclasses.replace(default, max_size=32)) == (16, 160)  # short ≥ 16
+
+
+def test_the_profiles_resolve_gatys_to_long_side_400():
+    from nstlab.config import load_config
+    from nstlab.config.gatys import settings_from_config
+
+    from conftest import REPO
+
+    paper = settings_from_config(load_config(REPO / "params.yaml", ["profile=paper"]))
+    assert (paper.preset, paper.max_size, paper.max_size_edge) == ("default", 400, "long")
+    demo = settings_from_config(load_config(REPO / "params.yaml"))
+    assert demo.max_size_edge == "long"
+
+
+@pytest.mark.parametrize("edge", ["long", "short"])
+def test_max_size_caps_the_chosen_edge_and_returns_the_input_size(edge, monkeypatch):
+    from nstlab.models import gatys
+
     content, style = images((24, 40), (32, 32))
-    model = transfer(preset="reference", steps=2, max_size=16)
+    model = transfer(preset="reference", steps=2, max_size=32 if edge == "long" else 20, max_size_edge=edge)
+    optimised, encode = [], model.encode_targets
+
+    def record_size(image, *rest):
+        optimised.append(image.shape[-2:])
+        return encode(image, *rest)
+
+    monkeypatch.setattr(model, "encode_targets", record_size)
     output, _ = model.stylize(content, [style])
     assert output.shape == content.shape
+    assert tuple(optimised[0]) == ((19, 32) if edge == "long" else (20, 33))
+    assert gatys.working_size((24, 40), model.settings) == tuple(optimised[0])
 
 
 def test_presets():

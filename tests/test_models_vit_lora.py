@@ -85,6 +85,34 @@ def test_four_layer_decoder_counts(tiny_config):
     assert sum(p.numel() for p in CNNDecoder(768).parameters()) == 8_224_323
 
 
+def _convs(model):
+    return [module for module in model.cnn_decoder if isinstance(module, torch.nn.Conv2d)]
+
+
+def test_cnn_decoder_weights_are_xavier_uniform_and_biases_torch_default(tiny_config):
+    """NST-Project decoder.py: Xavier-uniform on every weight of its Decoder, CNN decoder included,
+    bound sqrt(6 / (fan_in + fan_out)); biases keep torch's U(±1/sqrt(fan_in))."""
+    model = ViTLoRA(tiny_config("decoder.cnn_width=0.25"))
+    for conv in _convs(model):
+        fan_in, fan_out = conv.in_channels * 9, conv.out_channels * 9
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        weight = conv.weight.detach()
+        assert weight.abs().max() <= bound
+        assert weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)  # uniform over ±bound
+        bias = conv.bias.detach()
+        assert 0 < bias.abs().max() <= 1 / fan_in**0.5
+
+
+def test_cnn_decoder_init_pytorch_keeps_torch_default(tiny_config):
+    model = ViTLoRA(tiny_config("decoder.cnn_width=0.25", "decoder.cnn_init=pytorch"))
+    for conv in _convs(model):
+        fan_in, fan_out = conv.in_channels * 9, conv.out_channels * 9
+        default_bound = 1 / fan_in**0.5  # kaiming_uniform_(a=sqrt(5))
+        assert conv.weight.detach().abs().max() <= default_bound
+        assert conv.weight.detach().std().item() == pytest.approx(default_bound / 3**0.5, rel=0.1)
+        assert default_bound < 0.95 * (6 / (fan_in + fan_out)) ** 0.5  # the two inits differ here
+
+
 @pytest.fixture
 def pretrained_tiny(tmp_path, tiny_config):
     """A tiny ViT saved with save_pretrained, so the real from_pretrained path is exercised."""

@@ -262,6 +262,7 @@ def make_pairs(root: Path) -> Path:
         out_dir=root / "pairs",
         workers=2,
         progress=False,
+        pairing="random",
     )
     return root / "pairs"
 
@@ -520,6 +521,7 @@ def test_pair_stage_skips_and_lists_every_kind_of_bad_image(tmp_path):
         out_dir=tmp_path / "pairs",
         workers=2,
         progress=False,
+        pairing="random",
     )
 
     with open(tmp_path / "pairs/skipped.csv", newline="") as handle:

@@ -33,7 +33,7 @@ FAST = [
     "train.val_every=3",
     "train.sample_every=3",
     "train.max_val_pairs=2",
-]  # 8 steps; validation and a sample grid at 3, 6, 8
+]  # 8 steps, 4 an epoch; validation and a sample grid at step 3 of each epoch (3, 7) and the last (8)
 
 
 class Server:
@@ -120,7 +120,7 @@ def test_a_training_logs_params_metrics_and_artefacts_over_http(
     assert run.info.status == "FINISHED" and run.info.run_name == summary["run_name"]
     assert run.data.params["encoder.layers"] == "2" and run.data.tags["tracking_uri"] == server.url
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train.total")] == list(range(1, 9))
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val.score")] == [3, 6, 8]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val.score")] == [3, 7, 8]
     record = json.loads((run_dirs["logs_dir"] / "vit_lora_stage1" / "run.json").read_text())
     assert (
         record["mlflow_run_url"]
@@ -169,9 +169,9 @@ def test_the_server_dying_mid_run_costs_no_step_and_sync_delivers_the_rest(
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train.total")] == list(range(1, 9))
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val.score")] == [3, 6, 8]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val.score")] == [3, 7, 8]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "samples")} == {
-        f"samples/step_00000{step}.png" for step in (3, 6, 8)
+        f"samples/step_00000{step}.png" for step in (3, 7, 8)
     }
     assert not buffers[0].exists()
     again = CliRunner().invoke(app, ["sync"])

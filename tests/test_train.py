@@ -415,3 +415,156 @@ def test_the_paper_profile_trains_and_validates_in_fp32(tiny_config):
     assert paper.train.precision == "fp32" and autocast_dtype(paper, cuda) is None
     assert autocast_dtype(tiny_config("profile=paper", "train.precision=bf16"), cuda) is torch.bfloat16
     assert tiny_config().train.precision == "auto"  # the demo: bf16 where native (tests/test_precision.py)
+
+
+# -- ViT-LoRA's epochs as NST-Project: the last partial batch trains, validation counts in epochs ------
+
+
+def test_a_paper_epoch_is_3529_steps_with_its_last_partial_batch(tiny_config):
+    """NST-Project main.py: DataLoader(batch_size=16, shuffle=True), no drop_last: 56,462 pairs
+    make ceil(56462 / 16) = 3,529 steps, the last of 14 pairs."""
+    from nstlab.models.vit_lora import ViTLoRA
+
+    train_spec = ViTLoRA.train_spec
+
+    paper = train_spec(tiny_config("profile=paper"), 2, 56_462)
+    assert (paper.steps_per_epoch, paper.total_steps, paper.drop_last) == (3529, 9 * 3529, False)
+    dropped = train_spec(tiny_config("profile=paper", "train.last_batch=drop"), 2, 56_462)
+    assert (dropped.steps_per_epoch, dropped.drop_last) == (3528, True)
+
+
+def test_paper_validation_steps_are_nst_projects():
+    """NST-Project trainer.py validates when (i + 1) % 400 == 0, i the batch index within the epoch."""
+    from nstlab.training.schedule import TrainSpec, scheduled
+
+    def spec(in_epoch: bool) -> TrainSpec:
+        return TrainSpec(
+            "vit_lora", 1, "k", "r", 16, 2 * 3529, 3529, 1e-4, None, lambda s, e: 1.0, "", "best", in_epoch
+        )
+
+    official = [epoch * 3529 + i + 1 for epoch in range(2) for i in range(3529) if (i + 1) % 400 == 0]
+    assert official[8:10] == [3929, 4329]  # epoch 2 restarts the count
+    assert [step for step in range(1, 2 * 3529 + 1) if scheduled(step, 400, spec(True))] == official
+    assert [step for step in range(1, 2 * 3529 + 1) if scheduled(step, 400, spec(False))] == list(
+        range(400, 2 * 3529 + 1, 400)
+    )
+
+
+def test_an_epoch_ends_with_its_partial_batch_and_validation_counts_in_epochs(
+    tiny_config, tiny_pairs, run_dirs, monkeypatch
+):
+    """8 pairs, batch 3: epochs of 3, 3 and 2 pairs; val_every 2 validates at step 2 of each epoch
+    (run steps 2 and 5) and describes the final step 6 without letting it be kept as best."""
+    sizes = []
+    original_step = Trainer._step
+
+    def record(self, content, style, step):
+        sizes.append(len(content))
+        return original_step(self, content, style, step)
+
+    monkeypatch.setattr(Trainer, "_step", record)
+    cfg = tiny_config(*FAST, "train.batch_size=3", "train.val_every=2", "train.sample_every=2")
+    summary = train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
+    assert sizes == [3, 3, 2, 3, 3, 2] and summary["steps"] == 6
+    with open(run_dirs["logs_dir"] / "vit_lora_stage1" / "val_log.csv") as handle:
+        assert [int(row["step"]) for row in csv.DictReader(handle)] == [2, 5, 6]
+    assert summary["kept_step"] in (2, 5)
+    assert load_checkpoint(run_dirs["models_dir"] / "vit_lora_stage1" / "last.pt")["step"] == 6
+    samples = sorted(path.name for path in (run_dirs["models_dir"] / "vit_lora_stage1" / "samples").iterdir())
+    assert samples == ["step_000002.png", "step_000005.png", "step_000006.png"]
+
+
+def test_in_epoch_validation_that_never_comes_is_refused(tiny_config):
+    from nstlab.errors import ConfigError
+    from nstlab.models.vit_lora import ViTLoRA
+
+    train_spec = ViTLoRA.train_spec
+
+    with pytest.raises(
+        ConfigError, match=r"train.val_every = 5: an epoch has 4 steps .* train.val_steps: global"
+    ):
+        train_spec(tiny_config(*FAST, "train.val_every=5"), 1, 8)
+    assert (
+        train_spec(tiny_config(*FAST, "train.val_every=5", "train.val_steps=global"), 1, 8).total_steps == 8
+    )
+
+
+def test_a_resumed_run_with_partial_batches_ends_with_the_same_weights(
+    tiny_config, tiny_pairs, run_dirs, tmp_path, monkeypatch
+):
+    cfg = tiny_config(*FAST, "train.batch_size=3", "train.val_every=2", "train.sample_every=2")
+    train(cfg, "vit_lora", 1, pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
+    reference = _weights(run_dirs["checkpoints_dir"] / "vit_lora_stage1" / "last.pt")
+    interrupted = {k: tmp_path / "b" / k for k in run_dirs}
+    _train_interrupted_at(4, monkeypatch, cfg, "vit_lora", 1, pairs_dir=tiny_pairs, **interrupted)
+    train(
+        cfg,
+        "vit_lora",
+        1,
+        pairs_dir=tiny_pairs,
+        progress=False,
+        tracking=False,
+        resume="require",
+        **interrupted,
+    )
+    resumed = _weights(interrupted["checkpoints_dir"] / "vit_lora_stage1" / "last.pt")
+    assert all(torch.equal(resumed[name], reference[name]) for name in reference)
+
+
+# -- ArtFlow's first batch: an ActNorm init pass, no update (its train.py) ------------------------
+
+
+def _artflow(tiny_config, iterations: int, *extra: str):
+    return _baseline(tiny_config, "artflow", f"baselines.artflow.iterations={iterations}", *extra)
+
+
+def test_the_first_artflow_step_initialises_actnorm_and_updates_nothing(
+    tiny_config, tiny_pairs, run_dirs, tmp_path, monkeypatch
+):
+    """ArtFlow train.py, at i == start_iter: glow(content) under no_grad, then `continue`."""
+    from nstlab.models import build_model
+
+    cfg = _artflow(tiny_config, 3)
+    assert cfg.baselines["artflow"].options["first_batch"] == "init_only"
+    fresh = build_model("artflow", cfg).state_dict()
+    _train_interrupted_at(1, monkeypatch, cfg, "artflow", 0, pairs_dir=tiny_pairs, **run_dirs)
+    state = load_checkpoint(run_dirs["checkpoints_dir"] / "artflow" / "last.pt")  # after step 0
+    weights = state["model"]
+    actnorm = {name for name in weights if ".actnorm." in name}
+    assert actnorm and all(weights[name].item() == 1 for name in actnorm if name.endswith("initialized"))
+    assert all(torch.equal(weights[name], fresh[name]) for name in weights if name not in actnorm)
+    assert state["step"] == 1 and state["optimizer"]["state"] == {}  # Adam never stepped
+    first_loc = "glow.blocks.0.flows.0.actnorm.loc"
+    loader = Trainer(cfg, "artflow", 0, tiny_pairs, progress=False, tracking=False, **run_dirs).train_loader
+    loader.sampler.set_epoch(0)
+    content = next(iter(loader))[0]  # step 0's content batch: the first flow sees it squeezed
+    squeezed_mean = torch.nn.functional.pixel_unshuffle(content, 2).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(weights[first_loc].flatten(), -squeezed_mean)
+
+    other = {key: tmp_path / "first_batch_trains" / key for key in run_dirs}
+    cfg = _artflow(tiny_config, 3, "baselines.artflow.options.first_batch=train")
+    _train_interrupted_at(1, monkeypatch, cfg, "artflow", 0, pairs_dir=tiny_pairs, **other)
+    updated = _weights(other["checkpoints_dir"] / "artflow" / "last.pt")
+    name = "glow.blocks.0.flows.0.invconv.w_s"
+    assert not torch.equal(updated[name], fresh[name])
+
+
+def test_a_resumed_artflow_run_does_not_repeat_the_init_pass(
+    tiny_config, tiny_pairs, run_dirs, tmp_path, monkeypatch
+):
+    cfg = _artflow(tiny_config, 4)
+    train(cfg, "artflow", pairs_dir=tiny_pairs, progress=False, tracking=False, **run_dirs)
+    reference = _weights(run_dirs["checkpoints_dir"] / "artflow" / "last.pt")
+    with open(run_dirs["logs_dir"] / "artflow" / "train_log.csv") as handle:
+        assert [row["step"] for row in csv.DictReader(handle)] == ["2", "3", "4"]  # step 1: the init pass
+
+    interrupted = {k: tmp_path / "b" / k for k in run_dirs}
+    _train_interrupted_at(1, monkeypatch, cfg, "artflow", 0, pairs_dir=tiny_pairs, **interrupted)
+    calls = []
+    monkeypatch.setattr("nstlab.models.artflow.ArtFlow.first_batch", lambda self, *batch: calls.append(1))
+    train(
+        cfg, "artflow", pairs_dir=tiny_pairs, progress=False, tracking=False, resume="require", **interrupted
+    )
+    assert calls == []
+    resumed = _weights(interrupted["checkpoints_dir"] / "artflow" / "last.pt")
+    assert all(torch.equal(resumed[name], reference[name]) for name in reference)

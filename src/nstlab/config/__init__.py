@@ -3,7 +3,9 @@
 params.yaml holds the method's knobs at the top level and, under `profiles.<name>`, the blocks
 that differ between the offline demo and the paper run (data source, sizes, backbones,
 schedule). The active profile's block is laid under the top level: a key given at the top
-level (e.g. by `dvc exp run -S lora.r=32`) wins over the profile's value.
+level (e.g. by `dvc exp run -S train.lr=1e-3`) wins over the profile's value. The committed
+params.yaml sets no key in both places, and `load_config` prints one line for each profile
+value a top-level key hides, unless that key is what the user typed (`-S`).
 
 Every key is checked here, once: unknown keys, wrong types and impossible values raise a
 one-line `ConfigError` naming the key, the value and what is allowed. Code below this module
@@ -12,6 +14,8 @@ receives typed objects, never raw dicts.
 
 import dataclasses
 import json
+import subprocess
+import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -66,6 +70,12 @@ class DataConfig:
     # the fraction of a draw that may be missing on the server (replaced by the next files drawn)
     max_missing: float = field(default=0.02, metadata=_range(0, 1))
     hub_shuffle_buffer: int = field(default=1000, metadata=_range(1))  # hf: sources' seeded shuffle buffer
+    # The pair tables (nstlab.data.pairs): one_to_one, content i with style i, each image in one
+    # pair (NST-Project dataloader.py); random: distinct pairs drawn uniformly, images repeated.
+    pairing: str = field(default="one_to_one", metadata=_choices("one_to_one", "random"))
+    # Train/val squashing: bilinear, small content images first upscaled with LANCZOS
+    # (NST-Project dataloader.py); bicubic.
+    resample: str = field(default="bilinear", metadata=_choices("bilinear", "bicubic"))
     # The download draw and the train/val/test pairing: fixed while `seed` (training) varies.
     split_seed: int = field(default=324, metadata=_range(0))
 
@@ -102,6 +112,8 @@ class DecoderConfig:
     ffn: int = field(metadata=_range(1))
     dropout: float = field(metadata=_range(0, 1))
     cnn_width: float = field(metadata=_range(0, 1, low_open=True))
+    # The CNN decoder's weights: xavier (NST-Project decoder.py) or pytorch (torch's default init)
+    cnn_init: str = field(default="xavier", metadata=_choices("xavier", "pytorch"))
 
 
 @dataclass(frozen=True)
@@ -135,6 +147,10 @@ class TrainConfig:
     workers: int = field(metadata=_range(0, 64))
     keep: str = field(default="best", metadata=_choices("best", "last"))  # what this block's model.pt holds
     stage2_from: str = field(default="last", metadata=_choices("last", "best"))  # stage 1's, for stage 2
+    # ViT-LoRA: val/sample/log steps counted in each epoch (NST-Project trainer.py) or in the run
+    val_steps: str = field(default="in_epoch", metadata=_choices("in_epoch", "global"))
+    # ViT-LoRA: an epoch's last partial batch kept (NST-Project main.py, no drop_last) or dropped
+    last_batch: str = field(default="keep", metadata=_choices("keep", "drop"))
 
 
 @dataclass(frozen=True)
@@ -374,8 +390,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
-def resolve(raw: Mapping, overrides: Iterable[str] = ()) -> Config:
-    """Raw params (as read from params.yaml) + `key=value` overrides -> validated Config."""
+def with_overrides(raw: Mapping, overrides: Iterable[str]) -> dict:
+    """A copy of raw params with each `key=value` override set at the top level."""
     raw = _merge({}, raw)
     for text in overrides:
         path, value = parse_override(text)
@@ -385,6 +401,48 @@ def resolve(raw: Mapping, overrides: Iterable[str] = ()) -> Config:
             if not isinstance(node, dict):
                 raise ConfigError(f"-S {text!r}: {part} is not a block of keys")
         node[path[-1]] = value
+    return raw
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """A key set both at the top level and in `profiles.<profile>`: the top-level value wins."""
+
+    key: str  # dotted, as at the top level
+    profile: str
+    top_value: Any
+    profile_value: Any
+
+    def line(self) -> str:
+        return (
+            f"{self.key} = {self.top_value!r} at the top level overrides "
+            f"profiles.{self.profile}.{self.key} = {self.profile_value!r}"
+        )
+
+
+def shadowed(raw: Mapping, profile: str) -> list[Shadow]:
+    """Every key of raw params set both at the top level and in profiles.<profile> (leaf keys:
+    blocks merge key by key, so only a value replaces a value)."""
+    block = (raw.get("profiles") or {}).get(profile)
+    top = {key: value for key, value in raw.items() if key != "profiles"}
+    return _shadows(top, block, profile, "") if isinstance(block, Mapping) else []
+
+
+def _shadows(top: Mapping, block: Mapping, profile: str, prefix: str) -> list[Shadow]:
+    found = []
+    for key, value in top.items():
+        if key not in block:
+            continue
+        if isinstance(value, Mapping) and isinstance(block[key], Mapping):
+            found += _shadows(value, block[key], profile, f"{prefix}{key}.")
+        else:
+            found.append(Shadow(f"{prefix}{key}", profile, value, block[key]))
+    return found
+
+
+def resolve(raw: Mapping, overrides: Iterable[str] = ()) -> Config:
+    """Raw params (as read from params.yaml) + `key=value` overrides -> validated Config."""
+    raw = with_overrides(raw, overrides)
     profiles = raw.pop("profiles", None)
     if not isinstance(profiles, Mapping) or set(profiles) != set(PROFILES):
         raise ConfigError(f"profiles: params.yaml needs one block per profile: {', '.join(PROFILES)}")
@@ -428,10 +486,57 @@ def load_config(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
         raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: expected a mapping of keys at the top")
+    overrides = list(overrides)
     try:
-        return resolve(raw, overrides)
+        cfg = resolve(raw, overrides)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+    for shadow in untyped_shadows(path, raw, overrides, cfg.profile):
+        print(f"{path}: {shadow.line()}; set it in one place", file=sys.stderr)
+    return cfg
+
+
+def untyped_shadows(path: Path, raw: Mapping, overrides: list[str], profile: str) -> list[Shadow]:
+    """The active profile's values hidden by a top-level key the user did not type: typed are
+    the keys set by `overrides` (nstlab's -S) and the top-level values that differ from the
+    file's committed version (git HEAD), as `dvc exp run -S` writes them into params.yaml.
+    Without a committed version every hidden value counts."""
+    typed = [parse_override(text)[0] for text in overrides]
+    shadows = [
+        shadow
+        for shadow in shadowed(with_overrides(raw, overrides), profile)
+        if not any(shadow.key.split(".")[: len(keys)] == keys for keys in typed)
+    ]
+    committed = _committed_params(path) if shadows else None
+    if committed is None:
+        return shadows
+    return [shadow for shadow in shadows if _lookup(committed, shadow.key) == _lookup(raw, shadow.key)]
+
+
+_ABSENT = object()
+
+
+def _lookup(tree: Mapping, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, Mapping) or part not in tree:
+            return _ABSENT
+        tree = tree[part]
+    return tree
+
+
+def _committed_params(path: Path) -> Mapping | None:
+    """`path` as committed at git HEAD, parsed; None outside a repository or if untracked."""
+    try:
+        shown = subprocess.run(
+            ["git", "-C", str(path.parent), "show", f"HEAD:./{path.name}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        committed = yaml.safe_load(shown.stdout) if shown.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, yaml.YAMLError):
+        return None
+    return committed if isinstance(committed, Mapping) else None
 
 
 def short_targets(target_modules: Iterable[str]) -> str:

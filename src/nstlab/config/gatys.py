@@ -15,6 +15,7 @@ PRESETS = ("default", "reference")
 INITS = ("content", "style", "noise")
 OPTIMIZERS = ("lbfgs", "adam", "adamw")
 STYLE_LOSSES = ("seed", "pystiche")
+EDGES = ("long", "short")  # which edge max_size caps
 SPACES = ("normalised", "pixels")  # what the optimiser moves: the ImageNet-normalised image, or [0, 1] pixels
 INVERSE_CHANNELS_SQUARED = "1/C^2"  # pystiche's Gatys 2016 layer weights
 SEED_LAYER_WEIGHTS = (1.0, 0.75, 0.2, 0.2, 0.2)  # the seed report, relu1_1 … relu5_1
@@ -47,7 +48,11 @@ class GatysSettings:
     optimizer: str = "adam"
     lr: float = 0.003
     steps: int = 2000
-    max_size: int | None = None  # cap on the short edge (px); the output is resized back
+    # Cap (px) on the image's long or short edge (max_size_edge) while it is optimised; the output
+    # is resized back. The seed report loads its images at max side 400 (docs/methods.md#gatys);
+    # pystiche caps the short edge at 512 (the reference preset). None: the content's own size.
+    max_size: int | None = 400
+    max_size_edge: str = "long"
     log_every: int = 10
 
 
@@ -61,6 +66,7 @@ _PRESET_VALUES = {
         "lr": 1.0,
         "steps": 500,
         "max_size": 512,
+        "max_size_edge": "short",
     },
 }
 _CHOICES = {
@@ -70,6 +76,7 @@ _CHOICES = {
     "optimizer": OPTIMIZERS,
     "style_loss": STYLE_LOSSES,
     "space": SPACES,
+    "max_size_edge": EDGES,
 }
 
 

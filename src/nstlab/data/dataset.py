@@ -81,17 +81,19 @@ def make_loader(
     shuffle: bool,
     seed: int,
     workers: int = 0,
+    drop_last: bool = True,
 ) -> DataLoader:
     """A DataLoader over a pairs CSV.
 
-    shuffle=True: training order from an `EpochSampler` (reach it as `loader.sampler`) and the
-    last partial batch dropped, so every step sees `batch_size` pairs. shuffle=False: CSV
-    order, every pair. Test pairs keep their aspect ratio, so batch them only with batch_size=1.
+    shuffle=True: training order from an `EpochSampler` (reach it as `loader.sampler`); the last
+    partial batch dropped (every step sees `batch_size` pairs) unless drop_last is False.
+    shuffle=False: CSV order, every pair. Test pairs keep their aspect ratio, so batch them only
+    with batch_size=1.
     """
     dataset = PairDataset(csv_path, root)
     sampler = EpochSampler(len(dataset), seed) if shuffle else None
     return seeded_loader(
-        dataset, sampler, batch_size=batch_size, drop_last=shuffle, seed=seed, workers=workers
+        dataset, sampler, batch_size=batch_size, drop_last=shuffle and drop_last, seed=seed, workers=workers
     )
 
 

@@ -115,12 +115,20 @@ def resize_max_side(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize(new_size, Image.Resampling.BICUBIC)
 
 
-def resize_exact(image: Image.Image, size: int) -> Image.Image:
-    """Resize to size×size, aspect not kept (the paper trains on squashed squares).
+RESAMPLING = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
-    Pillow's bicubic resize widens its kernel when shrinking, so this is antialiased.
+
+def resize_exact(image: Image.Image, size: int, kernel: str = "bilinear") -> Image.Image:
+    """Resize to size×size, aspect not kept (the paper trains on squashed squares), with one of
+    RESAMPLING's kernels; bilinear is torchvision's Resize((size, size)) on a PIL image.
+
+    Pillow widens every kernel when shrinking, so this is antialiased.
     """
-    return image.resize((size, size), Image.Resampling.BICUBIC)
+    return image.resize((size, size), RESAMPLING[kernel])
 
 
 def save_image(image: torch.Tensor | Image.Image, path: Path | str) -> Path:

@@ -1,19 +1,24 @@
 """Seeded, disjoint train/val/test (content, style) pairs, with pre-resized image caches.
 
-1. Contents and styles are each shuffled (seeded) into train/val/test images. Split sizes grow
-   with √(pairs asked): a split of c contents and s styles holds c·s distinct pairs, so this
+1. Contents and styles are each shuffled (seeded) into train/val/test images. `pairing`
+   one_to_one (NST-Project dataloader.py: content[i] with style[i], each image in one pair):
+   split sizes follow the pairs asked, one image per pair and role. random: split sizes grow
+   with √(pairs asked), since a split of c contents and s styles holds c·s distinct pairs; this
    gives every split the same head-room over its request. Test images appear in no other
    split, so test pairs are unseen. Images of one source (the demo's crops of one photo,
    named `<source>_<crop>`) form a group that stays in one split: a crop of a test photo in
    the training set would leak it.
 2. Every image is decoded once by the safe loader and cached as PNG: train/val squashed to
-   image_size² (the paper's set-up: aspect not kept), test with its aspect ratio and the longer
-   side capped at test_max_side. ViT-LoRA training never decodes a full-size JPEG; the
-   baselines' own pipeline (nstlab.data.crops) reads the usable sources images.csv lists. An
-   unusable image is dropped from its split (the other images stay where they are) and listed
-   in skipped.csv.
-3. Each split draws its pairs without repeats from its own seeded RNG, so changing n_test
-   leaves the train draw of a fixed image split alone.
+   image_size² (the paper's set-up: aspect not kept; `resample` bilinear, small content images
+   first upscaled with LANCZOS, as NST-Project dataloader.py, or bicubic), test with its aspect
+   ratio and the longer side capped at test_max_side. ViT-LoRA training never decodes a
+   full-size JPEG; the baselines' own pipeline (nstlab.data.crops) reads the usable sources
+   images.csv lists. An unusable image is dropped from its split (the other images stay where
+   they are) and listed in skipped.csv.
+3. Each split draws its pairs from its own seeded RNG, so changing n_test leaves the train draw
+   of a fixed image split alone: one_to_one zips the split's two seeded shuffles (n pairs use n
+   distinct contents and n distinct styles); random draws n distinct pairs uniformly from all
+   contents × styles, so an image appears in several pairs and some in none.
 
 Paths in the CSVs are the cached files' paths as `cache_dir` was given: the pipeline passes
 the repo-relative `data/cache`, so the CSVs are machine-independent and resolve from the repo
@@ -31,12 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
 from rich.progress import track
 
 from nstlab.data.images import load_rgb, resize_exact, resize_max_side, save_image
 from nstlab.errors import ConfigError, ImageError
 
 SPLITS = ("train", "val", "test")
+PAIRINGS = ("one_to_one", "random")
 IMAGES_CSV = "images.csv"  # every usable image's split, role, source file and cached copy
 ROLES = ("content", "style")
 
@@ -73,21 +80,29 @@ def build_pairs(
     workers: int | None = None,
     group_of: Mapping[str, Callable[[Path], str]] | None = None,
     progress: bool = True,
+    pairing: str = "one_to_one",
+    resample: str = "bilinear",
 ) -> PairSummary:
     """Write out_dir/{train,val,test}.csv (header `content,style`), skipped.csv and pairs.json.
 
     Same inputs and seed → byte-identical files. Asking for more pairs than a split can hold
     raises ConfigError naming the key and the maximum. `group_of` maps a role to the function
-    naming an image's source group (default: every image its own group).
+    naming an image's source group (default: every image its own group). `pairing` and
+    `resample`: see the module docstring (data.pairing, data.resample).
     """
     requested = {"train": n_train, "val": n_val, "test": n_test}
     plans = {
         role: _plan_splits(
-            [Path(path) for path in files], requested, seed, role, (group_of or {}).get(role, Path.as_posix)
+            [Path(path) for path in files],
+            requested,
+            seed,
+            role,
+            (group_of or {}).get(role, Path.as_posix),
+            pairing=pairing,
         )
         for role, files in zip(ROLES, (content_files, style_files))
     }
-    _check_capacity(plans, requested)
+    _check_capacity(plans, requested, pairing)
 
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
     jobs = [_CacheJob(role, split, path) for role in ROLES for split in SPLITS for path in plans[role][split]]
@@ -99,7 +114,8 @@ def build_pairs(
             return None, str(error).removeprefix(f"{job.source}: ")
         if job.split == "test":
             return save_image(resize_max_side(image, test_max_side), _cache_path(cache_dir / "test", job)), ""
-        return save_image(resize_exact(image, image_size), _cache_path(cache_dir / "train_val", job)), ""
+        squashed = squash(image, image_size, job.role, resample)
+        return save_image(squashed, _cache_path(cache_dir / "train_val", job)), ""
 
     usable = {role: {split: [] for split in SPLITS} for role in ROLES}
     sources = []  # (split, role, source, cached) of every usable image: images.csv
@@ -112,11 +128,12 @@ def build_pairs(
             else:
                 usable[job.role][job.split].append(cached)
                 sources.append((job.split, job.role, job.source.as_posix(), cached.as_posix()))
-    _check_capacity(usable, requested)
+    _check_capacity(usable, requested, pairing)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    draw = _one_to_one_pairs if pairing == "one_to_one" else _draw_pairs
     for split in SPLITS:
-        pairs = _draw_pairs(
+        pairs = draw(
             usable["content"][split],
             usable["style"][split],
             requested[split],
@@ -135,7 +152,9 @@ def build_pairs(
     )
     report = {
         "seed": seed,
+        "pairing": pairing,
         "image_size": image_size,
+        "resample": resample,
         "test_max_side": test_max_side,
         "pairs": summary.pairs,
         "images": summary.images,
@@ -145,9 +164,23 @@ def build_pairs(
     return summary
 
 
-def split_sizes(n_images: int, requested: Mapping[str, int]) -> dict[str, int]:
-    """Images per split, ∝ √(pairs requested), at least one each, summing to n_images."""
-    weights = {split: math.sqrt(requested[split]) for split in SPLITS}
+def squash(image: Image.Image, size: int, role: str, resample: str) -> Image.Image:
+    """A train/val image as size×size. bilinear: NST-Project dataloader.py, which first resizes a
+    content image narrower or lower than 224 (its size) to 224² with LANCZOS, then applies
+    torchvision's Resize((224, 224)), bilinear (a no-op on the upscaled image); bicubic: one
+    bicubic resize for every image."""
+    if resample == "bilinear" and role == "content" and min(image.size) < size:
+        return resize_exact(image, size, "lanczos")
+    return resize_exact(image, size, resample)
+
+
+def split_sizes(n_images: int, requested: Mapping[str, int], pairing: str = "random") -> dict[str, int]:
+    """Images per split, at least one each, summing to n_images: ∝ pairs requested (one_to_one:
+    one image per pair) or ∝ √(pairs requested) (random)."""
+    weights = {
+        split: requested[split] if pairing == "one_to_one" else math.sqrt(requested[split])
+        for split in SPLITS
+    }
     ideal = {split: n_images * weight / sum(weights.values()) for split, weight in weights.items()}
     sizes = dict.fromkeys(SPLITS, 1)
     for _ in range(n_images - len(SPLITS)):
@@ -157,10 +190,16 @@ def split_sizes(n_images: int, requested: Mapping[str, int]) -> dict[str, int]:
 
 
 def _plan_splits(
-    files: list[Path], requested: Mapping[str, int], seed: int, role: str, group_of: Callable[[Path], str]
+    files: list[Path],
+    requested: Mapping[str, int],
+    seed: int,
+    role: str,
+    group_of: Callable[[Path], str],
+    *,
+    pairing: str = "random",
 ) -> dict[str, list[Path]]:
     """Whole groups to splits in seeded order: test, then val, take the groups that fit in their
-    √-share of images (the smallest group if none fits), always leaving one group for each
+    share of images (split_sizes; the smallest group if none fits), always leaving one group for each
     split after them; train takes the rest."""
     groups: dict[str, list[Path]] = {}
     for path in sorted(set(files)):
@@ -174,7 +213,7 @@ def _plan_splits(
         )
     order = sorted(groups)
     random.Random(f"split-{role}:{seed}").shuffle(order)
-    targets = split_sizes(sum(map(len, groups.values())), requested)
+    targets = split_sizes(sum(map(len, groups.values())), requested, pairing)
     plan = {}
     for later, split in ((2, "test"), (1, "val")):  # `later`: splits still to fill after this one
         chosen, n_images = [], 0
@@ -191,9 +230,18 @@ def _plan_splits(
     return {split: plan[split] for split in SPLITS}
 
 
-def _check_capacity(images: Mapping[str, Mapping[str, list]], requested: Mapping[str, int]) -> None:
+def _check_capacity(
+    images: Mapping[str, Mapping[str, list]], requested: Mapping[str, int], pairing: str
+) -> None:
     for split in SPLITS:
         n_content, n_style = len(images["content"][split]), len(images["style"][split])
+        if pairing == "one_to_one" and requested[split] > min(n_content, n_style):
+            raise ConfigError(
+                f"data.n_{split}={requested[split]}: data.pairing one_to_one needs {requested[split]} "
+                f"distinct {split} images per role, and {n_content} content and {n_style} style are "
+                f"usable; lower data.n_{split} to at most {min(n_content, n_style)}, add images, or set "
+                "data.pairing: random (distinct pairs, images repeated)"
+            )
         if requested[split] > n_content * n_style:
             raise ConfigError(
                 f"data.n_{split}={requested[split]}: only {n_content * n_style} distinct {split} pairs "
@@ -208,6 +256,15 @@ def _draw_pairs(
     """n_pairs distinct (content, style) pairs, uniform over all len(contents)·len(styles)."""
     picks = rng.sample(range(len(contents) * len(styles)), n_pairs)
     return [(contents[pick // len(styles)], styles[pick % len(styles)]) for pick in picks]
+
+
+def _one_to_one_pairs(
+    contents: list[Path], styles: list[Path], n_pairs: int, rng: random.Random
+) -> list[tuple[Path, Path]]:
+    """Pair i = (content i, style i) of the two seeded shuffles: n_pairs pairs of n_pairs distinct
+    contents and n_pairs distinct styles (NST-Project dataloader.py pairs content_files[index]
+    with style_files[index])."""
+    return list(zip(rng.sample(contents, n_pairs), rng.sample(styles, n_pairs)))
 
 
 def _cache_path(folder: Path, job: _CacheJob) -> Path:

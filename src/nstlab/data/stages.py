@@ -15,7 +15,7 @@ ROLES = ("content", "style")
 
 
 def images_to_fetch(cfg: Config) -> int:
-    """One image per pair and role (the paper's pairing uses each image about once)."""
+    """One image per pair and role: data.pairing one_to_one uses each image once."""
     return cfg.data.n_train + cfg.data.n_val + cfg.data.n_test
 
 
@@ -77,6 +77,8 @@ def pair_stage(
         max_pixels=data.max_pixels,
         min_side=data.min_side,
         progress=progress,
+        pairing=data.pairing,
+        resample=data.resample,
         group_of={"content": source_group(data.content_source), "style": source_group(data.style_source)},
     )
     console = Console(stderr=True, soft_wrap=True)

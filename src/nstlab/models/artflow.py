@@ -25,8 +25,12 @@ from nstlab.losses import mean_std_style_loss
 from nstlab.models.blocks import method_settings, part_counts
 
 # train.py defaults: --n_block 2, --n_flow 8, AffineCoupling(filter_size=512), --operator adain.
-DEFAULT_OPTIONS = {"blocks": 2, "flows": 8, "hidden": 512, "transfer": "adain"}
+# first_batch: train.py's first iteration runs the flow on the content batch under no_grad (the
+# ActNorm data init) and `continue`s, so that batch trains nothing ("init_only"); "train": the
+# first step initialises ActNorm in its forward and updates on the batch.
+DEFAULT_OPTIONS = {"blocks": 2, "flows": 8, "hidden": 512, "transfer": "adain", "first_batch": "init_only"}
 TRANSFERS = ("adain", "wct")
+FIRST_BATCH = ("init_only", "train")
 # train.py: --content_weight 0.1, --style_weight 1 (its --mse_weight is 0 and left out).
 PAPER_LOSS_WEIGHTS = {"content": 0.1, "style": 1.0}
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")  # net.py: enc_1 … enc_4
@@ -262,9 +266,15 @@ class ArtFlow(StyleModel):
                 raise ConfigError(
                     f"baselines.artflow.options.{name} = {value!r}: expected a whole number >= 1"
                 )
-        if options["transfer"] not in TRANSFERS:
+        for name, choices in (("transfer", TRANSFERS), ("first_batch", FIRST_BATCH)):
+            if options[name] not in choices:
+                raise ConfigError(
+                    f"baselines.artflow.options.{name} = {options[name]!r}: choose one of {', '.join(choices)}"
+                )
+        if options["first_batch"] == "init_only" and block.iterations < 2:
             raise ConfigError(
-                f"baselines.artflow.options.transfer = {options['transfer']!r}: choose one of {', '.join(TRANSFERS)}"
+                f"baselines.artflow.iterations = {block.iterations}: the first only initialises ActNorm "
+                "(options.first_batch: init_only), so nothing would train; give at least 2"
             )
         self.options = options
         self.multiple = 2 ** options["blocks"]  # each block halves H and W
@@ -291,6 +301,17 @@ class ArtFlow(StyleModel):
             mixed = alpha * mixed + (1.0 - alpha) * content_latents if alpha != 1.0 else mixed
             output = self.glow.reverse(mixed)
         return crop_to(output, content_size)
+
+    @torch.no_grad()
+    def first_batch(self, content: torch.Tensor, style: torch.Tensor) -> bool:
+        """The trainer's step 0 (see nstlab.models): with first_batch init_only, ArtFlow train.py's
+        `if i == args.start_iter`: the flow runs on the content batch alone, ActNorm initialises
+        from it, and nothing updates (True: the step is taken). "train": False, a normal step."""
+        if self.options["first_batch"] != "init_only":
+            return False
+        with torch.autocast(content.device.type, enabled=False):
+            self.glow(pad_to_multiple(content, self.multiple)[0].float())
+        return True
 
     def losses(self, content: torch.Tensor, style: torch.Tensor) -> dict[str, torch.Tensor]:
         """Unweighted terms of net.py Net.forward (weights 0 are skipped).

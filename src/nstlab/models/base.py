@@ -93,6 +93,11 @@ class StyleModel(nn.Module, ABC):
         """(optimizer, discriminator optimizer or None). Default: Adam over the trainable parameters."""
         return default_optimizer(self, lr), None
 
+    def first_batch(self, content: torch.Tensor, style: torch.Tensor) -> bool:
+        """Called with a fresh run's step-0 batch; True means the model took that step itself
+        and nothing updates (ArtFlow's data-dependent ActNorm init). Default: a normal step."""
+        return False
+
     def save_beside_weights(self, out_dir: Path) -> list[tuple[Path, str]]:
         """Files written beside model.pt after training, from the kept weights (loaded into the
         model first), as (path, MLflow artifact folder). Default: none."""

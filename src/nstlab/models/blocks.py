@@ -72,6 +72,14 @@ class StyleDecoderLayer(nn.Module):
         return self.norm_3(target + self.dropout(hidden))
 
 
+def xavier_uniform_weights(module: nn.Module) -> None:
+    """Xavier-uniform init of every parameter with more than one dimension (weights, not biases
+    or norms), as StyTr²'s and NST-Project's `_reset_parameters` do."""
+    for parameter in module.parameters():
+        if parameter.dim() > 1:
+            nn.init.xavier_uniform_(parameter)
+
+
 class StyleDecoder(nn.Module):
     """A stack of StyleDecoderLayer plus the final LayerNorm; Xavier-uniform init as StyTr²."""
 
@@ -79,9 +87,7 @@ class StyleDecoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(StyleDecoderLayer(d_model, heads, ffn, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(d_model)
-        for parameter in self.parameters():
-            if parameter.dim() > 1:
-                nn.init.xavier_uniform_(parameter)
+        xavier_uniform_weights(self)
 
     def forward(
         self, content: torch.Tensor, style: torch.Tensor, content_pos: torch.Tensor | None

@@ -9,8 +9,9 @@
 Two presets (`preset`), every field overridable:
 - "default", the seed course report: per style layer mean((G_o − G_s)²)/(C·h·w) with the
   unnormalised G = F·Fᵀ, layer weights 1.0, 0.75, 0.2, 0.2, 0.2, α 1, β 1e6, start from the
-  content image, Adam lr 0.003, 2,000 steps, styles resized to the content's size; the
-  optimised tensor is the ImageNet-normalised image, never clamped (only the picture is). The report
+  content image, Adam lr 0.003, 2,000 steps, the long side capped at 400, styles resized to the
+  content's size; the optimised tensor is the ImageNet-normalised image, never clamped (only the
+  picture is). The report
   taps torchvision's `features` by index 0, 5, 10, 19, 21, 28 ("conv1_1 … conv5_1, conv4_2"),
   but with its in-place ReLUs those tensors hold relu1_1 … relu5_1 and relu4_2 by the time the
   loss reads them, so we tap the ReLU outputs by name (out-of-place ReLUs, nstlab.models.encoders).
@@ -89,6 +90,20 @@ def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _short_edge_size(size: Sequence[int], short_edge: int) -> tuple[int, int]:
     scale = short_edge / min(size)
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def working_size(size: Sequence[int], settings: GatysSettings) -> tuple[int, int]:
+    """The (h, w) the image is optimised at: `size` shrunk, aspect kept, until its long or short
+    edge (max_size_edge) is at most max_size, but the short edge not below MIN_SIDE (the
+    extractor's deepest layer needs it); never enlarged."""
+    height, width = size
+    if settings.max_size is None:
+        return height, width
+    edge = max(height, width) if settings.max_size_edge == "long" else min(height, width)
+    scale = max(settings.max_size / edge, MIN_SIDE / min(height, width))
+    if scale >= 1:
+        return height, width
+    return round(height * scale), round(width * scale)
 
 
 def blend_weights(count: int, style_weights: Sequence[float] | None) -> list[float]:
@@ -258,8 +273,7 @@ class GatysTransfer(StyleModel):
         # need gradients, and fp32 keeps the Gram matrices exact.
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
             working = content.detach().clone().float()
-            if settings.max_size is not None and min(size) > settings.max_size:
-                working = _resize(working, _short_edge_size(size, settings.max_size))
+            working = _resize(working, working_size(size, settings))
             styles = [style.detach().clone().float().to(device) for style in styles]
             targets = self.encode_targets(working, styles, weights)
             image, history = self._optimise(

@@ -30,7 +30,7 @@ from nstlab.errors import ConfigError, NstlabError
 from nstlab.functional import crop_to, imagenet_denormalize, imagenet_normalize, pad_to_multiple
 from nstlab.losses import identity_terms, loss_network
 from nstlab.models.base import StyleModel
-from nstlab.models.blocks import StyleDecoder, part_counts
+from nstlab.models.blocks import StyleDecoder, part_counts, xavier_uniform_weights
 from nstlab.models.plain_vit import PlainViT, add_lora, load_pretrained, lora_shapes
 from nstlab.registry import output_key
 from nstlab.runtime import seeded
@@ -202,6 +202,10 @@ class ViTLoRA(StyleModel):
                 hidden, cfg.decoder.layers, cfg.decoder.heads, cfg.decoder.ffn, cfg.decoder.dropout
             )
             self.cnn_decoder = CNNDecoder(hidden, cfg.decoder.cnn_width)
+            if cfg.decoder.cnn_init == "xavier":
+                # NST-Project decoder.py Decoder._reset_parameters: Xavier-uniform on every weight
+                # (dim > 1) of the whole Decoder, its cnn_decoder included; biases keep PyTorch's init.
+                xavier_uniform_weights(self.cnn_decoder)
         self.loss_network = loss_network(cfg.loss.convention, cfg) if training else None
         self.lora_enabled = False
 
@@ -352,7 +356,10 @@ class ViTLoRA(StyleModel):
     @classmethod
     def train_spec(cls, cfg: Config, stage: int, n_train_pairs: int) -> "TrainSpec":
         """Both stages train by the `train` block: its batch size and lr, the stage's epochs and
-        MultiStepLR milestones."""
+        MultiStepLR milestones. train.last_batch keep: an epoch is ceil(pairs / batch) steps, the
+        last one shorter (NST-Project main.py's DataLoader has no drop_last: 56,462 pairs / 16 =
+        3,529 steps); drop: floor. train.val_steps in_epoch: validation counts the steps of each
+        epoch (NST-Project trainer.py: (i + 1) % 400 == 0); global: of the run."""
         from nstlab.training.schedule import (
             TrainSpec,
             multistep_factor,
@@ -361,7 +368,17 @@ class ViTLoRA(StyleModel):
         if stage not in (1, 2):
             raise NstlabError("vit_lora trains in two stages: pass --stage 1 or --stage 2")
         batch_size = cfg.train.batch_size
-        steps_per_epoch = max(1, n_train_pairs // batch_size)
+        drop_last = cfg.train.last_batch == "drop"
+        steps_per_epoch = max(
+            1, (n_train_pairs if drop_last else n_train_pairs + batch_size - 1) // batch_size
+        )
+        count_in_epoch = cfg.train.val_steps == "in_epoch"
+        if count_in_epoch and cfg.train.keep == "best" and cfg.train.val_every > steps_per_epoch:
+            raise ConfigError(
+                f"train.val_every = {cfg.train.val_every}: an epoch has {steps_per_epoch} steps "
+                f"({n_train_pairs} pairs, batch {batch_size}), so train.val_steps in_epoch never validates "
+                "and train.keep best has nothing to keep; lower train.val_every or set train.val_steps: global"
+            )
         stage_cfg = cfg.train.stage1 if stage == 1 else cfg.train.stage2
         return TrainSpec(
             cls.name,
@@ -376,6 +393,8 @@ class ViTLoRA(StyleModel):
             multistep_factor(stage_cfg.milestones, stage_cfg.gamma),
             "train.batch_size",
             keep=cfg.train.keep,
+            count_in_epoch=count_in_epoch,
+            drop_last=drop_last,
         )
 
     @classmethod

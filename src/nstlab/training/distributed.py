@@ -92,42 +92,44 @@ def barrier() -> None:
 class ShardSampler(EpochSampler):
     """This rank's share of each global batch of EpochSampler's order: of every `global_batch`
     consecutive items, rank r of N takes slice r of size global_batch / N. Together the ranks
-    see exactly the batches one process would, so the result does not depend on N."""
+    see exactly the batches one process would, so the result does not depend on N. keep_last:
+    an epoch's last partial batch too, split the same way (its size must divide by N)."""
 
-    def __init__(self, n_items: int, seed: int, global_batch: int):
+    def __init__(self, n_items: int, seed: int, global_batch: int, keep_last: bool = False):
         super().__init__(n_items, seed)
-        self.global_batch = global_batch
+        self.global_batch, self.keep_last = global_batch, keep_last
         self.local_batch = global_batch // world_size()
-        self.offset = rank() * self.local_batch
 
     def __iter__(self):
         order = list(super().__iter__())  # from start_index, which counts global items
-        starts = range(0, len(order) - self.global_batch + 1, self.global_batch)
-        return iter(
-            [
-                index
-                for start in starts
-                for index in order[start + self.offset : start + self.offset + self.local_batch]
-            ]
-        )
+        shares = []
+        for start in range(0, len(order), self.global_batch):
+            batch = order[start : start + self.global_batch]
+            if len(batch) < self.global_batch and not self.keep_last:
+                break
+            share = len(batch) // world_size()
+            shares += batch[rank() * share : (rank() + 1) * share]
+        return iter(shares)
 
     def __len__(self) -> int:
-        return super().__len__() // self.global_batch * self.local_batch
+        remaining = super().__len__()
+        tail = remaining % self.global_batch // world_size() if self.keep_last else 0
+        return remaining // self.global_batch * self.local_batch + tail
 
 
 def shard_loader(loader: DataLoader, global_batch: int) -> DataLoader:
     """make_loader's shuffled loader (or make_crop_loader's) re-cut for this rank: batches of
-    global_batch / N pairs."""
+    global_batch / N pairs, and a shorter last one where the loader keeps its last batch."""
     sampler = loader.sampler
     if hasattr(sampler, "shard"):  # nstlab.data.crops.PositionSampler
         sampler.shard(rank(), world_size())
     else:
-        sampler = ShardSampler(len(loader.dataset), loader.sampler.seed, global_batch)
+        sampler = ShardSampler(len(loader.dataset), loader.sampler.seed, global_batch, not loader.drop_last)
     return DataLoader(
         loader.dataset,
         batch_size=sampler.local_batch,
         sampler=sampler,
-        drop_last=True,
+        drop_last=loader.drop_last,
         num_workers=loader.num_workers,
         generator=loader.generator,
         pin_memory=loader.pin_memory,

@@ -27,6 +27,19 @@ class TrainSpec:
     lr_factor: Callable[[int, int], float]  # (step, epoch) -> multiplier of lr
     batch_size_key: str = ""  # the params key that sets batch_size, for messages
     keep: str = "best"  # which weights models/<key>/model.pt holds: "best" by validation or the "last" step
+    # Whether val_every / sample_every / log_every count the steps of each epoch (NST-Project
+    # trainer.py: (i + 1) % interval, i the batch index in the epoch) or of the whole run.
+    count_in_epoch: bool = False
+    drop_last: bool = True  # an epoch's last partial batch: dropped, or run as a shorter step
+
+
+def scheduled(step: int, every: int, spec: TrainSpec) -> bool:
+    """Whether `step` (steps done) is an every-th one: of its epoch where the spec counts in
+    epochs (NST-Project trainer.py: (i + 1) % interval == 0, i the batch index in the epoch),
+    else of the run."""
+    if spec.count_in_epoch:
+        step -= (step - 1) // spec.steps_per_epoch * spec.steps_per_epoch
+    return step % every == 0
 
 
 def multistep_factor(milestones: Sequence[int], gamma: float) -> Callable[[int, int], float]:

@@ -43,6 +43,7 @@ from nstlab.runtime import (
     rng_state,
     set_rng_state,
 )
+from nstlab.training.schedule import scheduled
 
 
 @contextmanager
@@ -78,6 +79,17 @@ def check_distributable(method: str, batch_size: int, world_size: int, batch_siz
         raise NstlabError(
             f"{key} = {batch_size} is the global batch and does not split over {world_size} "
             f"processes; set it to a multiple of {world_size}"
+        )
+
+
+def check_last_batch(n_pairs: int, batch_size: int, drop_last: bool, world_size: int) -> None:
+    """An epoch's kept last batch must split evenly over the processes, as every batch does."""
+    tail = 0 if drop_last else n_pairs % batch_size
+    if tail % world_size:
+        raise NstlabError(
+            f"train.last_batch = keep: each epoch ends with a batch of {tail} pairs, which does not "
+            f"split over {world_size} processes; set train.last_batch: drop, or data.n_train so that "
+            f"the last batch is a multiple of {world_size}"
         )
 
 
@@ -198,6 +210,7 @@ class Trainer:
                 shuffle=True,
                 seed=cfg.seed,
                 workers=cfg.train.workers,
+                drop_last=self.spec.drop_last,
             )
         if len(self.train_set) < self.spec.batch_size:
             raise NstlabError(
@@ -207,6 +220,7 @@ class Trainer:
         self.world_size = distributed.world_size()
         if self.world_size > 1:
             check_distributable(method, self.spec.batch_size, self.world_size, self.spec.batch_size_key)
+            check_last_batch(len(self.train_set), self.spec.batch_size, self.spec.drop_last, self.world_size)
             self.train_loader = distributed.shard_loader(self.train_loader, self.spec.batch_size)
         self.out_dir = models_dir / self.spec.key  # weights, adapters, sample grids (a DVC out)
         self.log_dir = logs_dir / self.spec.key  # metrics.json and the loss curves (DVC metrics/plots)
@@ -331,6 +345,14 @@ class Trainer:
             )
         return losses
 
+    def _train_one(self, content: torch.Tensor, style: torch.Tensor, step: int) -> dict[str, float] | None:
+        """One step's update and losses; None where the model's `first_batch` hook (StyleModel)
+        took a fresh run's step 0 itself (a data-dependent init: no update, nothing to log). A
+        resumed run starts past step 0 and never repeats it, so it ends as an uninterrupted one."""
+        if step == 0 and self.model.first_batch(content, style):
+            return None
+        return self._step(content, style, step)
+
     def _batch(self, dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [dataset[i] for i in indices]
         content = torch.stack([c for c, _ in pairs]).to(self.device, non_blocking=True)
@@ -413,11 +435,13 @@ class Trainer:
                     try:
                         for step, epoch, content, style in self._batches(start_step):
                             lr = self._set_lr(step, epoch)
-                            losses = self._step(content, style, step)
+                            losses = self._train_one(content, style, step)
                             done = step + 1
                             self.pairs_seen += len(content) * self.world_size
-                            progress.update(task, advance=1, loss=f"loss {losses['total']:.4g}")
-                            self._log_train(done, epoch, lr, losses, tracker, main)
+                            shown = f"loss {losses['total']:.4g}" if losses else ""
+                            progress.update(task, advance=1, loss=shown)
+                            if losses:
+                                self._log_train(done, epoch, lr, losses, tracker, main)
                             if main and self._due(done, self.cfg.train.val_every):
                                 best = self._validate_and_checkpoint(done, best, tracker)
                     except KeyboardInterrupt:
@@ -467,8 +491,8 @@ class Trainer:
         )
 
     def _due(self, step: int, every: int) -> bool:
-        """Every `every` steps, and at the last step."""
-        return step % every == 0 or step == self.spec.total_steps
+        """Every `every` steps (nstlab.training.schedule.scheduled), and at the last step."""
+        return scheduled(step, every, self.spec) or step == self.spec.total_steps
 
     def _open_logs(self, start_step: int) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -504,7 +528,10 @@ class Trainer:
         val = self.validate()
         self.val_log.write({"step": step, **val})
         tracker.log_metrics({f"val.{k}": v for k, v in val.items()}, step)
-        if val["score"] < best:
+        # Counting in epochs, the final step is validated to describe the weights it ends with,
+        # but only the scheduled validations choose the best (NST-Project keeps best.pth so).
+        candidate = not self.spec.count_in_epoch or scheduled(step, self.cfg.train.val_every, self.spec)
+        if candidate and val["score"] < best:
             best = val["score"]
             if self.spec.keep == "best":
                 self._save_weights(self.out_dir / "model.pt", step, val, "best")
