@@ -224,11 +224,11 @@ def test_split_sizes_follow_the_pairs_asked_under_one_to_one():
 def test_the_paper_profile_pairs_one_to_one_and_the_demo_with_repeats():
     from nstlab.config import load_config
 
-    from conftest import REPO
+    from conftest import PARAMS
 
-    paper = load_config(REPO / "params.yaml", ["profile=paper"]).data
+    paper = load_config(PARAMS, ["profile=paper"]).data
     assert (paper.pairing, paper.resample) == ("one_to_one", "bilinear")
-    assert load_config(REPO / "params.yaml").data.pairing == "random"  # 120 pairs of 14 × 11 demo images
+    assert load_config(PARAMS).data.pairing == "random"  # 120 pairs of 14 × 11 demo images
 
 
 def _pixels(image) -> np.ndarray:

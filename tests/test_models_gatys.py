@@ -201,11 +201,11 @@ def test_the_profiles_resolve_gatys_to_long_side_400():
     from nstlab.config import load_config
     from nstlab.config.gatys import settings_from_config
 
-    from conftest import REPO
+    from conftest import PARAMS
 
-    paper = settings_from_config(load_config(REPO / "params.yaml", ["profile=paper"]))
+    paper = settings_from_config(load_config(PARAMS, ["profile=paper"]))
     assert (paper.preset, paper.max_size, paper.max_size_edge) == ("default", 400, "long")
-    demo = settings_from_config(load_config(REPO / "params.yaml"))
+    demo = settings_from_config(load_config(PARAMS))
     assert demo.max_size_edge == "long"
 
 
