@@ -59,12 +59,23 @@ ROLES = ("content", "style")
 # -- helpers ----------------------------------------------------------------------------------
 
 
+def _holds(tree: dict, keys: list[str]) -> bool:
+    for key in keys:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
+
+
 def write_params(path: Path, overrides: list[str]) -> Path:
-    """The committed params.yaml with `key=value` overrides written in as top-level keys."""
+    """The committed params.yaml with `key=value` overrides written in where a user would: in the
+    active profile's block for a key the profile sets (so no profile value is hidden), else at
+    the top level."""
     raw = yaml.safe_load(PARAMS.read_text())
+    profile = raw["profiles"][raw["profile"]]
     for text in overrides:
         keys, value = parse_override(text)
-        node = raw
+        node = profile if _holds(profile, keys) else raw
         for key in keys[:-1]:
             node = node.setdefault(key, {})
         node[keys[-1]] = value

@@ -147,9 +147,9 @@ class TrainConfig:
     workers: int = field(metadata=_range(0, 64))
     keep: str = field(default="best", metadata=_choices("best", "last"))  # what this block's model.pt holds
     stage2_from: str = field(default="last", metadata=_choices("last", "best"))  # stage 1's, for stage 2
-    # ViT-LoRA: val/sample/log steps counted in each epoch (NST-Project trainer.py) or in the run
+    # the paper method's val/sample/log steps counted in each epoch (NST-Project trainer.py) or in the run
     val_steps: str = field(default="in_epoch", metadata=_choices("in_epoch", "global"))
-    # ViT-LoRA: an epoch's last partial batch kept (NST-Project main.py, no drop_last) or dropped
+    # the paper method's last partial batch of an epoch kept (NST-Project main.py, no drop_last) or dropped
     last_batch: str = field(default="keep", metadata=_choices("keep", "drop"))
 
 
