@@ -56,8 +56,12 @@ def _reads_no_workspace_params():
     )
 
 
-# A ViT-LoRA small enough for CPU tests: hidden 32, 2 blocks, 32 px images.
+# A ViT-LoRA small enough for CPU tests: hidden 32, 2 blocks, 32 px images; random-init backbones
+# of that size (the demo profile's fitted ones are `dvc repro` outputs, at the demo's size).
 TINY = [
+    "backbone.vit=random",
+    "backbone.vgg19=random",
+    "backbone.adain_vgg=random",
     "backbone.vit_hidden=32",
     "backbone.vit_heads=2",
     "backbone.vit_mlp=64",

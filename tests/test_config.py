@@ -12,7 +12,7 @@ from conftest import PARAMS, REPO
 def test_default_params_resolve_to_the_demo_profile():
     cfg = load_config(PARAMS)
     assert cfg.profile == "demo"
-    assert cfg.data.content_source == "demo" and cfg.backbone.vit == "random"
+    assert cfg.data.content_source == "demo" and cfg.backbone.vit == "models/demo_backbones/vit"
     assert cfg.lora.target_modules == ("query", "key", "value", "dense")
     assert cfg.baselines["sanet"].loss == {"content": 1.0, "style": 3.0, "identity1": 50.0, "identity2": 1.0}
 

@@ -171,3 +171,43 @@ def test_random_init_scoring_networks_do_not_move_with_the_training_seed(tiny_co
     for name, tensor in one.state_dict().items():
         assert torch.equal(tensor, other.state_dict()[name]), name
     assert any(not torch.equal(tensor, moved.state_dict()[name]) for name, tensor in one.state_dict().items())
+
+
+def _textured(seed: int, colour: tuple[float, float, float], size=(48, 40)) -> torch.Tensor:
+    """A smooth gradient in `colour` with a seeded texture on top: (1, 3, H, W) in [0, 1]."""
+    rows = torch.linspace(0, 1, size[0])[:, None].expand(size)
+    texture = torch.rand(size, generator=torch.Generator().manual_seed(seed))
+    grey = 0.5 * rows + 0.3 * texture
+    return (grey[None] * torch.tensor(colour)[:, None, None] + 0.1).clamp(0, 1)[None]
+
+
+def test_gallery_scores_tell_the_content_a_flat_colour_and_a_move_toward_the_style():
+    from nstlab.evaluation.evaluate import gallery_scores
+
+    content = _textured(0, (1.0, 0.8, 0.6))
+    style = _textured(1, (0.3, 0.5, 1.0), size=(36, 36))
+    unchanged = gallery_scores(content, content, style)
+    assert unchanged["ssim_content"] == pytest.approx(1.0) and unchanged["luminance_std"] > 0.1
+    assert unchanged["style_gram_ratio"] == pytest.approx(1.0)
+    flat = gallery_scores(torch.full_like(content, 0.4), content, style)
+    assert flat["luminance_std"] == pytest.approx(0.0, abs=1e-6) and flat["ssim_content"] < 0.3
+    recoloured = content * torch.tensor([0.3, 0.6, 1.6])[:, None, None]  # the style's blue, same structure
+    moved = gallery_scores(recoloured.clamp(0, 1), content, style)
+    assert moved["style_gram_ratio"] < 0.9 and moved["ssim_content"] > 0.5
+
+
+def test_gallery_scores_of_outputs_reads_what_the_evaluation_wrote(tmp_path, images):
+    import json
+
+    from nstlab.data.images import save_image
+    from nstlab.evaluation.evaluate import gallery_scores_of_outputs
+
+    output = Image.open(images["content"])
+    output.save(tmp_path / "0000.png")
+    rows = [{"pair": 0, "content": str(images["content"]), "style": str(images["style"])}]
+    (tmp_path / "pairs.json").write_text(json.dumps(rows))
+    [scores] = gallery_scores_of_outputs(tmp_path, pairs=4)
+    assert scores["ssim_content"] == pytest.approx(1.0) and scores["style_gram_ratio"] == pytest.approx(1.0)
+    save_image(torch.zeros(3, 30, 20), tmp_path / "0000.png")  # not the evaluation's shape
+    with pytest.raises(NstlabError, match=r"0000\.png: \(30, 20\) px, its content .* \(25, 30\) px; rerun"):
+        gallery_scores_of_outputs(tmp_path, pairs=1)

@@ -133,8 +133,12 @@ def test_vgg_loads_pytorch_adain_file_by_position(tmp_path):
 def test_vgg_weight_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"backbone\.adain_vgg.*pytorch-AdaIN/releases"):
         NormalisedVGG(str(tmp_path / "missing.pth"))
-    with pytest.raises(ConfigError, match=r"backbone\.vgg_width"):
-        NormalisedVGG(str(tmp_path / "missing.pth"), width=0.5)
+    saved = NormalisedVGG(width=0.125)  # a file at another width: its shapes tell
+    torch.save(
+        torch.nn.Sequential(*(m for block in saved.slices for m in block)).state_dict(), tmp_path / "w.pth"
+    )
+    with pytest.raises(ConfigError, match=r"backbone\.adain_vgg = .*w\.pth.*backbone\.vgg_width = 0\.25"):
+        NormalisedVGG(str(tmp_path / "w.pth"), width=0.25)
 
 
 @pytest.mark.parametrize(("size", "padded"), [((32, 48), (32, 48)), ((17, 33), (24, 40)), ((5, 9), (24, 24))])

@@ -81,6 +81,7 @@ def test_dvc_repro_runs_the_whole_study(repo):
     assert {
         "download",
         "pair",
+        "demo_backbones",
         "train_vit_lora_stage1",
         "train_vit_lora_stage2",
         "evaluate_gatys",

@@ -62,6 +62,19 @@ def pair(
     pair_stage(_config(params, set_), raw, out, progress=progress)
 
 
+@app.command("demo-backbones")
+def demo_backbones(
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    pairs: Path = Path("data/pairs"),
+    out: Path = Path("models/demo_backbones"),
+) -> None:
+    """Fit the demo's reduced VGG-19s and ViT to the train split's images (no download, seconds)."""
+    from nstlab.training.demo_backbones import build_demo_backbones
+
+    typer.echo(json.dumps(build_demo_backbones(_config(params, set_), pairs, out), indent=2))
+
+
 @app.command()
 def train(
     method: Annotated[str, typer.Argument(help=TRAINED_METHODS)],

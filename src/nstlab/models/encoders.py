@@ -93,12 +93,30 @@ def _vgg19_features(depth: int, width: float) -> nn.Sequential:
     return nn.Sequential(*modules[:depth])
 
 
+def _own_vgg19_state(state: dict, features: nn.Sequential, path: str, width: float) -> dict:
+    """The tensors of `state` (torchvision's `features.N.*` keys or bare `N.*`) that `features`
+    holds; a one-line ConfigError when the file lacks one or its shape differs (another width)."""
+    prefix = "features." if any(key.startswith("features.") for key in state) else ""
+    own = {}
+    for key, tensor in features.state_dict().items():
+        saved = state.get(prefix + key)
+        if saved is None or saved.shape != tensor.shape:
+            found = "missing" if saved is None else f"of shape {tuple(saved.shape)}"
+            raise ConfigError(
+                f"backbone.vgg19 = {path!r}: {prefix + key} is {found}, this VGG-19 (backbone.vgg_width = "
+                f"{width}) needs {tuple(tensor.shape)}; give weights saved at this width"
+            )
+        own[key] = saved
+    return own
+
+
 class TorchVGG19(FrozenEncoder):
     """Frozen torchvision VGG-19 returning the named layers' features.
 
     Input (B, 3, H, W) RGB in [0, 1]; ImageNet normalisation happens here, once.
-    weights: "random" (fixed-seed init, the offline demo), "imagenet" (torchvision) or a path.
-    width scales every conv's channels (1.0 = the real network).
+    weights: "random" (fixed-seed init), "imagenet" (torchvision) or a path to a state dict
+    saved at the same width (the demo's: nstlab.training.demo_backbones). width scales every conv's
+    channels (1.0 = the real network).
     """
 
     def __init__(self, layers: Sequence[str], weights: str = "random", width: float = 1.0, seed: int = 0):
@@ -112,15 +130,13 @@ class TorchVGG19(FrozenEncoder):
             with seeded(seed):
                 self.features = _vgg19_features(depth, width)
         else:
-            if width != 1.0:
-                raise ConfigError(f"backbone.vgg_width = {width}: pretrained VGG-19 weights need width 1.0")
+            if weights == "imagenet" and width != 1.0:
+                raise ConfigError(f"backbone.vgg_width = {width}: ImageNet VGG-19 weights need width 1.0")
             self.features = _vgg19_features(depth, width)
             from torchvision.models import VGG19_Weights
 
             state = load_weights(weights, "backbone.vgg19", imagenet=VGG19_Weights.IMAGENET1K_V1)
-            prefix = "features." if any(key.startswith("features.") for key in state) else ""
-            own = {key: state[prefix + key] for key in self.features.state_dict()}
-            self.features.load_state_dict(own)
+            self.features.load_state_dict(_own_vgg19_state(state, self.features, weights, width))
         self.freeze()
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -168,7 +184,8 @@ class NormalisedVGG(FrozenEncoder):
 
     weights: "random" (Kaiming-normal from a generator seeded with `seed`: two builds are equal)
     or a path to pytorch-AdaIN's vgg_normalised.pth (a state dict of an nn.Sequential, mapped by
-    position; needs width 1.0). width scales the channels 64/128/256/512/512.
+    position; width 1.0) or to one saved alike at `width` (the demo's: nstlab.training.demo_backbones).
+    width scales the channels 64/128/256/512/512.
     forward((B, 3, H, W) in [0, 1]) -> {relu1_1: (B, 64w, H, W), …, relu5_1: (B, 512w, ⌈H/16⌉, ⌈W/16⌉)}.
     """
 
@@ -200,10 +217,6 @@ class NormalisedVGG(FrozenEncoder):
 
     @staticmethod
     def _load(path: str, width: float, convs: list[nn.Conv2d]) -> None:
-        if width != 1.0:
-            raise ConfigError(
-                f"backbone.vgg_width = {width}: pretrained normalised VGG weights need width 1.0"
-            )
         state = load_weights(path, "backbone.adain_vgg", source=ADAIN_VGG_SOURCE)
         # The file is nn.Sequential's state dict ("0.weight", "0.bias", "2.weight", …): the convs
         # in module order are ours in order (the file goes on to relu5_4; we stop at relu5_1).
@@ -218,7 +231,8 @@ class NormalisedVGG(FrozenEncoder):
             if weight.shape != conv.weight.shape:
                 raise ConfigError(
                     f"backbone.adain_vgg = {path!r}: layer {index} has shape {tuple(weight.shape)}, "
-                    f"expected {tuple(conv.weight.shape)}; is it pytorch-AdaIN's vgg_normalised.pth?"
+                    f"expected {tuple(conv.weight.shape)} (backbone.vgg_width = {width}); is it "
+                    "pytorch-AdaIN's vgg_normalised.pth (width 1.0) or saved at this width?"
                 )
             conv.weight.data.copy_(weight)
             conv.bias.data.copy_(bias)
