@@ -202,3 +202,12 @@ def test_the_data_split_has_its_own_seed_that_training_seeds_leave_alone(tiny_co
     for name in ("download", "pair"):  # `dvc exp run -S seed=1` retrains, it does not re-pair
         assert "data.split_seed" in stages[name]["params"] and "seed" not in stages[name]["params"]
     assert "seed" in stages["train_vit_lora_stage1"]["params"]
+
+
+def test_gatys_learning_rate_fits_each_profiles_step_count():
+    # a top-level baselines.gatys.lr would win over both profiles' values
+    demo, paper = (
+        load_config(PARAMS).baselines["gatys"],
+        load_config(PARAMS, ["profile=paper"]).baselines["gatys"],
+    )
+    assert (demo.lr, demo.iterations) == (0.05, 40) and (paper.lr, paper.iterations) == (0.003, 2000)
