@@ -300,3 +300,12 @@ def test_a_value_dvc_exp_run_wrote_is_quiet_and_a_committed_one_is_named(tmp_pat
     git("commit", "-qam", "a shadowing key, committed")
     load_config(path)
     assert "warmup_iterations = 7 at the top level overrides" in capsys.readouterr().err
+
+
+def test_gatys_learning_rate_fits_each_profiles_step_count():
+    # a top-level baselines.gatys.lr would win over both profiles' values
+    demo, paper = (
+        load_config(PARAMS).baselines["gatys"],
+        load_config(PARAMS, ["profile=paper"]).baselines["gatys"],
+    )
+    assert (demo.lr, demo.iterations) == (0.05, 40) and (paper.lr, paper.iterations) == (0.003, 2000)

@@ -107,7 +107,7 @@ def test_optimizer_table_matches_defaults_and_keeps_the_newest_run(section):
     reports, _, _, run_ids = section
     optimizer = _table(reports, "optimizer")
     assert optimizer["optimizer"].tolist() == ["lbfgs", "adam", "adamw"]
-    assert optimizer["lr"].tolist() == [1.0, 0.003, 0.003]
+    assert optimizer["lr"].tolist() == [1.0, 0.05, 0.05]  # Adam at the demo profile's lr (its 40 steps)
     # adam is params.yaml's default: the run without the option fills the point, not a steps run.
     assert optimizer["run_id"].tolist() == [run_ids[4], run_ids[0], run_ids[6]]
     assert optimizer["content_loss"].tolist() == [0.9, 1.0, 1.05]

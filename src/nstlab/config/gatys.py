@@ -177,7 +177,7 @@ def settings_from_config(cfg) -> GatysSettings:
     """`cfg.baselines["gatys"]` -> GatysSettings: `options` holds GatysSettings' names,
     `iterations` is the step count and `lr` the learning rate (they win over the preset's: set
     both with preset: reference). Weights, when not given: VGG-19 `backbone.vgg19`; ResNet-50
-    torchvision ImageNet exactly when `backbone.vgg19` is not random; ViT `backbone.vit`."""
+    torchvision ImageNet exactly when `backbone.vgg19` is imagenet, else random; ViT `backbone.vit`."""
     spec = cfg.baselines["gatys"]
     for name, where in (("steps", "iterations"), ("lr", "lr")):
         if name in spec.options:
@@ -196,6 +196,6 @@ def settings_from_config(cfg) -> GatysSettings:
     profile_weights = {
         "vgg19": backbone.vgg19,
         "vit": backbone.vit,
-        "resnet50": "random" if backbone.vgg19 == "random" else "imagenet",
+        "resnet50": "imagenet" if backbone.vgg19 == "imagenet" else "random",
     }
     return dataclasses.replace(settings, weights=profile_weights[settings.extractor])
