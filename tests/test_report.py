@@ -112,6 +112,8 @@ def test_report_writes_tables_figures_and_a_page_labelled_with_the_profile(store
     assert [row.split(",")[:2] for row in rows[1:]] == [["sanet", "demo"], ["adain", "demo"]]
     assert "DEMO RESULTS" in table1 and "paper_reported_content" in table1 and "9.687" in table1
     assert "source: MLflow" in table1
+    gallery = (reports / "gallery.csv").read_text().splitlines()  # the gallery check, a flat green each
+    assert [row.split(",")[:2] for row in gallery[1:]] == [["sanet", "1"], ["adain", "1"]]
     assert "DEMO RESULTS" in (reports / "table2.md").read_text()
     assert (reports / "figures" / "gallery_grid.png").is_file()
     page = (reports / "index.html").read_text()

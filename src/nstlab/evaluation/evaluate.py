@@ -308,12 +308,6 @@ def gallery_scores_of_outputs(outputs_dir: Path, pairs: int) -> list[dict[str, f
     return scores
 
 
-# Models with a content–style trade-off `alpha` (their forward's docstring says how). ViT-LoRA
-# has none: its identity losses are weighted 0, so its content-content path is untrained; Gatys'
-# trade-off is its loss weights (baselines.gatys.options.content_weight / style_weight).
-ALPHA_MODELS = ("adain", "sanet", "mcc", "iest", "artflow", "stytr2")
-
-
 def stylize_file(
     cfg: Config,
     method: str,

@@ -257,6 +257,36 @@ def adapters_table(cfg: Config) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def gallery_table(reports_dir: Path, pairs: int) -> pd.DataFrame:
+    """Per model with outputs, over the first `pairs` test pairs (the gallery's rows), what a viewer
+    asks of a stylised image (evaluation.evaluate.gallery_scores): the content kept (mean greyscale
+    SSIM), not a flat colour (mean luminance std), moved toward the style (how many outputs have a
+    pixel Gram distance to the style at most 0.9 of the content's own)."""
+    from nstlab.evaluation.evaluate import gallery_scores_of_outputs
+
+    rows = []
+    for model in method_names():
+        outputs_dir = reports_dir / "outputs" / model
+        if not (outputs_dir / "pairs.json").is_file():
+            continue
+        scores = gallery_scores_of_outputs(outputs_dir, pairs)
+        rows.append(
+            {
+                "model": model,
+                "pairs": len(scores),
+                "ssim_content": sum(row["ssim_content"] for row in scores) / len(scores),
+                "luminance_std": sum(row["luminance_std"] for row in scores) / len(scores),
+                "toward_style": sum(row["style_gram_ratio"] <= GALLERY_TOWARD_STYLE for row in scores),
+                "style_gram_ratio": sum(row["style_gram_ratio"] for row in scores) / len(scores),
+            }
+        )
+    columns = ["model", "pairs", "ssim_content", "luminance_std", "toward_style", "style_gram_ratio"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+GALLERY_TOWARD_STYLE = 0.9  # an output's Gram distance to the style at most 0.9 of the content's own
+
+
 # -- figures ------------------------------------------------------------------------------------
 
 
@@ -477,6 +507,13 @@ def build_report(
         metric_bars(t1, figures_dir / "metrics.png", cfg.profile),
     ]
     figures = [path for path in figures if path is not None]
+    gallery = gallery_table(reports_dir, cfg.eval.gallery_pairs)
+    write_table(
+        gallery,
+        reports_dir / "gallery",
+        "Does the gallery show learning? (source: reports/outputs, the gallery pairs)",
+        cfg.profile,
+    )
     trade_off = quality_vs_cost(t2, figures_dir / "quality_vs_cost.png", cfg.profile)
     gatys_html, gatys_figures = gatys_section(cfg, reports_dir)
     page = write_html(cfg, reports_dir, shown1, shown2, figures, gatys_html, trade_off)
