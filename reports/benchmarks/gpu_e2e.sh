@@ -17,7 +17,7 @@ step() {  # step LABEL ARGS...: `nstlab ARGS`, timed
   shift
   start=$(date +%s.%N)
   python -m nstlab "$@" >"$out/$label.log" 2>&1 || { tail -20 "$out/$label.log"; exit 1; }
-  printf '%-34s %7.1f s\n' "$label" "$(echo "$(date +%s.%N) - $start" | bc)" | tee -a "$log"
+  awk -v l="$label" -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%-34s %7.1f s\n", l, e - s }' | tee -a "$log"
 }
 cuda=(-S profiles.demo.train.device=cuda)
 step demo_download download
