@@ -105,7 +105,14 @@ def test_every_cited_methods_section_exists():
     assert not missing, f"no such heading in docs/methods.md: {missing}"
 
 
-@pytest.mark.parametrize("doc", sorted((REPO / "docs").glob("*.md")), ids=lambda path: path.name)
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def test_the_readme_is_read_in_five_minutes():
+    assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) <= 250
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
 def test_links_inside_docs_resolve(doc):
     """Relative links name files that exist, and their #anchors name headings of the target."""
     broken = []
