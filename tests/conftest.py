@@ -121,7 +121,7 @@ def write_shrunk_params(path: Path) -> None:
                 demo[block][key] = value
     demo["baselines"]["stytr2"]["options"] = {"d_model": 16, "heads": 2, "ffn": 32}
     demo["baselines"]["artflow"]["options"] = {"hidden": 8}
-    demo["baselines"]["gatys"] = {"iterations": 2, "options": {"max_size": 32}}
+    demo["baselines"]["gatys"].update({"iterations": 2, "options": {"max_size": 32}})
     params["encoder"]["layers"] = 2
     params["decoder"].update({"layers": 1, "heads": 2})
     path.write_text(yaml.safe_dump(params, sort_keys=False))

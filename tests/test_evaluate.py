@@ -182,7 +182,7 @@ def _textured(seed: int, colour: tuple[float, float, float], size=(48, 40)) -> t
 
 
 def test_gallery_scores_tell_the_content_a_flat_colour_and_a_move_toward_the_style():
-    from nstlab.evaluation.evaluate import gallery_scores
+    from nstlab.evaluation.gallery import gallery_scores
 
     content = _textured(0, (1.0, 0.8, 0.6))
     style = _textured(1, (0.3, 0.5, 1.0), size=(36, 36))
@@ -200,7 +200,7 @@ def test_gallery_scores_of_outputs_reads_what_the_evaluation_wrote(tmp_path, ima
     import json
 
     from nstlab.data.images import save_image
-    from nstlab.evaluation.evaluate import gallery_scores_of_outputs
+    from nstlab.evaluation.gallery import gallery_scores_of_outputs
 
     output = Image.open(images["content"])
     output.save(tmp_path / "0000.png")

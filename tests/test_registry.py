@@ -185,7 +185,8 @@ def test_the_table2_grid_varies_exactly_the_axes():
 
 def test_the_papers_table2_is_the_grid_by_the_axes():
     from nstlab.config import canonical_targets
-    from nstlab.report.build import PAPER_TABLE2, TABLE2_KEY
+    from nstlab.report.paper import PAPER_TABLE2
+    from nstlab.report.results import TABLE2_KEY
 
     def shown(value):
         return canonical_targets(value) if isinstance(value, list) else value

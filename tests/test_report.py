@@ -8,7 +8,8 @@ import subprocess
 import pytest
 
 from nstlab.config import canonical_targets
-from nstlab.report.build import build_report, table2
+from nstlab.report.build import build_report
+from nstlab.report.results import table2
 from nstlab.tracking.run import Tracker
 
 CONFIGS = [  # (r, targets, encoder layers, decoder layers, test content, test style)
@@ -179,7 +180,7 @@ def test_gallery_renders_in_a_real_browser_with_every_image_loaded(store, tmp_pa
 
 
 def test_pareto_front_keeps_the_points_nothing_beats_on_both_cost_and_loss():
-    from nstlab.report.build import pareto_front
+    from nstlab.report.figures import pareto_front
 
     costs, losses = [1, 2, 3, 2, 1], [3, 1, 2, 3, 3]
     # (3, 2) loses to (2, 1); (2, 3) loses to (1, 3); the two equal (1, 3) points do not beat each other.
@@ -190,7 +191,7 @@ def test_pareto_front_keeps_the_points_nothing_beats_on_both_cost_and_loss():
 def test_quality_vs_cost_figure_sits_next_to_table2(store, tmp_path):
     from PIL import Image
 
-    from nstlab.report.build import quality_vs_cost
+    from nstlab.report.figures import quality_vs_cost
 
     reports = tmp_path / "reports"
     result = build_report(store, reports_dir=reports)
@@ -468,7 +469,7 @@ def test_table2_gives_mean_std_and_n_over_the_seeds_of_each_configuration(seeded
 def test_table1_reads_every_seed_of_each_models_configuration_from_mlflow_alone(
     seeded_store, tiny_config, tmp_path
 ):
-    from nstlab.report.build import table1
+    from nstlab.report.results import table1
 
     cfg, _ = seeded_store
     sanet = {"paper_content_loss": 3.0, "paper_style_loss": 0.5, "latency_ms": 4.0, "pairs": 2}
@@ -490,7 +491,7 @@ def test_quality_vs_cost_draws_the_seed_spread_as_error_bars(seeded_store, tmp_p
     import numpy as np
     from PIL import Image
 
-    from nstlab.report.build import quality_vs_cost
+    from nstlab.report.figures import quality_vs_cost
 
     cfg, _ = seeded_store
     rows = table2(cfg)

@@ -331,7 +331,7 @@ def test_http_settings_fail_fast_only_where_the_user_set_none(monkeypatch):
 
 
 def test_table2_rows_link_to_their_run_page_on_the_server(server, tiny_config, run_dirs, monkeypatch):
-    from nstlab.report.build import table2
+    from nstlab.report.results import table2
     from nstlab.report.tables import html_table
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)

@@ -202,7 +202,7 @@ def adapters(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """List the ViT-LoRA adapters in MLflow: LoRA config and test losses, ready for stylize --adapter."""
-    from nstlab.report.build import adapters_table
+    from nstlab.report.results import adapters_table
 
     table = adapters_table(_config(params, set_))
     if as_json:
