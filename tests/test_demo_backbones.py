@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import PARAMS, REPO
 from nstlab.config import load_config
 from nstlab.data.images import load_rgb, resize_exact, to_tensor
 from nstlab.training.demo_backbones import (
@@ -37,7 +37,7 @@ def demo_images(role: str, size: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def fitted():
     """The demo-width VGG-19 fitted to the demo's content photos (half of them: the rest measure it)."""
-    cfg = load_config(REPO / "params.yaml")
+    cfg = load_config(PARAMS)
     photos = demo_images("content", 128)
     return cfg, fit_vgg19(photos[::2], cfg.backbone.vgg_width, seed=0), photos[1::2]
 
@@ -45,7 +45,7 @@ def fitted():
 def test_the_demo_profile_loads_the_backbones_the_stage_writes():
     import yaml
 
-    backbone = load_config(REPO / "params.yaml").backbone
+    backbone = load_config(PARAMS).backbone
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["demo_backbones"]
     [out] = stage["outs"]
     assert (backbone.vgg19, backbone.adain_vgg, backbone.vit) == (
@@ -53,7 +53,7 @@ def test_the_demo_profile_loads_the_backbones_the_stage_writes():
         f"{out}/{ADAIN_VGG_FILE}",
         f"{out}/{VIT_DIR}",
     )
-    paper = load_config(REPO / "params.yaml", ["profile=paper"]).backbone
+    paper = load_config(PARAMS, ["profile=paper"]).backbone
     assert paper.vgg19 == "imagenet" and paper.vit == "google/vit-base-patch16-224-in21k"
 
 
