@@ -62,6 +62,7 @@ TINY = [
     "backbone.vit=random",
     "backbone.vgg19=random",
     "backbone.adain_vgg=random",
+    "backbone.adain_decoder=null",
     "backbone.vit_hidden=32",
     "backbone.vit_heads=2",
     "backbone.vit_mlp=64",

@@ -46,14 +46,14 @@ def test_a_crop_larger_than_the_resize_is_refused():
     with pytest.raises(
         ConfigError,
         match=r"baselines\.sanet\.data\.crop = 300: must be at most "
-        r"baselines\.sanet\.data\.resize = 256",
+        r"baselines\.sanet\.data\.resize = 192",
     ):
         load_config(PARAMS, ["baselines.sanet.data.crop=300"])
 
 
 def test_top_level_key_wins_over_the_profile_block():
     cfg = load_config(PARAMS, ["train.batch_size=3"])
-    assert cfg.train.batch_size == 3 and cfg.train.stage2.epochs == 3
+    assert cfg.train.batch_size == 3 and cfg.train.stage2.epochs == 2
 
 
 @pytest.mark.parametrize(
@@ -153,7 +153,7 @@ def test_run_params_hold_the_shared_keys_and_only_the_trained_models_block():
     vit_lora = run_params(cfg, "vit_lora", 2)
     assert not any(key.startswith("baselines.") for key in vit_lora)
     assert vit_lora["lora.r"] == 16 and vit_lora["profile"] == "demo" and vit_lora["seed"] == 324
-    assert vit_lora["train.stage2.epochs"] == 3 and vit_lora["data.n_train"] == 120
+    assert vit_lora["train.stage2.epochs"] == 2 and vit_lora["data.n_train"] == 80
     assert {key.split(".")[0] for key in vit_lora} == {
         "profile",
         "seed",
@@ -234,20 +234,20 @@ def test_the_committed_params_set_no_key_both_at_the_top_and_in_a_profile():
     }
 
 
-def test_the_demo_stytr2_warms_up_for_its_own_5_steps_and_resolving_says_nothing(capsys):
+def test_the_demo_stytr2_warms_up_for_its_own_3_steps_and_resolving_says_nothing(capsys):
     from nstlab.training.schedule import baseline_spec
 
     demo, paper = load_config(PARAMS), load_config(PARAMS, ["profile=paper"])
     assert capsys.readouterr().err == ""
     assert (demo.baselines["stytr2"].warmup_iterations, paper.baselines["stytr2"].warmup_iterations) == (
-        5,
+        3,
         10000,
     )
     factor = baseline_spec(demo, "stytr2", "stytr2", "stytr2", 8).lr_factor
-    assert [factor(step, 0) for step in (0, 4)] == pytest.approx(
-        [1 / (1 + 3e-4 * 5), (1 + 3e-4 * 4) / (1 + 3e-4 * 5)]
+    assert [factor(step, 0) for step in (0, 2)] == pytest.approx(
+        [1 / (1 + 3e-4 * 3), (1 + 3e-4 * 2) / (1 + 3e-4 * 3)]
     )
-    assert factor(5, 0) == 1.0  # the warm-up is over: the full lr (1e-3 in the demo)
+    assert factor(3, 0) == 1.0  # the warm-up is over: the full lr (1e-3 in the demo)
 
 
 def _params_with(tmp_path, **top_level_stytr2):
@@ -266,7 +266,7 @@ def test_a_top_level_key_that_hides_a_profile_value_is_named_with_both_values(tm
     assert load_config(path).baselines["stytr2"].warmup_iterations == 7
     assert capsys.readouterr().err.splitlines() == [
         f"{path}: baselines.stytr2.warmup_iterations = 7 at the top level overrides "
-        "profiles.demo.baselines.stytr2.warmup_iterations = 5; set it in one place"
+        "profiles.demo.baselines.stytr2.warmup_iterations = 3; set it in one place"
     ]
     load_config(path, ["profile=paper"])  # the paper profile's own 10000 is hidden too
     assert "profiles.paper.baselines.stytr2.warmup_iterations = 10000" in capsys.readouterr().err

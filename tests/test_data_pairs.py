@@ -228,7 +228,7 @@ def test_the_paper_profile_pairs_one_to_one_and_the_demo_with_repeats():
 
     paper = load_config(PARAMS, ["profile=paper"]).data
     assert (paper.pairing, paper.resample) == ("one_to_one", "bilinear")
-    assert load_config(PARAMS).data.pairing == "random"  # 120 pairs of 14 × 11 demo images
+    assert load_config(PARAMS).data.pairing == "random"  # 80 pairs of 14 × 11 demo images
 
 
 def _pixels(image) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The demo's backbones (demo_backbones.py): fitted to images, no layer fades, and each file loads
-where the demo profile's backbone params point."""
+"""The demo's backbones (demo_backbones.py): fitted to images, no layer fades, the decoder draws
+the image back, and each file loads where the demo profile's backbone params point."""
 
 import json
 
@@ -10,6 +10,7 @@ from conftest import PARAMS, REPO
 from nstlab.config import load_config
 from nstlab.data.images import load_rgb, resize_exact, to_tensor
 from nstlab.training.demo_backbones import (
+    ADAIN_DECODER_FILE,
     ADAIN_VGG_FILE,
     SUMMARY_FILE,
     VGG19_FILE,
@@ -17,11 +18,14 @@ from nstlab.training.demo_backbones import (
     VIT_PATCH,
     adain_vgg_sequential,
     build_demo_backbones,
+    fit_adain_decoder,
     fit_vgg19,
     loss_vgg_state,
 )
+from nstlab.models.blocks import AdaINDecoder
 from nstlab.models.encoders import PAPER_LAYERS, VGG_LAYERS, NormalisedVGG, TorchVGG19
 from nstlab.errors import ConfigError
+from nstlab.functional import luminance, ssim
 
 DEMO_IMAGES = REPO / "src" / "nstlab" / "data" / "demo"
 # every layer a demo loss network taps: the paper's loss, the StyTr² convention's and Gatys' (+ relu4_2)
@@ -48,13 +52,15 @@ def test_the_demo_profile_loads_the_backbones_the_stage_writes():
     backbone = load_config(PARAMS).backbone
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["demo_backbones"]
     [out] = stage["outs"]
-    assert (backbone.vgg19, backbone.adain_vgg, backbone.vit) == (
+    assert (backbone.vgg19, backbone.adain_vgg, backbone.adain_decoder, backbone.vit) == (
         f"{out}/{VGG19_FILE}",
         f"{out}/{ADAIN_VGG_FILE}",
+        f"{out}/{ADAIN_DECODER_FILE}",
         f"{out}/{VIT_DIR}",
     )
     paper = load_config(PARAMS, ["profile=paper"]).backbone
     assert paper.vgg19 == "imagenet" and paper.vit == "google/vit-base-patch16-224-in21k"
+    assert paper.adain_decoder is None  # the paper's decoders train from random init
 
 
 def test_no_tapped_layer_of_the_demo_loss_network_fades(fitted, tmp_path):
@@ -77,6 +83,31 @@ def test_the_fitted_features_tell_images_apart(fitted):
     assert cosine[~torch.eye(len(unit), dtype=torch.bool)].mean() < 0.6  # random init: about 0.94
     dead = deepest.view(len(unseen), vgg.channels["relu4_1"], -1).amax(dim=(0, 2)) <= 0
     assert dead.float().mean() < 0.05
+
+
+def test_the_fitted_decoder_draws_unseen_images_back(fitted):
+    cfg, vgg, unseen = fitted
+    width = cfg.backbone.vgg_width
+    decoder = fit_adain_decoder(vgg, width, demo_images("content", 128)[::2], seed=0)
+    with torch.no_grad():
+        features = vgg(unseen, "relu4_1")["relu4_1"]
+        drawn = decoder(features).clamp(0, 1)
+        random_init = AdaINDecoder(width)(features).clamp(0, 1)
+    similarity = float(ssim(luminance(drawn), luminance(unseen)).mean())
+    assert similarity > 0.4, similarity  # the content is there (measured 0.5)
+    assert float(ssim(luminance(random_init), luminance(unseen)).mean()) < 0.1  # a random decoder: none
+
+
+def test_a_decoder_of_another_width_or_no_file_is_a_one_line_error(fitted, tmp_path):
+    cfg, vgg, _ = fitted
+    width = cfg.backbone.vgg_width
+    torch.save(AdaINDecoder(width).state_dict(), tmp_path / ADAIN_DECODER_FILE)
+    with pytest.raises(
+        ConfigError, match=r"^backbone\.adain_decoder = .*: not an AdaIN decoder at backbone\.vgg_width"
+    ):
+        AdaINDecoder(width / 2).start_from(str(tmp_path / ADAIN_DECODER_FILE), width / 2)
+    with pytest.raises(ConfigError, match=r"^backbone\.adain_decoder = .*: no such file; .* or null"):
+        AdaINDecoder(width).start_from(str(tmp_path / "missing.pth"), width)
 
 
 def test_both_vgg_files_hold_the_same_convolutions_and_refuse_another_width(fitted, tmp_path):
@@ -116,12 +147,16 @@ def test_the_stage_writes_backbones_every_model_loads_and_the_paper_profile_skip
     cfg = tiny_config(
         f"backbone.vgg19={out / VGG19_FILE}",
         f"backbone.adain_vgg={out / ADAIN_VGG_FILE}",
+        f"backbone.adain_decoder={out / ADAIN_DECODER_FILE}",
         f"backbone.vit={out / VIT_DIR}",
         "baselines.gatys.iterations=2",
     )
     content, style = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     for method in ("vit_lora", "adain", "gatys"):
         assert build_model(method, cfg)(content, style).shape == content.shape
+    adain = build_model("adain", cfg)
+    saved = torch.load(out / ADAIN_DECODER_FILE, weights_only=True)
+    assert all(torch.equal(saved[key], value) for key, value in adain.decoder.state_dict().items())
     assert set(Scorer(cfg)(content, content, style)) >= {"paper_content_loss", "stytr2_style_loss"}
     paper_out = tmp_path / "paper"
     skipped = build_demo_backbones(tiny_config("profile=paper"), tiny_pairs, paper_out)

@@ -41,7 +41,7 @@ def cnn_config(
         )
         for name in CNN_METHODS
     }
-    backbone = types.SimpleNamespace(adain_vgg=adain_vgg, vgg_width=width)
+    backbone = types.SimpleNamespace(adain_vgg=adain_vgg, adain_decoder=None, vgg_width=width)
     return types.SimpleNamespace(seed=seed, backbone=backbone, baselines=methods)
 
 

@@ -9,6 +9,7 @@
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nstlab.models.base import StyleModel
-from nstlab.models.encoders import NormalisedVGG, pad_for_vgg, reflect_conv, scaled_channels
+from nstlab.models.encoders import NormalisedVGG, load_weights, pad_for_vgg, reflect_conv, scaled_channels
 from nstlab.errors import ConfigError
 from nstlab.functional import crop_to
 from nstlab.losses import identity_terms, mean_std_style_loss, normalised_content_loss
@@ -121,6 +122,21 @@ class AdaINDecoder(nn.Sequential):
         modules += [nn.ReflectionPad2d(1), nn.Conv2d(in_channels, 3, 3)]  # no ReLU on the image
         super().__init__(*modules)
 
+    def start_from(self, path: str, width: float) -> None:
+        """Load `backbone.adain_decoder`: pytorch-AdaIN's decoder.pth layout, at this `width`."""
+        if not Path(path).is_file():
+            raise ConfigError(
+                f"backbone.adain_decoder = {path!r}: no such file; give a decoder state dict or null (random init)"
+            )
+        state = load_weights(path, "backbone.adain_decoder")
+        own = self.state_dict()
+        if state.keys() != own.keys() or any(state[key].shape != own[key].shape for key in own):
+            raise ConfigError(
+                f"backbone.adain_decoder = {path!r}: not an AdaIN decoder at backbone.vgg_width = {width} "
+                "(pytorch-AdaIN's decoder.pth layout); give one saved at this width, or null"
+            )
+        self.load_state_dict(state)
+
 
 def method_settings(
     method: str, kind: str, given: Mapping[str, Any], defaults: Mapping[str, Any]
@@ -171,6 +187,8 @@ class FeatureTransferNet(StyleModel):
         self.options = method_settings(self.name, "options", spec.options, self.option_defaults)
         self.encoder = NormalisedVGG(cfg.backbone.adain_vgg, cfg.backbone.vgg_width, cfg.seed)
         self.decoder = AdaINDecoder(cfg.backbone.vgg_width)
+        if cfg.backbone.adain_decoder is not None:
+            self.decoder.start_from(cfg.backbone.adain_decoder, cfg.backbone.vgg_width)
 
     def forward(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
         """content (B, 3, H, W), style (B, 3, H', W') in [0, 1] -> (B, 3, H, W), not clamped.

@@ -133,9 +133,12 @@ class TorchVGG19(FrozenEncoder):
             if weights == "imagenet" and width != 1.0:
                 raise ConfigError(f"backbone.vgg_width = {width}: ImageNet VGG-19 weights need width 1.0")
             self.features = _vgg19_features(depth, width)
-            from torchvision.models import VGG19_Weights
+            imagenet = None
+            if weights == "imagenet":  # torchvision takes 2 s to import: only when it serves
+                from torchvision.models import VGG19_Weights
 
-            state = load_weights(weights, "backbone.vgg19", imagenet=VGG19_Weights.IMAGENET1K_V1)
+                imagenet = VGG19_Weights.IMAGENET1K_V1
+            state = load_weights(weights, "backbone.vgg19", imagenet=imagenet)
             self.features.load_state_dict(_own_vgg19_state(state, self.features, weights, width))
         self.freeze()
 

@@ -6,15 +6,19 @@ initialised VGG-19 vanish. So each network's layers are set from the training im
 from the input up (data-driven initialisation; no gradient step):
 
 - every 3×3 convolution of both VGG-19s: the leading principal components of the 3×3 patches
-  of its input activations, each whitened to unit variance and centred, in ± pairs, so its
-  ReLU keeps both signs of each component (information passes, and no layer fades out);
-- the ViT's patch embedding: the leading principal components of the 16×16 patches, whitened;
-  its blocks keep their seeded random init (the residual stream carries the patch code on).
+  of its input activations, centred and whitened where their variance is large, in ± pairs, so
+  its ReLU keeps both signs of each component (information passes, and no layer fades out);
+- the ViT's patch embedding: the leading principal components of the 16×16 patches, alike;
+  its blocks keep their seeded random init (the residual stream carries the patch code on);
+- the AdaIN family's decoder (`backbone.adain_decoder`): a least-squares inverse of that VGG,
+  relu4_1 back to the image, each conv undoing one encoder conv. The demo's few dozen training
+  steps cannot teach a decoder from random init to draw an image (the papers train 160,000), so
+  the demo starts it from this fit, as a user may start from pytorch-AdaIN's released decoder.
 
 Inputs are crops from the train split's source images only, so no test image shapes the
 backbones. The files are what `backbone.vgg19`, `backbone.adain_vgg` and `backbone.vit`
-load: a torchvision-style `features.*` state dict, a pytorch-AdaIN-style nn.Sequential state
-dict and a `save_pretrained` directory.
+load: a torchvision-style `features.*` state dict, pytorch-AdaIN-style nn.Sequential state
+dicts (encoder, decoder) and a `save_pretrained` directory.
 """
 
 import json
@@ -26,19 +30,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nstlab.config import Config
-from nstlab.models.encoders import NormalisedVGG, TorchVGG19
+from nstlab.models.blocks import AdaINDecoder
+from nstlab.models.encoders import VGG_LAYERS, NormalisedVGG, TorchVGG19
 from nstlab.functional import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalize
 from nstlab.runtime import seeded
 
 VGG19_FILE = "vgg19.pth"
 ADAIN_VGG_FILE = "vgg_normalised.pth"
+ADAIN_DECODER_FILE = "adain_decoder.pth"
 VIT_DIR = "vit"
 SUMMARY_FILE = "summary.json"
 PATCHES_PER_DIMENSION = 4  # patch vectors sampled per patch dimension, for each layer's components
 MIN_PATCHES = 4096
 VIT_PATCH = 16  # ViT-LoRA's (nstlab.models.vit_lora.PATCH), without importing the model
-CROPS, CROP_RESIZE, CROP = 64, 256, 128  # the fitting draw: the demo baselines' training scale
-WHITENING_FLOOR = 1e-2  # eigenvalues below this fraction of the mean one are not blown up
+CROPS, CROP_RESIZE, CROP = 64, 256, 128  # the fitting draw: half-image crops, as the baselines frame them
+# Added to every eigenvalue, as a multiple of their mean, before whitening: the few high-variance
+# directions (an image's coarse structure) come out at unit variance, the many faint ones (fine
+# detail) keep their natural scale, so a loss on these features weighs structure first, as a
+# trained VGG's does (whitened fully, the losses chase fine detail and the outputs lose the content).
+WHITENING_REGULARISER = 10.0
+RIDGE = 0.1  # the decoder fit's ridge penalty, a multiple of the mean input variance
 
 
 # -- training images -----------------------------------------------------------------------------
@@ -58,11 +69,15 @@ def training_crops(pairs_dir: Path, count: int, resize: int, crop: int, seed: in
 # -- data-driven layers --------------------------------------------------------------------------
 
 
+Positions = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # image, top, left: (N,) each
+
+
 def patch_vectors(
     inputs: torch.Tensor, conv: nn.Conv2d, limit: int, generator: torch.Generator
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, Positions]:
     """`limit` patches `conv` sees in `inputs` (B, C, H, W), at seeded random positions, as rows
-    (limit, C·k·k) in F.unfold's order (channel, then kernel row, then kernel column)."""
+    (limit, C·k·k) in F.unfold's order (channel, then kernel row, then kernel column), and the
+    positions (each patch's output pixel)."""
     (kernel_h, kernel_w), (pad_h, pad_w) = conv.kernel_size, conv.padding
     padded = F.pad(inputs, (pad_w, pad_w, pad_h, pad_h))
     batch, _, height, width = padded.shape
@@ -72,7 +87,13 @@ def patch_vectors(
     rows = torch.arange(kernel_h)[None, :, None] + tops[:, None, None]  # (N, kh, 1)
     columns = torch.arange(kernel_w)[None, None, :] + lefts[:, None, None]  # (N, 1, kw)
     patches = padded.permute(0, 2, 3, 1)[samples[:, None, None], rows, columns]  # (N, kh, kw, C)
-    return patches.permute(0, 3, 1, 2).reshape(limit, -1)
+    return patches.permute(0, 3, 1, 2).reshape(limit, -1), (samples, tops, lefts)
+
+
+def patch_count(conv: nn.Conv2d) -> int:
+    """Patches sampled to fit `conv`: PATCHES_PER_DIMENSION per input dimension, at least MIN_PATCHES."""
+    dimensions = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    return max(MIN_PATCHES, PATCHES_PER_DIMENSION * dimensions)
 
 
 def principal_components(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -86,10 +107,10 @@ def principal_components(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def whitened_filters(rows: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` filters (count, D) and biases (count,): the leading principal components scaled
-    to unit variance and centred on the mean patch."""
+    """`count` filters (count, D) and biases (count,): the leading principal components, scaled
+    by 1/sqrt(variance + WHITENING_REGULARISER · mean variance) and centred on the mean patch."""
     mean, values, vectors = principal_components(rows)
-    floor = WHITENING_FLOOR * values.clamp_min(0).mean()
+    floor = WHITENING_REGULARISER * values.clamp_min(0).mean()
     kept = min(count, vectors.shape[1])
     filters = (vectors[:, :kept] / (values[:kept].clamp_min(0) + floor).sqrt()).T
     if kept < count:  # more channels than patch dimensions: mix the components at random
@@ -103,8 +124,7 @@ def set_conv_from_patches(
 ) -> None:
     """Set `conv` from its inputs' patches: whitened principal components; `paired`: in ±
     pairs (a ReLU follows), each component's two halves on two channels."""
-    dimensions = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-    rows = patch_vectors(inputs, conv, max(MIN_PATCHES, PATCHES_PER_DIMENSION * dimensions), generator)
+    rows, _ = patch_vectors(inputs, conv, patch_count(conv), generator)
     out_channels = conv.out_channels
     if paired:
         half, odd = divmod(out_channels, 2)
@@ -162,6 +182,57 @@ def loss_vgg_state(network: NormalisedVGG) -> dict[str, torch.Tensor]:
     return state
 
 
+def ridge_regression(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights (D_out, D_in) and bias (D_out,) minimising ‖inputs·Wᵀ + b − targets‖² + penalty·‖W‖²,
+    rows (N, D_in) → (N, D_out), penalty RIDGE × the mean input variance · N; in float64."""
+    inputs, targets = inputs.double(), targets.double()
+    input_mean, target_mean = inputs.mean(dim=0), targets.mean(dim=0)
+    centred = inputs - input_mean
+    gram = centred.T @ centred
+    gram += RIDGE * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    weights = torch.linalg.solve(gram, centred.T @ (targets - target_mean)).T
+    return weights, target_mean - weights @ input_mean
+
+
+def encoder_conv_inputs(
+    network: NormalisedVGG, images: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """What each 3×3 conv of the normalised VGG reads (before its padding), input first, up to
+    relu4_1, and relu4_1 itself: the targets and the input of the decoder fit."""
+    reads, hidden = [], images
+    blocks = network.slices[: VGG_LAYERS.index("relu4_1") + 1]
+    for module in (module for block in blocks for module in block):
+        if isinstance(module, nn.ReflectionPad2d):
+            reads.append(hidden)
+        hidden = module(hidden)
+    return reads, hidden
+
+
+@torch.no_grad()
+def fit_adain_decoder(network: NormalisedVGG, width: float, images: torch.Tensor, seed: int) -> AdaINDecoder:
+    """The AdaIN decoder at `width` (the network's) as its least-squares inverse, input first: the
+    k-th conv is fitted (ridge, on sampled 3×3 patches of the activations that reach it through
+    the convs fitted so far) to output what the k-th-from-last encoder conv reads, the last one
+    the image in [0, 1] (the encoder's 1×1 input conv is affine; the decoder draws RGB)."""
+    reads, hidden = encoder_conv_inputs(network, images)
+    targets = [*reversed(reads[1:]), images]
+    decoder = AdaINDecoder(width)
+    convs = [module for module in decoder if isinstance(module, nn.Conv2d)]
+    if len(convs) != len(targets):
+        raise RuntimeError(f"{len(convs)} decoder convs for {len(targets)} encoder convs")
+    generator, fitted = torch.Generator().manual_seed(seed), 0
+    for module in decoder:
+        if isinstance(module, nn.Conv2d):  # `hidden` is already padded (a ReflectionPad2d precedes)
+            rows, (samples, tops, lefts) = patch_vectors(hidden, module, patch_count(module), generator)
+            target = targets[fitted].permute(0, 2, 3, 1)[samples, tops, lefts]
+            weights, bias = ridge_regression(rows, target)
+            module.weight.copy_(weights.reshape(module.weight.shape).to(module.weight.dtype))
+            module.bias.copy_(bias.to(module.bias.dtype))
+            fitted += 1
+        hidden = module(hidden)
+    return decoder
+
+
 def fit_vit(cfg: Config, images: torch.Tensor, seed: int):
     """The demo's ViT (transformers ViTModel, `backbone.vit_*` sizes, `backbone.vit_layers`
     blocks): seeded random init, then the patch embedding set from `images`' 16×16 patches."""
@@ -189,8 +260,8 @@ def fit_vit(cfg: Config, images: torch.Tensor, seed: int):
 
 
 def build_demo_backbones(cfg: Config, pairs_dir: Path, out_dir: Path) -> dict:
-    """Fit the three backbones on CROPS training crops and write them under `out_dir`
-    (VGG19_FILE, ADAIN_VGG_FILE, VIT_DIR) with SUMMARY_FILE. Sizes come from `backbone.*`; the
+    """Fit the three backbones and the AdaIN decoder on CROPS training crops and write them under
+    `out_dir` (VGG19_FILE, ADAIN_VGG_FILE, ADAIN_DECODER_FILE, VIT_DIR) with SUMMARY_FILE. Sizes come from `backbone.*`; the
     draw from `data.split_seed`, so the backbones (and the scores measured with them) stay put
     while the training seed varies. Another profile loads its own backbones: only the summary
     is written, saying so. Returns the summary."""
@@ -208,6 +279,7 @@ def build_demo_backbones(cfg: Config, pairs_dir: Path, out_dir: Path) -> dict:
         vgg = fit_vgg19(images, width, seed)
         torch.save(adain_vgg_sequential(vgg).state_dict(), out_dir / ADAIN_VGG_FILE)
         torch.save(loss_vgg_state(vgg), out_dir / VGG19_FILE)
+        torch.save(fit_adain_decoder(vgg, width, images, seed).state_dict(), out_dir / ADAIN_DECODER_FILE)
         fit_vit(cfg, images, seed).save_pretrained(out_dir / VIT_DIR)
         summary = {"profile": cfg.profile, "fitted": True, "crops": CROPS, "crop": CROP, "vgg_width": width}
     summary["seconds"] = round(time.perf_counter() - started, 1)
