@@ -39,7 +39,7 @@ def test_each_method_trains_by_its_official_protocol_in_the_paper_profile():
     assert cfg.baselines["artflow"].options["first_batch"] == "init_only"
     assert cfg.baselines["stytr2"].warmup_iterations == 10000
     demo = load_config(PARAMS).baselines["adain"].data
-    assert (demo.resize, demo.crop) == (256, 128)
+    assert (demo.resize, demo.crop) == (192, 96)
 
 
 def test_a_crop_larger_than_the_resize_is_refused():

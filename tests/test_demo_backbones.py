@@ -26,6 +26,7 @@ from nstlab.models.blocks import AdaINDecoder
 from nstlab.models.encoders import PAPER_LAYERS, VGG_LAYERS, NormalisedVGG, TorchVGG19
 from nstlab.errors import ConfigError
 from nstlab.functional import luminance, ssim
+from nstlab.runtime import seeded
 
 DEMO_IMAGES = REPO / "src" / "nstlab" / "data" / "demo"
 # every layer a demo loss network taps: the paper's loss, the StyTr² convention's and Gatys' (+ relu4_2)
@@ -89,13 +90,17 @@ def test_the_fitted_decoder_draws_unseen_images_back(fitted):
     cfg, vgg, unseen = fitted
     width = cfg.backbone.vgg_width
     decoder = fit_adain_decoder(vgg, width, demo_images("content", 128)[::2], seed=0)
+    with seeded(0):
+        random_init = AdaINDecoder(width)
     with torch.no_grad():
         features = vgg(unseen, "relu4_1")["relu4_1"]
-        drawn = decoder(features).clamp(0, 1)
-        random_init = AdaINDecoder(width)(features).clamp(0, 1)
-    similarity = float(ssim(luminance(drawn), luminance(unseen)).mean())
-    assert similarity > 0.4, similarity  # the content is there (measured 0.5)
-    assert float(ssim(luminance(random_init), luminance(unseen)).mean()) < 0.1  # a random decoder: none
+        similarity, random_similarity = (
+            float(ssim(luminance(decode(features).clamp(0, 1)), luminance(unseen)).mean())
+            for decode in (decoder, random_init)
+        )
+    assert similarity > 0.5, similarity  # the content is there (measured 0.64)
+    # a random decoder draws a near-flat image (0.28; a flat colour scores about 0.3)
+    assert similarity > random_similarity + 0.2, random_similarity
 
 
 def test_a_decoder_of_another_width_or_no_file_is_a_one_line_error(fitted, tmp_path):
