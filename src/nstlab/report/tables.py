@@ -14,9 +14,9 @@ def profile_note(profile: str) -> str:
     if profile == "demo":
         return (
             "Profile: demo. DEMO RESULTS: embedded toy data, backbones of reduced size fitted to those images "
-            "(no pretrained weights), a few dozen steps per model on a CPU: Gatys and ArtFlow keep the content "
-            "and take the style, the feed-forward decoders do not learn yet in this budget. They check the "
-            "pipeline; they are not the paper's numbers and not comparable to the reference columns."
+            "(no pretrained weights), a few dozen steps per model on a CPU; reports/gallery.md says which "
+            "models keep the content and move toward the style in this budget. They check the pipeline; "
+            "they are not the paper's numbers and not comparable to the reference columns."
         )
     return "Profile: paper (COCO + WikiArt, pretrained ViT-B/16 and VGG-19, the paper's schedule)."
 
