@@ -90,8 +90,8 @@ class BackboneConfig:
     vgg19: str  # "random", "imagenet" or a path: torchvision's VGG-19 (the "paper" loss convention)
     adain_vgg: str  # "random" or a path to the normalised VGG-19, vgg_normalised.pth
     vgg_width: float = field(metadata=_range(0, 1, low_open=True))
-    # The AdaIN family's decoder starts from: None (random init, as every official training)
-    # or a path to a state dict of pytorch-AdaIN's decoder layout at vgg_width (decoder.pth)
+    # Where the decoder that reads adain_vgg's relu4_1 starts: None (random init, as every official
+    # training) or a path to its state dict at vgg_width (the released decoder.pth's layout)
     adain_decoder: str | None = None
 
 
