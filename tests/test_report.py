@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from nstlab.config import canonical_targets
+from nstlab.config import canonical_targets, run_params
 from nstlab.report.build import build_report
 from nstlab.report.results import table2
 from nstlab.tracking.run import Tracker
@@ -25,10 +25,15 @@ def store(tmp_path, tiny_config, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     monkeypatch.chdir(tmp_path)
     cfg = tiny_config()
-    for r, targets, encoder, decoder, content, style in CONFIGS:
+    older = run_params(tiny_config("data.n_train=4"), "vit_lora", 2)  # another params.yaml: left out
+    for params, (r, targets, encoder, decoder, content, style) in [
+        *((run_params(cfg, "vit_lora", 2), config) for config in CONFIGS),
+        (older, (64, ["query", "value"], 6, 3, 0.1, 0.1)),
+    ]:
         with Tracker(cfg.mlflow, f"vit_lora-r{r}", {"model": "vit_lora", "stage": "2"}) as tracker:
             tracker.log_params(
                 {
+                    **params,
                     "lora.r": r,
                     "lora.target_modules": targets,
                     "encoder.layers": encoder,
@@ -47,7 +52,7 @@ def store(tmp_path, tiny_config, monkeypatch):
 
 def test_table2_has_one_row_per_configuration_with_its_values(store):
     frame = table2(store)
-    assert len(frame) == 3
+    assert len(frame) == 3 and 64 not in set(frame.r)  # the r=64 run had another n_train
     row = frame[(frame.r == 32)].iloc[0]
     assert (row.targets, row.encoder_layers, row.decoder_layers) == ("qv", 6, 3)
     assert (row.content_loss, row.style_loss, row.loss_source) == (1.25, 0.5, "test")

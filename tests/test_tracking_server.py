@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from nstlab.config import run_params
 from nstlab.tracking import buffer, source, view
 from nstlab.training.checkpoint import load_checkpoint
 from nstlab.cli import app, main
@@ -339,6 +340,7 @@ def test_table2_rows_link_to_their_run_page_on_the_server(server, tiny_config, r
     with Tracker(cfg.mlflow, "vit_lora-linked", {"model": "vit_lora", "stage": "2"}) as tracker:
         tracker.log_params(
             {
+                **run_params(cfg, "vit_lora", 2),
                 "lora.r": 4,
                 "lora.target_modules": ["query", "value"],
                 "encoder.layers": 2,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from nstlab.config import Config, canonical_targets
-from nstlab.registry import TABLE2_AXES, method_names
+from nstlab.registry import TABLE2_AXES, get_method, method_names
 from nstlab.report.paper import PAPER_TABLE1, PAPER_TABLE2
 
 
@@ -97,15 +97,26 @@ TABLE2_SPREAD = ["content_loss", "style_loss"]
 
 def table2(cfg: Config) -> pd.DataFrame:
     """One row per ViT-LoRA stage-2 configuration found in MLflow: its losses as mean, standard
-    deviation and n over the seeds of that configuration (spread.py). The newest finished run of
-    each configuration picks its config family (the parent run's digest, so runs of an older
-    params.yaml are not mixed in) and the newest run of each of the family's seeds counts; the
-    run columns (run_id, ...) are the newest run's."""
+    deviation and n over the seeds of that configuration (spread.py). Only runs that differ from
+    this params.yaml in Table 2's axes and the seed alone count, so the rows compare the axes and
+    nothing else (an older params.yaml's runs, or another profile's, are left out). The newest
+    finished run of each configuration picks its config family (the parent run's digest) and the
+    newest run of each of the family's seeds counts; the run columns (run_id, ...) are the newest
+    run's."""
+    from nstlab.config import run_params
     from nstlab.tracking.source import is_server, resolve_tracking_uri
-    from nstlab.tracking.view import TABLE2_RUNS, run_page_url
+    from nstlab.tracking.view import TABLE2_METHOD, TABLE2_RUNS, run_page_url
     from nstlab.tracking.queries import search_runs
 
     runs = search_runs(cfg.mlflow, f"{TABLE2_RUNS} and attributes.status = 'FINISHED'")
+    base = {
+        f"params.{key}": str(value)[:6000]  # as the Tracker logs a param
+        for key, value in run_params(cfg, TABLE2_METHOD, get_method(TABLE2_METHOD).stages[-1]).items()
+        if key not in TABLE2_AXES and key != "seed"
+    }
+    if not runs.empty:
+        logged = runs.reindex(columns=list(base)).astype("string")
+        runs = runs[logged.eq(pd.Series(base)).all(axis=1)]
     uri = resolve_tracking_uri(cfg.mlflow)
     columns = [
         *TABLE2_KEY,
