@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO
 
 # SANet and ViT-LoRA do not learn in the demo's budget yet (their random attention/transformer layers
-# scramble the content; issue 28's closing notes list the levers tried); strict: the test fails as
+# scramble the content; docs/demo.md lists the levers tried); strict: the test fails as
 # soon as one of them does, so this list must shrink then.
 NOT_YET = pytest.mark.xfail(strict=True, reason="does not learn in the demo budget yet")
 GALLERY_MODELS = (
