@@ -166,3 +166,14 @@ def test_the_stage_writes_backbones_every_model_loads_and_the_paper_profile_skip
     paper_out = tmp_path / "paper"
     skipped = build_demo_backbones(tiny_config("profile=paper"), tiny_pairs, paper_out)
     assert not skipped["fitted"] and sorted(path.name for path in paper_out.iterdir()) == [SUMMARY_FILE]
+
+
+def test_rebuilding_writes_the_same_bytes(tiny_config, tiny_pairs, tmp_path):
+    """The stage's output is a function of config and images only (no timing), so rerunning it
+    leaves its DVC hash, and so every training downstream of it, untouched."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    build_demo_backbones(tiny_config(), tiny_pairs, first)
+    build_demo_backbones(tiny_config(), tiny_pairs, second)
+    files = sorted(path.relative_to(first) for path in first.rglob("*") if path.is_file())
+    assert files == sorted(path.relative_to(second) for path in second.rglob("*") if path.is_file())
+    assert all((first / name).read_bytes() == (second / name).read_bytes() for name in files)

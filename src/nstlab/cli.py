@@ -7,6 +7,7 @@ Any `NstlabError` (bad file, bad key, missing weights) is printed as one line, e
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -72,7 +73,9 @@ def demo_backbones(
     """Fit the demo's reduced VGG-19s and ViT to the train split's images (no download, seconds)."""
     from nstlab.training.demo_backbones import build_demo_backbones
 
-    typer.echo(json.dumps(build_demo_backbones(_config(params, set_), pairs, out), indent=2))
+    started = time.perf_counter()
+    summary = build_demo_backbones(_config(params, set_), pairs, out)
+    typer.echo(json.dumps({**summary, "seconds": round(time.perf_counter() - started, 1)}, indent=2))
 
 
 @app.command()
