@@ -138,7 +138,7 @@ def test_both_vgg_files_hold_the_same_convolutions_and_refuse_another_width(fitt
         TorchVGG19(("relu5_2",), str(tmp_path / VGG19_FILE), width)
 
 
-def test_the_stage_writes_backbones_every_model_loads_and_the_paper_profile_skips(
+def test_the_stage_writes_the_same_backbones_every_model_loads_and_the_paper_profile_skips(
     tiny_config, tiny_pairs, tmp_path
 ):
     from nstlab.evaluation.evaluate import Scorer
@@ -149,6 +149,13 @@ def test_the_stage_writes_backbones_every_model_loads_and_the_paper_profile_skip
     out = tmp_path / "backbones"
     summary = build_demo_backbones(tiny_config(), tiny_pairs, out)
     assert summary["fitted"] and json.loads((out / SUMMARY_FILE).read_text()) == summary
+    # The output is a function of config and images only (no timing), so rerunning the stage
+    # leaves its DVC hash, and so every training downstream of it, untouched.
+    again = tmp_path / "again"
+    build_demo_backbones(tiny_config(), tiny_pairs, again)
+    files = sorted(path.relative_to(out) for path in out.rglob("*") if path.is_file())
+    assert files == sorted(path.relative_to(again) for path in again.rglob("*") if path.is_file())
+    assert all((out / name).read_bytes() == (again / name).read_bytes() for name in files)
     cfg = tiny_config(
         f"backbone.vgg19={out / VGG19_FILE}",
         f"backbone.adain_vgg={out / ADAIN_VGG_FILE}",
@@ -166,14 +173,3 @@ def test_the_stage_writes_backbones_every_model_loads_and_the_paper_profile_skip
     paper_out = tmp_path / "paper"
     skipped = build_demo_backbones(tiny_config("profile=paper"), tiny_pairs, paper_out)
     assert not skipped["fitted"] and sorted(path.name for path in paper_out.iterdir()) == [SUMMARY_FILE]
-
-
-def test_rebuilding_writes_the_same_bytes(tiny_config, tiny_pairs, tmp_path):
-    """The stage's output is a function of config and images only (no timing), so rerunning it
-    leaves its DVC hash, and so every training downstream of it, untouched."""
-    first, second = tmp_path / "first", tmp_path / "second"
-    build_demo_backbones(tiny_config(), tiny_pairs, first)
-    build_demo_backbones(tiny_config(), tiny_pairs, second)
-    files = sorted(path.relative_to(first) for path in first.rglob("*") if path.is_file())
-    assert files == sorted(path.relative_to(second) for path in second.rglob("*") if path.is_file())
-    assert all((first / name).read_bytes() == (second / name).read_bytes() for name in files)

@@ -261,11 +261,11 @@ def fit_vit(cfg: Config, images: torch.Tensor, seed: int):
 def build_demo_backbones(cfg: Config, pairs_dir: Path, out_dir: Path) -> dict:
     """Fit the three backbones and the AdaIN decoder on CROPS training crops and write them under
     `out_dir` (VGG19_FILE, ADAIN_VGG_FILE, ADAIN_DECODER_FILE, VIT_DIR) with SUMMARY_FILE. Sizes
-    come from `backbone.*`; the draw from `data.split_seed`, so the backbones (and the scores measured with them) stay put
-    while the training seed varies. Another profile loads its own backbones: only the summary
-    is written, saying so. Returns the summary. Every file is a function of the config and the
-    images alone (no timing in the summary), so rerunning the stage leaves its output hash, and
-    every training downstream of it, as they were."""
+    come from `backbone.*`; the draw from `data.split_seed`, so the backbones (and the scores
+    measured with them) stay put while the training seed varies. Another profile loads its own
+    backbones: only the summary is written, saying so. Returns the summary. Every file is a
+    function of the config and the images alone (no timing in the summary), so rerunning the
+    stage leaves its output hash, and every training downstream of it, as they were."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.profile != "demo":
         summary = {
